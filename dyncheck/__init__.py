@@ -1,0 +1,32 @@
+"""dyncheck: checkable training dynamics for PyTorch Lightning.
+
+Public API::
+
+    from dyncheck import DynamicsMonitor   # the Lightning callback (pytorch_lightning)
+    from dyncheck import open_run           # read a run store: .metrics(glob), .series(name), .meta
+
+``dyncheck.lightning.DynamicsMonitor`` is the same callback for ``import lightning as L``.
+The callback is imported lazily, so reading runs does not import Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, DyncheckError, MeasureError, StoreError
+from .store import Run, Series, open_run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._callback import DynamicsMonitor
+
+__version__ = "0.1.0"
+__all__ = ["DynamicsMonitor", "open_run", "Run", "Series", "DyncheckError", "ConfigError", "StoreError",
+           "MeasureError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DynamicsMonitor":
+        from ._callback import DynamicsMonitor
+
+        return DynamicsMonitor
+    raise AttributeError(f"module 'dyncheck' has no attribute {name!r}")

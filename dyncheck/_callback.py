@@ -1,0 +1,330 @@
+"""The Lightning callback: trainer hooks translated into :class:`dyncheck.monitor.Monitor` calls.
+
+The hook logic lives in :class:`DynamicsMonitorHooks`, which uses only what ``lightning.pytorch`` and
+``pytorch_lightning`` have in common; each package gets a concrete class that mixes it into that package's
+``Callback`` (this module: ``pytorch_lightning``; :mod:`dyncheck.lightning`: ``lightning.pytorch``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from ._meta import jsonable, module_meta, optimizer_meta, versions
+from .monitor import Monitor, MonitorConfig
+from .store import STORE_FILENAME
+
+__all__ = ["DynamicsMonitor", "DynamicsMonitorHooks", "default_probe_loss"]
+
+#: logged keys taken as the validation loss when ``val_loss_key`` is not given (first match wins)
+VAL_LOSS_KEYS = ("val_loss", "val/loss", "valid_loss", "validation_loss", "loss/val", "val_loss_epoch")
+#: logged keys taken as the training loss when ``training_step`` returns none (manual optimization)
+TRAIN_LOSS_KEYS = ("train_loss", "train/loss", "loss", "train_loss_step", "loss/train")
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def default_probe_loss(module: nn.Module, batch: Any) -> Tensor:
+    """The loss on the probe batch: the module's own ``training_step(batch, 0)``, with ``self.log`` silenced."""
+    module.log, module.log_dict = _noop, _noop  # type: ignore[method-assign]
+    try:
+        out = module.training_step(batch, 0)
+    finally:
+        del module.log, module.log_dict
+    if isinstance(out, Mapping):
+        out = out.get("loss")
+    if not isinstance(out, Tensor):
+        raise TypeError("training_step returned no loss tensor; pass DynamicsMonitor(sharpness_loss_fn=...)")
+    return out
+
+
+def _loss_of(outputs: Any) -> Tensor | None:
+    if isinstance(outputs, Tensor):
+        return outputs
+    if isinstance(outputs, Mapping):
+        value = outputs.get("loss")
+        return value if isinstance(value, Tensor) else None
+    return None
+
+
+class DynamicsMonitorHooks:
+    """Records the training dynamics of a Lightning fit into a run store (see README: "What is measured").
+
+    Args:
+        dirpath: directory of the run (``run.db`` and, later, findings and report). Default:
+            ``<trainer.log_dir or default_root_dir>/dyncheck``.
+        every_n_steps: per-layer statistics (gradient norms and non-finite counts per tensor, weight norms,
+            update-to-weight ratios, unchanged parameters) and other logged scalars every this many optimizer
+            steps. Default: ``trainer.log_every_n_steps``.
+        scalars_every_n_steps: training loss, learning rates and global gradient norm every this many steps (1).
+        activations_every_n_steps: activation statistics every this many steps; default ``every_n_steps``;
+            0 turns them off.
+        activation_modules: glob patterns over module names to hook (default: every leaf module except dropout,
+            identity, flatten and embeddings).
+        flush_every_n_steps: copy buffered values to the host and the store every this many steps (100); also at
+            every validation, checkpoint and the end of the fit. Bounds the monitor's memory.
+        sharpness_budget: share of training wall time that sharpness probes may take (0.02); 0 turns them off
+            unless ``sharpness_every_n_steps`` is set.
+        sharpness_every_n_steps: probe sharpness on this fixed schedule instead of the time budget; 0 turns
+            sharpness off.
+        sharpness_max_iter: Hessian-vector products per probe at most (20).
+        sharpness_tol: relative residual at which Lanczos stops (1e-3).
+        sharpness_loss_fn: ``fn(module, batch) -> loss`` for the probe; default ``training_step(batch, 0)`` with
+            logging silenced (needed for manual optimization, where training_step steps the optimizers).
+        train_loss_key: logged metric used as training loss when ``training_step`` returns none.
+        val_loss_key: logged metric recorded as ``loss/val`` (default: the first of ``val_loss``, ``val/loss``,
+            ``valid_loss``, ``validation_loss``, ``loss/val``, ``val_loss_epoch`` that is logged; else the mean of
+            the ``loss`` returned by ``validation_step``).
+    """
+
+    def __init__(
+        self,
+        *,
+        dirpath: str | os.PathLike | None = None,
+        every_n_steps: int | None = None,
+        scalars_every_n_steps: int = 1,
+        activations_every_n_steps: int | None = None,
+        activation_modules: Sequence[str] | None = None,
+        flush_every_n_steps: int = 100,
+        sharpness_budget: float = 0.02,
+        sharpness_every_n_steps: int | None = None,
+        sharpness_max_iter: int = 20,
+        sharpness_tol: float = 1e-3,
+        sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
+        train_loss_key: str | None = None,
+        val_loss_key: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = MonitorConfig(
+            dirpath=os.fspath(dirpath) if isinstance(dirpath, os.PathLike) else dirpath,
+            every_n_steps=every_n_steps,
+            scalars_every_n_steps=scalars_every_n_steps,
+            activations_every_n_steps=activations_every_n_steps,
+            activation_modules=tuple(activation_modules) if isinstance(activation_modules, (list, tuple))
+            else activation_modules,
+            flush_every_n_steps=flush_every_n_steps,
+            sharpness_budget=sharpness_budget,
+            sharpness_every_n_steps=sharpness_every_n_steps,
+            sharpness_max_iter=sharpness_max_iter,
+            sharpness_tol=sharpness_tol,
+            sharpness_loss_fn=sharpness_loss_fn,
+            train_loss_key=train_loss_key,
+            val_loss_key=val_loss_key,
+            owner=type(self).__name__,
+        )
+        self.monitor = Monitor(self.config)
+        self._state_key = self._generate_state_key(dirpath=self.config.dirpath)  # type: ignore[attr-defined]
+        self._resume: dict[str, Any] | None = None
+        self._running = False
+        self._run_dir: Path | None = None
+        self._fits = 0
+        self._batch_step = 0
+        self._seen: dict[str, Tensor] = {}
+        self._val_sum: Tensor | None = None
+        self._val_count = 0
+
+    @property
+    def state_key(self) -> str:
+        return self._state_key
+
+    @property
+    def run_dir(self) -> Path | None:
+        """Directory of the run being (or last) recorded; None before the first fit."""
+        return self._run_dir
+
+    # -- start and end -----------------------------------------------------------------------------------------
+    def _resolve_dir(self, trainer: Any) -> Path:
+        if self.config.dirpath is not None:
+            return Path(self.config.dirpath)
+        if self._resume and self._resume.get("store") and Path(self._resume["store"]).exists():
+            return Path(self._resume["store"]).parent
+        base = trainer.log_dir or trainer.default_root_dir
+        return Path(base) / "dyncheck"
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        run_dir = self._resolve_dir(trainer)
+        same_dir = self._run_dir is not None and self._run_dir == run_dir
+        self._run_dir = run_dir
+        opts = list(trainer.optimizers)
+        mon = self.monitor
+        reduce = None
+        if trainer.world_size > 1:
+            strategy = trainer.strategy
+
+            def reduce(t: Tensor, op: str) -> Tensor:
+                return strategy.reduce(t, reduce_op=op)
+
+        probe = self.config.sharpness_loss_fn
+        if probe is None and pl_module.automatic_optimization:
+            probe = default_probe_loss
+        if probe is None and self.config.sharpness_enabled and trainer.is_global_zero:
+            mon._warn("manual", "dyncheck: sharpness is off: manual optimization needs "
+                                "DynamicsMonitor(sharpness_loss_fn=...)")
+        if any(isinstance(m, nn.SyncBatchNorm) for m in pl_module.modules()) and trainer.world_size > 1:
+            probe = None  # its forward is a collective; a rank-0-only probe would hang the others
+            mon._warn("syncbn", "dyncheck: sharpness is off: SyncBatchNorm makes the probe a collective")
+        meta = self._meta(trainer, pl_module, opts)
+        mon.start(
+            module=pl_module,
+            optimizers=opts,
+            store_path=run_dir / STORE_FILENAME if trainer.is_global_zero else None,
+            meta=meta,
+            every_n_steps=self.config.every_n_steps or max(1, int(trainer.log_every_n_steps or 50)),
+            reduce=reduce,
+            probe_loss=probe,
+            resume=self._resume,
+            append=same_dir,
+        )
+        self._resume = None
+        self._running = True
+        self._fits += 1
+        self._seen.clear()
+
+    def _meta(self, trainer: Any, pl_module: Any, opts: list) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        optimizers = []
+        for opt in opts:
+            cls = type(opt).__name__
+            counts[cls] = counts.get(cls, 0) + 1
+            optimizers.append(optimizer_meta(opt, cls if counts[cls] == 1 else f"{cls}-{counts[cls] - 1}"))
+        schedulers = [
+            {"class": type(c.scheduler).__name__, "interval": c.interval, "frequency": c.frequency,
+             "monitor": c.monitor}
+            for c in getattr(trainer, "lr_scheduler_configs", [])
+        ]
+        cfg = {k: jsonable(v) for k, v in vars(self.config).items() if k not in ("owner", "sharpness_loss_fn")}
+        cfg["sharpness_loss_fn"] = getattr(self.config.sharpness_loss_fn, "__qualname__", None)
+        return {
+            "model": module_meta(pl_module),
+            "optimizers": optimizers,
+            "schedulers": schedulers,
+            "hyperparameters": jsonable(dict(getattr(pl_module, "hparams", {}) or {})),
+            "trainer": {
+                "precision": str(trainer.precision),
+                "strategy": type(trainer.strategy).__name__,
+                "accelerator": type(trainer.accelerator).__name__,
+                "world_size": trainer.world_size,
+                "num_nodes": trainer.num_nodes,
+                "max_epochs": trainer.max_epochs,
+                "max_steps": trainer.max_steps,
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                "gradient_clip_val": jsonable(trainer.gradient_clip_val),
+                "log_every_n_steps": trainer.log_every_n_steps,
+                "automatic_optimization": bool(pl_module.automatic_optimization),
+            },
+            "monitor": cfg,
+            "versions": versions(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "start_step": int(trainer.global_step),
+        }
+
+    def _end(self, status: str, error: BaseException | None = None, reduce: bool = True) -> None:
+        if self._running:
+            self._running = False
+            self.monitor.finish(status, error=error, reduce=reduce)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._end("finished")
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # no collectives here: the other processes may not be in this hook
+        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed"
+        self._end(status, exception, reduce=False)
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._end("ended", reduce=False)  # normally a no-op: on_fit_end or on_exception came first
+
+    # -- per batch ---------------------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._running:
+            self._batch_step = step = trainer.global_step
+            self.monitor.batch_start(step, batch)
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if self._running:
+            self.monitor.before_optimizer_step(self._batch_step, getattr(optimizer, "_optimizer", optimizer))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self._running:
+            return
+        step = self._batch_step
+        stepped = trainer.global_step != step
+        loss = _loss_of(outputs)
+        if loss is not None and pl_module.automatic_optimization and trainer.accumulate_grad_batches > 1:
+            loss = loss * trainer.accumulate_grad_batches  # Lightning divides the returned loss for accumulation
+        mon = self.monitor
+        if stepped and mon._measuring:
+            logged = self._changed_logged(trainer)
+            if loss is None:
+                loss = self._logged_train_loss(logged)
+            mon.record(step, {f"logged/{k}": v for k, v in logged.items()})
+        mon.batch_end(step, loss, stepped=stepped)
+
+    def _logged_train_loss(self, logged: Mapping[str, Tensor]) -> Tensor | None:
+        keys = (self.config.train_loss_key,) if self.config.train_loss_key else TRAIN_LOSS_KEYS
+        return next((logged[k] for k in keys if k in logged), None)
+
+    def _changed_logged(self, trainer: Any) -> dict[str, Tensor]:
+        """Scalars the module logged since the last look (a value object Lightning has not replaced is old)."""
+        out = {}
+        for key, value in trainer.callback_metrics.items():
+            if isinstance(value, Tensor) and value.numel() == 1 and self._seen.get(key) is not value:
+                self._seen[key] = value
+                out[key] = value
+        return out
+
+    # -- validation and epochs ---------------------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._val_sum, self._val_count = None, 0
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        loss = _loss_of(outputs)
+        if self._running and not trainer.sanity_checking and loss is not None and loss.numel() == 1:
+            loss = loss.detach().float().reshape(())
+            self._val_sum = loss if self._val_sum is None else self._val_sum + loss
+            self._val_count += 1
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self._running or trainer.sanity_checking:
+            return
+        logged = self._changed_logged(trainer)
+        values: dict[str, Any] = {f"logged/{k}": v for k, v in logged.items()}
+        keys = (self.config.val_loss_key,) if self.config.val_loss_key else VAL_LOSS_KEYS
+        val = next((logged[k] for k in keys if k in logged), None)
+        if val is None and self._val_sum is not None:
+            val = self._val_sum / self._val_count
+        if val is not None:
+            values["loss/val"] = val
+        self.monitor.record(trainer.global_step, values)
+        self.monitor.flush()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._running:
+            # epoch aggregates (on_epoch=True) appear now; keyed to the last step of the epoch
+            logged = self._changed_logged(trainer)
+            self.monitor.record(max(trainer.global_step - 1, 0), {f"logged/{k}": v for k, v in logged.items()})
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self._running:
+            return self.monitor.state_dict()
+        return dict(self._resume or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict)
+
+
+class DynamicsMonitor(DynamicsMonitorHooks, pl.Callback):
+    __doc__ = DynamicsMonitorHooks.__doc__

@@ -1,0 +1,174 @@
+"""Activation statistics per module, taken by forward hooks that are attached only on the steps that measure.
+
+Statistics of one module output ``a`` (computed in float32 on a detached copy):
+
+``mean``, ``std``        over all elements
+``max_abs``              max |a|
+``nonfinite``            number of NaN/Inf elements
+``dead``                 share of units that output exactly 0 for every sample of the batch
+``saturated``            share of outputs in the flat tails of a sigmoid/tanh-like module (only for those types)
+
+A *unit* is a channel for convolution-like modules and for 4-D/5-D outputs (``N, C, ...``), otherwise a feature of
+the last dimension (``N, F`` or ``N, T, F``). A module called several times in one step (a shared ``nn.ReLU``) gets
+the mean of its calls (max for ``max_abs``, sum for ``nonfinite``). When a module returns a tuple, list or dict, the
+first floating-point tensor in it is measured (e.g. the output sequence of an ``nn.LSTM``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ACTIVATION_STATS", "STAT_REDUCE", "activation_stats", "unit_dim", "saturation_bounds",
+           "first_float_tensor", "ActivationRecorder"]
+
+#: the statistics, in the order of the vector :func:`activation_stats` returns
+ACTIVATION_STATS = ("mean", "std", "max_abs", "nonfinite", "dead", "saturated")
+#: how each statistic combines across calls of a module and across processes
+STAT_REDUCE = {"mean": "mean", "std": "mean", "max_abs": "max", "nonfinite": "sum", "dead": "mean",
+               "saturated": "mean"}
+
+_CHANNEL_FIRST = (
+    nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd, nn.GroupNorm,
+)
+_SKIP = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Flatten,
+         nn.Unflatten, nn.Embedding, nn.EmbeddingBag)
+
+
+def unit_dim(module: nn.Module, x: Tensor) -> int:
+    """The dimension of ``x`` that indexes units (channels or features) for the dead-unit share."""
+    if x.dim() <= 1:
+        return 0
+    if isinstance(module, _CHANNEL_FIRST) or x.dim() >= 4:
+        return 1
+    return x.dim() - 1
+
+
+def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
+    """(low, high): outputs at or below ``low`` or at or above ``high`` are in the flat tails of the module's
+    nonlinearity -- within 1% of its output range from a bound, where its derivative is at most ~4% of its peak.
+    ``None`` for modules that do not saturate."""
+    if isinstance(module, nn.Sigmoid):
+        return 0.01, 0.99
+    if isinstance(module, (nn.Tanh, nn.Softsign)):
+        return -0.98, 0.98
+    if isinstance(module, nn.Hardsigmoid):
+        return 0.0, 1.0
+    if isinstance(module, nn.Hardtanh):  # includes ReLU6 (0, 6)
+        return float(module.min_val), float(module.max_val)
+    return None
+
+
+def activation_stats(x: Tensor, unit_dim: int, saturation: tuple[float, float] | None = None) -> Tensor:
+    """The statistics of :data:`ACTIVATION_STATS` for one output, as a float32 vector on ``x``'s device
+    (``saturated`` is NaN when ``saturation`` is None). Zero-size outputs give NaN statistics."""
+    x = x.detach()
+    if x.numel() == 0:
+        return torch.full((len(ACTIVATION_STATS),), float("nan"), device=x.device)
+    xf = x.float()
+    nonfinite = torch.count_nonzero(~torch.isfinite(xf)).float()
+    std, mean = torch.std_mean(xf, unbiased=False) if xf.numel() > 1 else (xf.new_zeros(()), xf.reshape(()))
+    max_abs = xf.abs().amax()
+    if xf.dim() == 0:
+        dead = (xf == 0).float()
+    else:
+        other = [d for d in range(xf.dim()) if d != unit_dim]
+        alive = (xf != 0).any(dim=other) if other else (xf != 0)
+        dead = 1.0 - alive.float().mean()
+    if saturation is None:
+        sat = xf.new_full((), float("nan"))
+    else:
+        lo, hi = saturation
+        sat = ((xf <= lo) | (xf >= hi)).float().mean()
+    return torch.stack([mean, std, max_abs, nonfinite, dead, sat])
+
+
+def first_float_tensor(output: Any) -> Tensor | None:
+    """The first floating-point tensor in a module output (tensor, tuple/list, dict, depth-first)."""
+    if isinstance(output, Tensor):
+        return output if output.is_floating_point() else None
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = first_float_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def select_modules(model: nn.Module, patterns: Sequence[str] | None = None) -> list[tuple[str, nn.Module]]:
+    """Leaf modules worth measuring (not dropout, identity, flatten or embeddings), optionally filtered by glob
+    patterns over their qualified names."""
+    chosen = []
+    for name, mod in model.named_modules():
+        if not name or any(True for _ in mod.children()) or isinstance(mod, _SKIP):
+            continue
+        if patterns is not None and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        chosen.append((name, mod))
+    return chosen
+
+
+class ActivationRecorder:
+    """Attach forward hooks to modules, accumulate their activation statistics, then detach.
+
+    >>> rec = ActivationRecorder(select_modules(model))
+    >>> rec.attach(); model(x); rec.detach()
+    >>> names, values = rec.collect()     # names like 'act/mean/fc1'; values: 1-D float32 tensor
+    """
+
+    def __init__(self, modules: Iterable[tuple[str, nn.Module]]) -> None:
+        self.modules = list(modules)
+        self._handles: list[Any] = []
+        self._calls: dict[str, list[Tensor]] = {}
+        self._saturating = {name for name, mod in self.modules if saturation_bounds(mod) is not None}
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> None:
+        if self._handles:
+            return
+        for name, mod in self.modules:
+            self._handles.append(mod.register_forward_hook(self._hook(name, mod)))
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str, module: nn.Module):
+        sat = saturation_bounds(module)
+
+        def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
+            x = first_float_tensor(output)
+            if x is not None:
+                self._calls.setdefault(name, []).append(activation_stats(x, unit_dim(mod, x), sat))
+
+        return hook
+
+    def collect(self) -> dict[str, tuple[list[str], Tensor]]:
+        """Statistics gathered since the last collect, grouped by how they reduce across processes:
+        ``{"mean": (names, values), "max": ..., "sum": ...}``. Statistics that do not apply (``saturated`` of a
+        non-saturating module) are left out."""
+        out: dict[str, tuple[list[str], list[Tensor]]] = {}
+        for name, calls in self._calls.items():
+            stats = torch.stack(calls) if len(calls) > 1 else calls[0].unsqueeze(0)
+            for j, stat in enumerate(ACTIVATION_STATS):
+                if stat == "saturated" and name not in self._saturating:
+                    continue
+                op = STAT_REDUCE[stat]
+                col = stats[:, j]
+                val = col.amax() if op == "max" else col.sum() if op == "sum" else col.mean()
+                names, vals = out.setdefault(op, ([], []))
+                names.append(f"act/{stat}/{name}")
+                vals.append(val)
+        self._calls.clear()
+        return {op: (names, torch.stack(vals)) for op, (names, vals) in out.items()}

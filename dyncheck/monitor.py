@@ -1,0 +1,509 @@
+"""The monitor's logic, framework-neutral: what to measure on which step, device-side buffering, flushing to the
+store, sharpness scheduling, checkpoint state. The Lightning adapters (:mod:`dyncheck._callback`) translate trainer
+hooks into calls of :class:`Monitor`; everything here is plain torch and can be driven by any training loop.
+
+Steps are optimizer steps: ``step`` is the number of optimizer steps completed before the batch (Lightning's
+``trainer.global_step`` at batch start). With gradient accumulation several batches share a step; their losses are
+averaged.
+
+Per-step hot path (defaults): one ``_foreach_norm`` + one ``stack`` for the gradient norms, a reference to the loss
+tensor, a few Python floats for learning rates. Nothing is copied to the host until a flush, which reduces every
+buffered statistic across processes with at most three collectives and copies the result in one transfer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .measure.activations import ActivationRecorder, select_modules
+from .measure.sharpness import hvp_operator, lanczos_top_eig, preserved_training_state, stability_threshold
+from .measure.tensors import nonfinite_counts, tensor_norms, update_ratios
+from .store import RunWriter
+
+__all__ = ["MonitorConfig", "Monitor"]
+
+ReduceFn = Callable[[Tensor, str], Tensor]
+
+
+def _no_reduce(t: Tensor, op: str) -> Tensor:
+    return t
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# configuration
+# ----------------------------------------------------------------------------------------------------------------
+def _check_int(owner: str, name: str, value: Any, *, minimum: int, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = f"an int >= {minimum}" + (" or None" if allow_none else "")
+        raise ConfigError(f"{owner}({name}={value!r}): expected {expected}")
+
+
+def _check_float(owner: str, name: str, value: Any, *, lo: float, hi: float, lo_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        raise ConfigError(f"{owner}({name}={value!r}): expected a number in {'(' if lo_open else '['}{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Validated options of :class:`~dyncheck.DynamicsMonitor` (see its docstring for their meaning)."""
+
+    dirpath: str | None = None
+    every_n_steps: int | None = None
+    scalars_every_n_steps: int = 1
+    activations_every_n_steps: int | None = None
+    activation_modules: tuple[str, ...] | None = None
+    flush_every_n_steps: int = 100
+    sharpness_budget: float = 0.02
+    sharpness_every_n_steps: int | None = None
+    sharpness_max_iter: int = 20
+    sharpness_tol: float = 1e-3
+    sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = None
+    train_loss_key: str | None = None
+    val_loss_key: str | None = None
+    owner: str = field(default="DynamicsMonitor", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        o = self.owner
+        if self.dirpath is not None and not isinstance(self.dirpath, (str, Path)):
+            raise ConfigError(f"{o}(dirpath={self.dirpath!r}): expected a path (str or pathlib.Path) or None")
+        _check_int(o, "every_n_steps", self.every_n_steps, minimum=1)
+        _check_int(o, "scalars_every_n_steps", self.scalars_every_n_steps, minimum=1, allow_none=False)
+        _check_int(o, "activations_every_n_steps", self.activations_every_n_steps, minimum=0)
+        _check_int(o, "flush_every_n_steps", self.flush_every_n_steps, minimum=1, allow_none=False)
+        _check_float(o, "sharpness_budget", self.sharpness_budget, lo=0.0, hi=1.0)
+        _check_int(o, "sharpness_every_n_steps", self.sharpness_every_n_steps, minimum=0)
+        _check_int(o, "sharpness_max_iter", self.sharpness_max_iter, minimum=1, allow_none=False)
+        _check_float(o, "sharpness_tol", self.sharpness_tol, lo=0.0, hi=1.0, lo_open=True)
+        if self.sharpness_loss_fn is not None and not callable(self.sharpness_loss_fn):
+            raise ConfigError(f"{o}(sharpness_loss_fn={self.sharpness_loss_fn!r}): expected a callable "
+                              "(module, batch) -> loss tensor, or None")
+        if self.activation_modules is not None and (
+            isinstance(self.activation_modules, str)
+            or not all(isinstance(p, str) for p in self.activation_modules)
+        ):
+            raise ConfigError(f"{o}(activation_modules={self.activation_modules!r}): expected a list of glob "
+                              "patterns over module names (e.g. ['encoder.*']), or None for all leaf modules")
+        for key in ("train_loss_key", "val_loss_key"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{o}({key}={value!r}): expected the name of a logged metric (str) or None")
+
+    @property
+    def sharpness_enabled(self) -> bool:
+        return self.sharpness_every_n_steps != 0 and (self.sharpness_budget > 0 or bool(self.sharpness_every_n_steps))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the monitor
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class _Block:
+    """Values of a fixed list of metrics at one step, still on the device."""
+
+    step: int
+    names: tuple[str, ...]
+    values: Tensor
+    op: str  # how to reduce across processes: "mean" | "sum" | "max" | "none"
+
+
+class Monitor:
+    """Framework-neutral monitor. Call :meth:`start`, then per batch :meth:`batch_start`,
+    :meth:`before_optimizer_step` (once per optimizer step) and :meth:`batch_end`; :meth:`record` for other
+    scalars; :meth:`finish` at the end. ``reduce`` is called on every process at the same points (flushes)."""
+
+    def __init__(self, config: MonitorConfig) -> None:
+        self.config = config
+        self.store: RunWriter | None = None
+        self.every_n = config.every_n_steps or 50
+        self._reduce: ReduceFn = _no_reduce
+        self._module: nn.Module | None = None
+        self._recorder: ActivationRecorder | None = None
+        self._blocks: list[_Block] = []
+        self._host: list[tuple[int, tuple[str, ...], list[float]]] = []
+        self._reset_step_state()
+        # state that travels in checkpoints
+        self._last_bucket: int | None = None
+        self._last_seq = 0
+        # per-fit state
+        self._param_names: dict[int, str] = {}
+        self._opt_params: dict[int, list[tuple[str, Tensor]]] = {}
+        self._opt_names: list[tuple[torch.optim.Optimizer, str]] = []
+        self._initial: dict[str, Tensor] = {}
+        self._unchanged: dict[str, bool] = {}
+        self._probe_batch: Any = None
+        self._probe_loss: Callable[[], Tensor] | None = None
+        self._eigvec: Tensor | None = None
+        self._sharp_gen = torch.Generator().manual_seed(0)
+        self._sharp_time = 0.0
+        self._sharp_count = 0
+        self._last_probe_cost: float | None = None
+        self._t0 = 0.0
+        self._steps_seen = 0
+        self._steps_since_flush = 0
+        self._last_act_bucket: int | None = None
+        self._warned: set[str] = set()
+
+    def _reset_step_state(self) -> None:
+        self._step: int | None = None
+        self._loss_sum: Tensor | None = None
+        self._loss_count = 0
+        self._grad_vecs: list[Tensor] = []
+        self._before: dict[str, Tensor] = {}
+        self._measuring = False
+        self._measuring_acts = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(
+        self,
+        *,
+        module: nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        store_path: str | Path | None,
+        meta: Mapping[str, Any],
+        every_n_steps: int,
+        reduce: ReduceFn | None = None,
+        probe_loss: Callable[[nn.Module, Any], Tensor] | None = None,
+        resume: Mapping[str, Any] | None = None,
+        append: bool = False,
+    ) -> None:
+        """Begin (or continue) monitoring a fit. ``store_path`` is None on processes that do not write.
+        ``resume`` is a state from :meth:`state_dict`: the store is truncated to what it held at that checkpoint."""
+        self.every_n = every_n_steps
+        self._reduce = reduce or _no_reduce
+        self._module = module
+        self._blocks.clear()
+        self._host.clear()
+        self._reset_step_state()
+        self._param_names = {id(p): n for n, p in module.named_parameters()}
+        self._opt_params = {}
+        self._opt_names = []
+        counts: dict[str, int] = {}
+        for opt in optimizers:
+            cls = type(opt).__name__
+            counts[cls] = counts.get(cls, 0) + 1
+            self._opt_names.append((opt, cls if counts[cls] == 1 else f"{cls}-{counts[cls] - 1}"))
+            self._opt_params[id(opt)] = [
+                (self._param_names.get(id(p), f"param{i}"), p)
+                for i, p in enumerate(p for g in opt.param_groups for p in g["params"])
+            ]
+        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self._unchanged = {n: True for n, _ in trainable}
+        self._initial = {n: p.detach().to("cpu", copy=True) for n, p in trainable}
+        act_every = self.config.activations_every_n_steps
+        act_every = self.every_n if act_every is None else act_every
+        self._act_every = act_every
+        self._recorder = ActivationRecorder(select_modules(module, self.config.activation_modules)) if act_every else None
+        self._probe_fn = probe_loss
+        self._probe_batch = None
+        self._t0 = time.perf_counter()
+        self._sharp_time = 0.0
+        self._steps_seen = 0
+        if resume is not None:
+            self._last_bucket = resume.get("last_bucket")
+            self._last_seq = int(resume.get("seq", 0))
+            self._last_act_bucket = resume.get("last_act_bucket")
+        else:
+            self._last_act_bucket = None
+        if store_path is not None:
+            mode = "a" if (resume is not None or append) else "w"
+            if mode == "w" and Path(store_path).exists():
+                warnings.warn(f"dyncheck: replacing the existing run store {store_path}", stacklevel=2)
+            self.store = RunWriter(store_path, mode=mode)
+            if resume is not None:
+                dropped = self.store.truncate(self._last_seq)
+                self.store.set_meta(resumed_from_step=meta.get("start_step"), resume_dropped_chunks=dropped)
+            self.store.set_meta(**meta)
+            self.store.set_meta(status="running", ended=None, exception=None)
+
+    def finish(self, status: str, *, error: BaseException | None = None, reduce: bool = True) -> None:
+        """Flush and close; record how the run ended (``finished``, ``interrupted`` or ``crashed``)."""
+        if self._recorder is not None:
+            self._recorder.detach()
+        try:
+            self.flush(reduce=reduce)
+        finally:
+            if self.store is not None and not self.store.closed:
+                info: dict[str, Any] = {"status": status, "ended": time.time(), "unchanged_parameters":
+                                        sorted(n for n, u in self._unchanged.items() if u)}
+                info["sharpness_time_s"] = round(self._sharp_time, 6)
+                info["sharpness_probes"] = self._sharp_count
+                info["duration_s"] = round(time.perf_counter() - self._t0, 6)
+                if error is not None:
+                    info["exception"] = {"type": type(error).__name__, "message": str(error)[:2000]}
+                self.store.set_meta(**info)
+                self.store.close()
+            self.store = None
+            self._initial.clear()
+            self._probe_batch = None
+            self._eigvec = None
+            self._module = None
+
+    # -- per batch ---------------------------------------------------------------------------------------------
+    def _due(self, step: int, every: int, last: int | None) -> bool:
+        return every > 0 and step // every != last
+
+    def batch_start(self, step: int, batch: Any) -> None:
+        if self._step != step:  # a new optimizer step begins (several batches share one with accumulation)
+            self._reset_step_state()
+            self._step = step
+            self._measuring = self._due(step, self.every_n, self._last_bucket)
+            if self._recorder is not None and self._due(step, self._act_every, self._last_act_bucket):
+                self._measuring_acts = True
+                self._recorder.attach()
+            if step % self.config.scalars_every_n_steps == 0:
+                lrs, names = [], []
+                for opt, oname in self._opt_names:
+                    for j, g in enumerate(opt.param_groups):
+                        names.append(f"lr/{oname}/pg{j}")
+                        lrs.append(float(g["lr"]))
+                self._host.append((step, _interned(tuple(names)), lrs))
+        if self._probe_batch is None and self.config.sharpness_enabled and self._probe_fn is not None:
+            self._probe_batch = _clone_batch(batch)
+
+    def before_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients are final here (after accumulation, all-reduce and AMP unscaling, before clipping)."""
+        named = self._opt_params.get(id(optimizer))
+        if named is None:
+            return
+        with_grad = [(n, p) for n, p in named if p.grad is not None]
+        if not with_grad:
+            return
+        grads = [p.grad for _, p in with_grad]
+        norms = tensor_norms(grads)
+        self._grad_vecs.append(norms)
+        if self._measuring:
+            names = tuple(n for n, _ in with_grad)
+            self._blocks.append(_Block(step, _interned(tuple(f"grad_norm/{n}" for n in names)), norms, "none"))
+            self._blocks.append(_Block(step, _interned(tuple(f"grad_nonfinite/{n}" for n in names)),
+                                       nonfinite_counts(grads), "none"))
+            for n, p in with_grad:
+                if n not in self._before:
+                    self._before[n] = p.detach().clone()
+
+    def batch_end(self, step: int, loss: Tensor | None, *, stepped: bool) -> None:
+        """``stepped``: an optimizer step completed in this batch (False while accumulating gradients)."""
+        if loss is not None and isinstance(loss, Tensor) and loss.numel() == 1:
+            loss = loss.detach().reshape(())
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_count += 1
+        if not stepped:
+            return
+        self._steps_seen += 1
+        if step % self.config.scalars_every_n_steps == 0:
+            if self._loss_sum is not None:
+                value = self._loss_sum if self._loss_count == 1 else self._loss_sum / self._loss_count
+                self._blocks.append(_Block(step, ("loss/train",), value.float().reshape(1), "mean"))
+            if self._grad_vecs:
+                vec = self._grad_vecs[0] if len(self._grad_vecs) == 1 else torch.cat(self._grad_vecs)
+                self._blocks.append(_Block(step, ("grad_norm/total",), vec, "norm"))
+        if self._measuring:
+            self._measure_layers(step)
+        if self._measuring_acts:
+            self._collect_activations(step)
+        if self.config.sharpness_enabled and self._sharpness_due(step):
+            self._measure_sharpness(step)
+        self._steps_since_flush += 1
+        if self._steps_since_flush >= self.config.flush_every_n_steps:
+            self.flush()
+        self._reset_step_state()
+        self._step = step
+
+    def _measure_layers(self, step: int) -> None:
+        module = self._module
+        assert module is not None
+        self._last_bucket = step // self.every_n
+        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if params:
+            names = tuple(n for n, _ in params)
+            self._blocks.append(_Block(step, _interned(tuple(f"weight_norm/{n}" for n in names)),
+                                       tensor_norms([p.detach() for _, p in params]), "none"))
+            if self._before:
+                moved = [(n, p) for n, p in params if n in self._before]
+                ratios = update_ratios([self._before[n] for n, _ in moved], [p for _, p in moved])
+                self._blocks.append(_Block(step, _interned(tuple(f"update_ratio/{n}" for n, _ in moved)),
+                                           ratios, "none"))
+            self._check_unchanged(step, params)
+
+    def _collect_activations(self, step: int) -> None:
+        assert self._recorder is not None
+        self._recorder.detach()
+        self._last_act_bucket = step // self._act_every
+        for op, (names, values) in self._recorder.collect().items():
+            self._blocks.append(_Block(step, _interned(tuple(names)), values, op))
+
+    def _check_unchanged(self, step: int, params: list[tuple[str, Tensor]]) -> None:
+        flags = []
+        for n, p in params:
+            if self._unchanged.get(n):
+                ref = self._initial.get(n)
+                if ref is None or not torch.equal(p.detach().to("cpu"), ref):
+                    self._unchanged[n] = False
+                    self._initial.pop(n, None)
+            flags.append(1.0 if self._unchanged.get(n) else 0.0)
+        self._host.append((step, _interned(tuple(f"weight_unchanged/{n}" for n, _ in params)), flags))
+
+    # -- sharpness ---------------------------------------------------------------------------------------------
+    def _sharpness_due(self, step: int) -> bool:
+        if self._probe_batch is None or self._probe_fn is None or self.store is None:
+            return False
+        if self.config.sharpness_every_n_steps:
+            return step % self.config.sharpness_every_n_steps == 0
+        # budget: spend at most `budget` of the time training has taken so far
+        elapsed = time.perf_counter() - self._t0 - self._sharp_time
+        cost = self._last_probe_cost
+        if cost is None:  # before the first probe: about (max_iter + 2) training steps
+            if self._steps_seen < 2:
+                return False
+            cost = (self.config.sharpness_max_iter + 2) * elapsed / self._steps_seen
+        return self._sharp_time + cost <= self.config.sharpness_budget * elapsed
+
+    def _measure_sharpness(self, step: int) -> None:
+        module = self._module
+        if module is None or self._probe_fn is None or self.store is None:
+            return
+        params = [p for p in module.parameters() if p.requires_grad]
+        t = time.perf_counter()
+        try:
+            with preserved_training_state(module, params), torch.enable_grad():
+                loss = self._probe_fn(module, self._probe_batch)
+                matvec, n = hvp_operator(loss, params)
+                res = lanczos_top_eig(matvec, n, max_iter=self.config.sharpness_max_iter,
+                                      tol=self.config.sharpness_tol, v0=self._eigvec, generator=self._sharp_gen,
+                                      reorthogonalize=n * self.config.sharpness_max_iter <= 64_000_000)
+                del matvec, loss
+        except Exception as exc:  # a measurement must never end the training it observes
+            self._warn("sharpness", f"dyncheck: sharpness measurement failed and is turned off for this fit "
+                                    f"({type(exc).__name__}: {exc})")
+            self._probe_fn = None
+            return
+        finally:
+            cost = time.perf_counter() - t
+            self._sharp_time += cost
+            self._last_probe_cost = cost
+        self._sharp_count += 1
+        self._eigvec = res.vector
+        opts = [opt for opt, _ in self._opt_names]
+        thr = stability_threshold(opts[0]) if opts else None
+        names, vals = ["sharpness/top_eig", "sharpness/n_hvp"], [res.value, float(res.n_hvp)]
+        if thr is not None:
+            names.append("sharpness/threshold")
+            vals.append(thr)
+        self._host.append((step, _interned(tuple(names)), vals))
+
+    # -- other scalars -----------------------------------------------------------------------------------------
+    def record(self, step: int, values: Mapping[str, Tensor | float], op: str = "mean") -> None:
+        """Buffer scalar values (tensors stay on the device) for metrics named by the keys."""
+        if not values:
+            return
+        names = tuple(values)
+        device = next((v.device for v in values.values() if isinstance(v, Tensor)), torch.device("cpu"))
+        vals = torch.stack([
+            (v.detach().reshape(()).to(device=device, dtype=torch.float32) if isinstance(v, Tensor)
+             else torch.tensor(float(v), device=device)) for v in values.values()])
+        self._blocks.append(_Block(step, _interned(names), vals, op))
+
+    # -- flushing ----------------------------------------------------------------------------------------------
+    def flush(self, reduce: bool = True) -> None:
+        """Reduce buffered statistics across processes (when ``reduce``), copy them to the host in one transfer
+        and append them to the store. Every process must call this at the same points when ``reduce`` is true."""
+        blocks, host = self._blocks, self._host
+        self._blocks, self._host = [], []
+        self._steps_since_flush = 0
+        if not blocks and not host:
+            return
+        groups: dict[tuple[tuple[str, ...], str], list[_Block]] = {}
+        for b in blocks:
+            groups.setdefault((b.names, b.op), []).append(b)
+        mats: list[tuple[tuple[str, ...], str, list[int], Tensor]] = []
+        for (names, op), bs in groups.items():
+            if op == "norm":
+                sizes = {b.values.numel() for b in bs}
+                if len(sizes) == 1:
+                    mat = torch.linalg.vector_norm(torch.stack([b.values for b in bs]), dim=1, keepdim=True)
+                else:
+                    mat = torch.stack([torch.linalg.vector_norm(b.values) for b in bs]).reshape(-1, 1)
+                op = "none"
+            else:
+                mat = torch.stack([b.values.reshape(-1) for b in bs])
+            mats.append((names, op, [b.step for b in bs], mat.float()))
+        if reduce and self._reduce is not _no_reduce:
+            for op in ("mean", "sum", "max"):
+                sel = [i for i, m in enumerate(mats) if m[1] == op]
+                if not sel:
+                    continue
+                flat = torch.cat([mats[i][3].reshape(-1) for i in sel])
+                flat = self._reduce(flat, op)
+                offset = 0
+                for i in sel:
+                    names, o, steps, mat = mats[i]
+                    mats[i] = (names, o, steps, flat[offset: offset + mat.numel()].reshape(mat.shape))
+                    offset += mat.numel()
+        if self.store is None:
+            return
+        if mats:
+            device = mats[0][3].device
+            flat = torch.cat([m[3].reshape(-1).to(device) for m in mats]).cpu().numpy()
+        offset = 0
+        series: dict[str, tuple[list[int], list[float]]] = {}
+        for names, _, steps, mat in mats:
+            arr = flat[offset: offset + mat.numel()].reshape(mat.shape)
+            offset += mat.numel()
+            for j, name in enumerate(names):
+                s, v = series.setdefault(name, ([], []))
+                s.extend(steps)
+                v.extend(arr[:, j].tolist())
+        for step, names, vals in host:
+            for name, val in zip(names, vals):
+                s, v = series.setdefault(name, ([], []))
+                s.append(step)
+                v.append(val)
+        self.store.write({k: (np.asarray(s), np.asarray(v)) for k, (s, v) in series.items()})
+        self._last_seq = self.store.last_seq()
+
+    # -- checkpoint state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must carry so that a resumed run continues its series without duplicates.
+        Flushes first (a collective under DDP: every process saves checkpoints at the same points)."""
+        self.flush()
+        return {"seq": self._last_seq, "last_bucket": self._last_bucket,
+                "last_act_bucket": self._last_act_bucket, "store": str(self.store.path) if self.store else None}
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+
+_INTERNED: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _interned(names: tuple[str, ...]) -> tuple[str, ...]:
+    """One tuple object per distinct name list, so that grouping at flush hashes cheaply."""
+    return _INTERNED.setdefault(names, names)
+
+
+def _clone_batch(batch: Any) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.detach().clone()
+    if isinstance(batch, Mapping):
+        return type(batch)({k: _clone_batch(v) for k, v in batch.items()}) if isinstance(batch, dict) else \
+            {k: _clone_batch(v) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_clone_batch(v) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_clone_batch(v) for v in batch)
+    return batch
