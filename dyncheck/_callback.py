@@ -287,6 +287,13 @@ class DynamicsMonitorHooks:
     # -- validation and epochs ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._val_sum, self._val_count = None, 0
+        if self._running and not trainer.sanity_checking:
+            # what training logged since the last look belongs to the last training step, not to validation
+            self._record_logged(trainer, max(trainer.global_step - 1, 0))
+
+    def _record_logged(self, trainer: Any, step: int) -> None:
+        logged = self._changed_logged(trainer)
+        self.monitor.record(step, {f"logged/{k}": v for k, v in logged.items()})
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
@@ -313,8 +320,7 @@ class DynamicsMonitorHooks:
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._running:
             # epoch aggregates (on_epoch=True) appear now; keyed to the last step of the epoch
-            logged = self._changed_logged(trainer)
-            self.monitor.record(max(trainer.global_step - 1, 0), {f"logged/{k}": v for k, v in logged.items()})
+            self._record_logged(trainer, max(trainer.global_step - 1, 0))
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

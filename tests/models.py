@@ -52,10 +52,13 @@ class MLP(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = nn.functional.cross_entropy(logits, y)
-        self.losses.append(loss.item())
         if self.hparams.log_acc:
             self.log("train_acc", (logits.argmax(1) == y).float().mean(), on_step=True, on_epoch=True)
         return loss
+
+    def on_before_backward(self, loss):
+        # called for real training steps only (not for the monitor's sharpness probes)
+        self.losses.append(loss.item())
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

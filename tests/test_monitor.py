@@ -1,0 +1,281 @@
+"""The callback through real Lightning Trainers, against brute-force references recorded by a plain callback."""
+
+import math
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from dyncheck import DynamicsMonitor, open_run
+from models import MLP, loaders, trainer
+
+
+class Reference(pl.Callback):
+    """Records, the slow obvious way, what the monitor should have measured."""
+
+    def __init__(self):
+        self.grad = {}
+        self.weights_before = {}
+        self.ratio = {}
+        self.wnorm = {}
+        self.lr = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.step = trainer.global_step
+        self.lr[self.step] = trainer.optimizers[0].param_groups[0]["lr"]
+        self.weights_before = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.grad[self.step] = {n: p.grad.double().norm().item() for n, p in pl_module.named_parameters()
+                                if p.grad is not None}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            return
+        self.wnorm[self.step] = {n: p.detach().double().norm().item() for n, p in pl_module.named_parameters()}
+        self.ratio[self.step] = {
+            n: ((p.detach() - self.weights_before[n]).double().norm() / self.weights_before[n].double().norm()).item()
+            for n, p in pl_module.named_parameters()}
+
+
+def _fit(tmp_path, model, mon_kw=None, tr_kw=None, data=None, ref=True):
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", **(mon_kw or {}))
+    cbs = [mon] + ([Reference()] if ref else [])
+    t = trainer(tmp_path, cbs, **(tr_kw or {}))
+    train, val = data or loaders(flat=True)
+    t.fit(model, train, val)
+    return open_run(tmp_path / "run"), (cbs[1] if ref else None), mon
+
+
+def test_every_family_recorded_and_matches_reference(tmp_path):
+    pl.seed_everything(0)
+    model = MLP(act="relu")
+    run, ref, _ = _fit(tmp_path, model, {"every_n_steps": 3, "sharpness_every_n_steps": 4})
+    n_steps = 16  # 2 epochs x 8 batches
+    loss = run.series("loss/train")
+    np.testing.assert_array_equal(loss.steps, np.arange(n_steps))
+    np.testing.assert_allclose(loss.values, model.losses, rtol=1e-6)
+    total = run.series("grad_norm/total")
+    ref_total = [math.sqrt(sum(v * v for v in ref.grad[s].values())) for s in range(n_steps)]
+    np.testing.assert_allclose(total.values, ref_total, rtol=1e-5)
+    measured = [0, 3, 6, 9, 12, 15]
+    for name in ("net.0.weight", "net.3.bias", "net.5.weight"):
+        g = run.series(f"grad_norm/{name}")
+        np.testing.assert_array_equal(g.steps, measured)
+        np.testing.assert_allclose(g.values, [ref.grad[s][name] for s in measured], rtol=1e-5)
+        w = run.series(f"weight_norm/{name}")
+        np.testing.assert_allclose(w.values, [ref.wnorm[s][name] for s in measured], rtol=1e-5)
+        r = run.series(f"update_ratio/{name}")
+        np.testing.assert_allclose(r.values, [ref.ratio[s][name] for s in measured], rtol=1e-4)
+        assert run.series(f"grad_nonfinite/{name}").values.tolist() == [0.0] * len(measured)
+        assert run.series(f"weight_unchanged/{name}").values.tolist() == [0.0] * len(measured)
+    np.testing.assert_allclose(run.series("lr/SGD/pg0").values, 0.1)
+    assert run.metrics("act/dead/*") == [f"act/dead/net.{i}" for i in (0, 1, 3, 4, 5)]  # dropout skipped
+    assert set(run.metrics("act/*/net.1")) == {f"act/{s}/net.1" for s in
+                                               ("mean", "std", "max_abs", "nonfinite", "dead")}
+    val = run.series("loss/val")
+    np.testing.assert_array_equal(val.steps, [8, 16])
+    assert run.series("logged/val_loss").values.tolist() == val.values.tolist()
+    acc = run.series("logged/train_acc_step")
+    assert set(acc.steps) <= set(measured) | {7, 15} and len(acc) >= 6  # last step of each epoch, before validation
+    assert "logged/train_acc_epoch" in run
+    sh = run.series("sharpness/top_eig")
+    np.testing.assert_array_equal(sh.steps, [0, 4, 8, 12])
+    assert np.all(sh.values > 0)
+    np.testing.assert_allclose(run.series("sharpness/threshold").values, 2 / 0.1)
+    meta = run.meta
+    assert meta["status"] == "finished" and meta["exception"] is None
+    assert meta["model"]["n_parameters"] == sum(p.numel() for p in model.parameters())
+    assert {p["name"] for p in meta["model"]["parameters"]} == {n for n, _ in model.named_parameters()}
+    assert meta["optimizers"][0]["class"] == "SGD" and meta["optimizers"][0]["param_groups"][0]["lr"] == 0.1
+    assert meta["hyperparameters"]["hidden"] == 32
+    assert meta["trainer"]["world_size"] == 1 and meta["trainer"]["precision"] == "32-true"
+    assert "torch" in meta["versions"] and meta["ended"] >= meta["started"]
+
+
+def test_lr_schedule_recorded_per_step(tmp_path):
+    class Sched(MLP):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 5, 0.5),
+                                                       "interval": "step"}}
+
+    run, ref, _ = _fit(tmp_path, Sched())
+    lr = run.series("lr/SGD/pg0")
+    np.testing.assert_allclose(lr.values, [ref.lr[s] for s in lr.steps])
+    np.testing.assert_allclose(lr.values[:11], [0.1] * 5 + [0.05] * 5 + [0.025])
+    assert run.meta["schedulers"][0]["class"] == "StepLR"
+
+
+def test_gradient_accumulation_averages_loss_and_measures_after_accumulation(tmp_path):
+    pl.seed_everything(0)
+    model = MLP()
+    run, ref, _ = _fit(tmp_path, model, {"every_n_steps": 1}, {"accumulate_grad_batches": 2})
+    loss = run.series("loss/train")
+    np.testing.assert_array_equal(loss.steps, np.arange(8))  # 16 batches, 8 optimizer steps
+    pairs = (2 * np.asarray(model.losses)).reshape(-1, 2).mean(1)  # on_before_backward sees loss / 2
+    np.testing.assert_allclose(loss.values, pairs, rtol=1e-6)
+    g = run.series("grad_norm/net.0.weight")
+    np.testing.assert_allclose(g.values, [ref.grad[s]["net.0.weight"] for s in range(8)], rtol=1e-5)
+
+
+class Partial(pl.LightningModule):
+    """A frozen sub-module, a parameter that never gets a gradient, and a dict-returning sub-module."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Linear(64, 16).requires_grad_(False)
+        self.head = nn.Linear(16, 10)
+        self.unused = nn.Parameter(torch.ones(3))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return {"loss": nn.functional.cross_entropy(self.head(torch.relu(self.frozen(x))), y), "extra": 1}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+
+
+def test_frozen_and_unused_parameters(tmp_path):
+    run, _, _ = _fit(tmp_path, Partial(), {"every_n_steps": 2}, ref=False)
+    assert run.metrics("grad_norm/frozen*") == [] and run.metrics("weight_norm/frozen*") == []
+    assert run.metrics("grad_norm/unused") == []  # no gradient, no norm
+    assert run.series("weight_unchanged/unused").values.tolist() == [1.0] * 8
+    assert run.series("weight_unchanged/head.weight").values[-1] == 0.0
+    assert run.meta["unchanged_parameters"] == ["unused"]
+    assert len(run.series("loss/train")) == 16
+
+
+class TwoOptimizers(pl.LightningModule):
+    """Manual optimization, two optimizers (a GAN-like alternation), training_step returns nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.a = nn.Linear(64, 10)
+        self.b = nn.Linear(64, 10)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt_a, opt_b = self.optimizers()
+        for opt, layer in ((opt_a, self.a), (opt_b, self.b)):
+            loss = nn.functional.cross_entropy(layer(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+        self.log("train_loss", loss)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.a.parameters(), lr=0.1), torch.optim.Adam(self.b.parameters(), lr=0.01)
+
+
+def test_manual_optimization_two_optimizers(tmp_path):
+    with pytest.warns(UserWarning, match="sharpness is off: manual optimization"):
+        run, _, _ = _fit(tmp_path, TwoOptimizers(), {"every_n_steps": 2}, ref=False)
+    assert run.metrics("lr/*") == ["lr/Adam/pg0", "lr/SGD/pg0"]
+    assert run.series("lr/Adam/pg0").values[0] == 0.01
+    steps = run.series("grad_norm/total").steps
+    np.testing.assert_array_equal(steps, np.arange(0, 32, 2))  # global_step counts both optimizers
+    assert set(run.metrics("grad_norm/*")) >= {"grad_norm/a.weight", "grad_norm/b.weight"}
+    # the training loss comes from the logged 'train_loss' on measuring steps
+    assert len(run.series("loss/train")) >= 4
+    assert run.metrics("sharpness/*") == []
+
+
+def test_nan_loss_is_recorded_not_fatal(tmp_path):
+    pl.seed_everything(0)
+    model = MLP(lr=1e6, act="relu")
+    run, _, _ = _fit(tmp_path, model, {"every_n_steps": 1, "sharpness_every_n_steps": 3}, ref=False)
+    loss = run.series("loss/train").values
+    assert len(loss) == 16 and not np.all(np.isfinite(loss))
+    assert np.any(run.series("grad_nonfinite/net.0.weight").values > 0) or not np.all(
+        np.isfinite(run.series("grad_norm/total").values))
+    assert run.meta["status"] == "finished"
+
+
+def test_hooks_removed_and_two_fits_in_one_process(tmp_path):
+    pl.seed_everything(0)
+    mon = DynamicsMonitor(dirpath=tmp_path / "a", every_n_steps=1)
+    model = MLP()
+    t = trainer(tmp_path, [mon], max_epochs=1)
+    t.fit(model, *loaders(flat=True))
+    assert not any(m._forward_hooks for m in model.modules())
+    # a second trainer with a new monitor and another model in the same process
+    mon2 = DynamicsMonitor(dirpath=tmp_path / "b", every_n_steps=1)
+    model2 = MLP()
+    trainer(tmp_path, [mon2], max_epochs=1).fit(model2, *loaders(flat=True))
+    assert not any(m._forward_hooks for m in model2.modules())
+    assert len(open_run(tmp_path / "a").series("loss/train")) == 8
+    assert len(open_run(tmp_path / "b").series("loss/train")) == 8
+    # fitting the first trainer further continues its run (steps go on, nothing duplicated)
+    t.fit_loop.max_epochs = 2
+    t.fit(model, *loaders(flat=True))
+    np.testing.assert_array_equal(open_run(tmp_path / "a").series("loss/train").steps, np.arange(16))
+
+
+def test_default_dirpath_is_under_log_dir(tmp_path):
+    mon = DynamicsMonitor()
+    t = trainer(tmp_path, [mon], max_epochs=1)
+    t.fit(MLP(), *loaders(flat=True))
+    assert mon.run_dir == tmp_path / "dyncheck"
+    assert len(open_run(mon.run_dir).series("loss/train")) == 8
+
+
+def test_buffers_bounded_and_store_readable_during_training(tmp_path):
+    seen = {"max_blocks": 0, "live": []}
+
+    class Probe(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["max_blocks"] = max(seen["max_blocks"], len(mon.monitor._blocks))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen["live"].append((open_run(tmp_path / "run").meta["status"],
+                                 len(open_run(tmp_path / "run").series("loss/train"))))
+
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", every_n_steps=1, flush_every_n_steps=4)
+    trainer(tmp_path, [mon, Probe()], max_epochs=3).fit(MLP(), *loaders(flat=True))
+    # per step: loss, total norm, grad norms, non-finite counts, weight norms, ratios, 3 activation groups
+    assert seen["max_blocks"] <= 4 * 9
+    assert seen["live"][0] == ("running", 8)
+
+
+def test_validation_loss_from_validation_step_outputs(tmp_path):
+    class NoLog(MLP):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self(x), y)
+
+    pl.seed_everything(0)
+    model = NoLog()
+    run, _, _ = _fit(tmp_path, model, tr_kw={"val_check_interval": 4}, ref=False)
+    val = run.series("loss/val")
+    np.testing.assert_array_equal(val.steps, [4, 8, 12, 16])
+    assert np.all(np.isfinite(val.values)) and "logged/val_loss" not in run
+
+
+def test_lightning_package_adapter(tmp_path):
+    L = pytest.importorskip("lightning")
+    from dyncheck.lightning import DynamicsMonitor as LMonitor
+
+    class LModel(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    mon = LMonitor(dirpath=tmp_path / "run", every_n_steps=2)
+    assert isinstance(mon, L.Callback)
+    t = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, callbacks=[mon], accelerator="cpu", devices=1)
+    t.fit(LModel(), loaders(flat=True, val=False)[0])
+    run = open_run(tmp_path / "run")
+    assert len(run.series("loss/train")) == 8
+    assert "act/saturated/net.1" in run and run.meta["status"] == "finished"
