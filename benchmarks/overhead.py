@@ -147,8 +147,8 @@ def bench(label: str, make_model, loader, max_steps: int, repeats: int) -> list[
     n_params = sum(p.numel() for p in make_model().parameters())
     print(f"\n== {label}: {n_params:,} parameters, {max_steps} steps per run, batch {loader.batch_size}, "
           f"{len(loader)} steps per epoch, {repeats} repeats (interleaved)", flush=True)
-    for name, kw in CONFIGS.items():  # warm-up, untimed
-        one_run(make_model, loader, max_steps, kw)
+    for name, kw in CONFIGS.items():  # warm-up, untimed and short (reaches a sharpness probe at step 0)
+        one_run(make_model, loader, min(max_steps, 3), kw)
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
     infos: dict[str, dict] = {}
     for r in range(repeats):
@@ -194,8 +194,9 @@ def main() -> None:
     ap.add_argument("--model", choices=("cnn", "mlp10m", "both"), default="both")
     args = ap.parse_args()
     repeats = args.repeats or (2 if args.quick else 5)
-    cnn_steps, mlp_steps = (30, 4) if args.quick else (600, 40)
+    cnn_steps, mlp_steps = (30, 4) if args.quick else (800, 30)
 
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (another process on these cores skews the timings)")
     print(f"torch {torch.__version__}, pytorch_lightning {pl.__version__}, torch.get_num_threads() = "
           f"{torch.get_num_threads()}, os.cpu_count() = {os.cpu_count()}")
     rows = []
@@ -208,6 +209,7 @@ def main() -> None:
         loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=False)
         rows += bench("mlp-8.5M", make_mlp10m, loader, mlp_steps, repeats)
     print_table(rows)
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
