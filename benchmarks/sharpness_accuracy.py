@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ TARGET_HVP = 30
 # ----------------------------------------------------------------------------------------------------------------
 # exact Hessian
 # ----------------------------------------------------------------------------------------------------------------
-def dense_hessian(module: nn.Module, loss_fn: Callable[[Callable], Tensor], chunk: int = 256) -> Tensor:
+def dense_hessian(module: nn.Module, loss_fn: Callable[[Callable], Tensor], chunk: int = 256):
     """Dense float64 Hessian of ``loss_fn(call)`` w.r.t. all parameters of ``module`` (flattened in
     ``named_parameters`` order), where ``call(*inputs)`` runs the module with the given parameters."""
     m64 = copy.deepcopy(module).double()
@@ -117,32 +116,9 @@ class Case:
     note: str = ""
 
 
-def ce(x: Tensor, y: Tensor):
-    return lambda call: nn.functional.cross_entropy(call(x.to(_dtype(call, x))), y)
-
-
-def _dtype(call, x):  # the float64 copy gets float64 inputs
-    return getattr(call, "dtype", None) or x.dtype
-
-
-def _as(x: Tensor, like_module: nn.Module) -> Tensor:
-    return x.to(next(like_module.parameters()).dtype)
-
-
 def tanh_mlp(hidden: int, out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                          nn.Linear(hidden, out))
-
-
-class TwoCopies(nn.Module):
-    """Two modules; called with an index."""
-
-    def __init__(self, a: nn.Module, b: nn.Module) -> None:
-        super().__init__()
-        self.a, self.b = a, b
-
-    def forward(self, x: Tensor, which: Tensor) -> Tensor:
-        return self.a(x) if int(which) == 0 else self.b(x)
 
 
 def make_cases(quick: bool) -> list[Case]:
@@ -173,14 +149,6 @@ def make_cases(quick: bool) -> list[Case]:
     cases.append(Case("(c) tiny CNN, digits, init", cnn, _ce_case(xi, yi)))
 
     # (d1) two copies of (a), the second loss scaled by 0.995: Hessian blockdiag(H, 0.995 H)
-    two = nn.Sequential()
-    two.add_module("a", copy.deepcopy(mlp_a))
-    two.add_module("b", copy.deepcopy(mlp_a))
-
-    def two_loss(call, x=xm, y=ym):
-        out = call(x.to(torch.float64) if _is64(call) else x)  # Sequential runs a then b: use parts instead
-        raise RuntimeError  # replaced below
-
     cases.append(Case("(d1) EoS: blockdiag(H, 0.995 H) of (a)", _Pair(copy.deepcopy(mlp_a), copy.deepcopy(mlp_a)),
                       _pair_loss(xm, ym, 1.0, 0.995)))
 
@@ -208,10 +176,6 @@ def make_cases(quick: bool) -> list[Case]:
     return cases
 
 
-def _is64(call) -> bool:
-    return False
-
-
 class _Pair(nn.Module):
     """Two sub-networks evaluated on their own inputs: ``forward(x, which)``."""
 
@@ -223,12 +187,8 @@ class _Pair(nn.Module):
         return self.a(x) if which == 0 else self.b(x)
 
 
-def _cast(call, x: Tensor, dtype_holder: dict) -> Tensor:
-    return x.to(dtype_holder["dtype"])
-
-
-# Every loss takes ``call`` and decides the input dtype from a probe of the module: the exact Hessian runs a
-# float64 copy. ``call.__self__`` is not available for lambdas, so the loss functions are built per dtype:
+# Losses: ``loss(call, dtype)``; ``call(*inputs)`` runs the network (the module itself, or its float64 copy with
+# the parameters of the dense-Hessian computation); ``dtype`` is the dtype of that network.
 def _ce_case(x: Tensor, y: Tensor):
     def loss(call, dtype=torch.float32):
         return nn.functional.cross_entropy(call(x.to(dtype)), y)

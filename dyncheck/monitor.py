@@ -200,6 +200,7 @@ class Monitor:
                 (self._param_names.get(id(p), f"param{i}"), p)
                 for i, p in enumerate(p for g in opt.param_groups for p in g["params"])
             ]
+        self._lr_names: tuple[str, ...] = ()
         trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self._unchanged = {n: True for n, _ in trainable}
         self._initial = {n: p.detach().to("cpu", copy=True) for n, p in trainable}
@@ -265,12 +266,11 @@ class Monitor:
                 self._measuring_acts = True
                 self._recorder.attach()
             if step % self.config.scalars_every_n_steps == 0:
-                lrs, names = [], []
-                for opt, oname in self._opt_names:
-                    for j, g in enumerate(opt.param_groups):
-                        names.append(f"lr/{oname}/pg{j}")
-                        lrs.append(float(g["lr"]))
-                self._host.append((step, _interned(tuple(names)), lrs))
+                lrs = [float(g["lr"]) for opt, _ in self._opt_names for g in opt.param_groups]
+                if len(lrs) != len(self._lr_names):  # param groups added during training
+                    self._lr_names = _interned(tuple(f"lr/{oname}/pg{j}" for opt, oname in self._opt_names
+                                                     for j in range(len(opt.param_groups))))
+                self._host.append((step, self._lr_names, lrs))
         if self._probe_batch is None and self.config.sharpness_enabled and self._probe_fn is not None:
             self._probe_batch = _clone_batch(batch)
 
@@ -296,8 +296,8 @@ class Monitor:
 
     def batch_end(self, step: int, loss: Tensor | None, *, stepped: bool) -> None:
         """``stepped``: an optimizer step completed in this batch (False while accumulating gradients)."""
-        if loss is not None and isinstance(loss, Tensor) and loss.numel() == 1:
-            loss = loss.detach().reshape(())
+        if isinstance(loss, Tensor) and loss.numel() == 1:
+            loss = loss.detach()
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_count += 1
         if not stepped:
@@ -306,10 +306,10 @@ class Monitor:
         if step % self.config.scalars_every_n_steps == 0:
             if self._loss_sum is not None:
                 value = self._loss_sum if self._loss_count == 1 else self._loss_sum / self._loss_count
-                self._blocks.append(_Block(step, ("loss/train",), value.float().reshape(1), "mean"))
+                self._blocks.append(_Block(step, _LOSS, value, "mean"))
             if self._grad_vecs:
                 vec = self._grad_vecs[0] if len(self._grad_vecs) == 1 else torch.cat(self._grad_vecs)
-                self._blocks.append(_Block(step, ("grad_norm/total",), vec, "norm"))
+                self._blocks.append(_Block(step, _GRAD_TOTAL, vec, "norm"))
         if self._measuring:
             self._measure_layers(step)
         if self._measuring_acts:
@@ -438,7 +438,7 @@ class Monitor:
                     mat = torch.stack([torch.linalg.vector_norm(b.values) for b in bs]).reshape(-1, 1)
                 op = "none"
             else:
-                mat = torch.stack([b.values.reshape(-1) for b in bs])
+                mat = torch.stack([b.values.reshape(-1).float() for b in bs])
             mats.append((names, op, [b.step for b in bs], mat.float()))
         if reduce and self._reduce is not _no_reduce:
             for op in ("mean", "sum", "max"):
@@ -489,6 +489,8 @@ class Monitor:
 
 
 _INTERNED: dict[tuple[str, ...], tuple[str, ...]] = {}
+_LOSS = ("loss/train",)
+_GRAD_TOTAL = ("grad_norm/total",)
 
 
 def _interned(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -279,3 +279,37 @@ def test_lightning_package_adapter(tmp_path):
     run = open_run(tmp_path / "run")
     assert len(run.series("loss/train")) == 8
     assert "act/saturated/net.1" in run and run.meta["status"] == "finished"
+
+
+class SeqModel(pl.LightningModule):
+    """An LSTM (module output is a tuple) feeding a head; rows of digits as a sequence of 8 steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.act = nn.Tanh()
+        self.head = nn.Linear(16, 10)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        out, _ = self.lstm(x.reshape(len(x), 8, 8))
+        return nn.functional.cross_entropy(self.head(self.act(out[:, -1])), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def test_tuple_returning_modules(tmp_path):
+    run, _, _ = _fit(tmp_path, SeqModel(), {"every_n_steps": 2, "sharpness_every_n_steps": 8}, ref=False)
+    assert len(run.series("act/mean/lstm")) == 8
+    assert "act/saturated/act" in run and "act/saturated/lstm" not in run
+    assert run.metrics("sharpness/*") == ["sharpness/n_hvp", "sharpness/top_eig"]  # Adam: no threshold
+
+
+def test_bf16_mixed_precision_measures_unscaled_fp32_gradients(tmp_path):
+    pl.seed_everything(0)
+    run, ref, _ = _fit(tmp_path, MLP(), {"every_n_steps": 1}, {"precision": "bf16-mixed"})
+    assert run.meta["trainer"]["precision"] == "bf16-mixed"
+    g = run.series("grad_norm/net.0.weight")
+    np.testing.assert_allclose(g.values, [ref.grad[s]["net.0.weight"] for s in g.steps], rtol=1e-5)
+    assert np.all(np.isfinite(run.series("loss/train").values))

@@ -12,9 +12,10 @@ __all__ = ["tensor_norms", "nonfinite_counts", "update_ratios"]
 
 
 def _stack(values: Sequence[Tensor], device: torch.device) -> Tensor:
-    if any(v.device != device for v in values):
-        values = [v.to(device) for v in values]
-    return torch.stack(list(values))
+    try:
+        return torch.stack(list(values))
+    except RuntimeError:  # tensors on several devices (model parallelism)
+        return torch.stack([v.to(device) for v in values])
 
 
 def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
