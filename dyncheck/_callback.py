@@ -168,11 +168,11 @@ class DynamicsMonitorHooks:
         if probe is None and pl_module.automatic_optimization:
             probe = default_probe_loss
         if probe is None and self.config.sharpness_enabled and trainer.is_global_zero:
-            mon._warn("manual", "dyncheck: sharpness is off: manual optimization needs "
+            mon.warn_once("manual", "dyncheck: sharpness is off: manual optimization needs "
                                 "DynamicsMonitor(sharpness_loss_fn=...)")
         if any(isinstance(m, nn.SyncBatchNorm) for m in pl_module.modules()) and trainer.world_size > 1:
             probe = None  # its forward is a collective; a rank-0-only probe would hang the others
-            mon._warn("syncbn", "dyncheck: sharpness is off: SyncBatchNorm makes the probe a collective")
+            mon.warn_once("syncbn", "dyncheck: sharpness is off: SyncBatchNorm makes the probe a collective")
         meta = self._meta(trainer, pl_module, opts)
         mon.start(
             module=pl_module,
@@ -264,11 +264,13 @@ class DynamicsMonitorHooks:
         if loss is not None and pl_module.automatic_optimization and trainer.accumulate_grad_batches > 1:
             loss = loss * trainer.accumulate_grad_batches  # Lightning divides the returned loss for accumulation
         mon = self.monitor
-        if stepped and mon._measuring:
+        if stepped and mon.measuring:
             logged = self._changed_logged(trainer)
             if loss is None:
                 loss = self._logged_train_loss(logged)
-            mon.record(step, {f"logged/{k}": v for k, v in logged.items()})
+            # logged values are recorded as the module logged them (sync_dist is the module's choice): reducing
+            # them here would be a collective over keys that may differ between ranks (rank_zero_only=True)
+            mon.record(step, {f"logged/{k}": v for k, v in logged.items()}, op="none")
         mon.batch_end(step, loss, stepped=stepped)
 
     def _logged_train_loss(self, logged: Mapping[str, Tensor]) -> Tensor | None:
@@ -293,7 +295,7 @@ class DynamicsMonitorHooks:
 
     def _record_logged(self, trainer: Any, step: int) -> None:
         logged = self._changed_logged(trainer)
-        self.monitor.record(step, {f"logged/{k}": v for k, v in logged.items()})
+        self.monitor.record(step, {f"logged/{k}": v for k, v in logged.items()}, op="none")
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
@@ -306,15 +308,16 @@ class DynamicsMonitorHooks:
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if not self._running or trainer.sanity_checking:
             return
+        step = trainer.global_step
         logged = self._changed_logged(trainer)
-        values: dict[str, Any] = {f"logged/{k}": v for k, v in logged.items()}
         keys = (self.config.val_loss_key,) if self.config.val_loss_key else VAL_LOSS_KEYS
         val = next((logged[k] for k in keys if k in logged), None)
-        if val is None and self._val_sum is not None:
-            val = self._val_sum / self._val_count
         if val is not None:
-            values["loss/val"] = val
-        self.monitor.record(trainer.global_step, values)
+            logged["loss/val"] = val  # as logged (and synced, or not, by the module)
+        elif self._val_sum is not None:  # the mean of what validation_step returned, averaged over ranks
+            self.monitor.record(step, {"loss/val": self._val_sum / self._val_count}, op="mean")
+        self.monitor.record(step, {(k if k == "loss/val" else f"logged/{k}"): v for k, v in logged.items()},
+                            op="none")
         self.monitor.flush()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -324,9 +327,9 @@ class DynamicsMonitorHooks:
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        if self._running:
-            return self.monitor.state_dict()
-        return dict(self._resume or {})
+        if self._running or self._resume is None:
+            return self.monitor.state_dict()  # after the fit: the final state (nothing left to flush)
+        return dict(self._resume)  # loaded but not started yet
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict)

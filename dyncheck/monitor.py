@@ -128,6 +128,7 @@ class Monitor:
     def __init__(self, config: MonitorConfig) -> None:
         self.config = config
         self.store: RunWriter | None = None
+        self.store_path: Path | None = None
         self.every_n = config.every_n_steps or 50
         self._reduce: ReduceFn = _no_reduce
         self._module: nn.Module | None = None
@@ -224,7 +225,8 @@ class Monitor:
             if mode == "w" and Path(store_path).exists():
                 warnings.warn(f"dyncheck: replacing the existing run store {store_path}", stacklevel=2)
             self.store = RunWriter(store_path, mode=mode)
-            if resume is not None:
+            self.store_path = self.store.path
+            if resume is not None and "seq" in resume:
                 dropped = self.store.truncate(self._last_seq)
                 self.store.set_meta(resumed_from_step=meta.get("start_step"), resume_dropped_chunks=dropped)
             self.store.set_meta(**meta)
@@ -246,6 +248,7 @@ class Monitor:
                 if error is not None:
                     info["exception"] = {"type": type(error).__name__, "message": str(error)[:2000]}
                 self.store.set_meta(**info)
+                self._last_seq = self.store.last_seq()
                 self.store.close()
             self.store = None
             self._initial.clear()
@@ -475,12 +478,21 @@ class Monitor:
         self._last_seq = self.store.last_seq()
 
     # -- checkpoint state --------------------------------------------------------------------------------------
+    @property
+    def measuring(self) -> bool:
+        """Whether the current step takes per-layer statistics."""
+        return self._measuring
+
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must carry so that a resumed run continues its series without duplicates.
         Flushes first (a collective under DDP: every process saves checkpoints at the same points)."""
         self.flush()
         return {"seq": self._last_seq, "last_bucket": self._last_bucket,
-                "last_act_bucket": self._last_act_bucket, "store": str(self.store.path) if self.store else None}
+                "last_act_bucket": self._last_act_bucket,
+                "store": str(self.store_path) if self.store_path is not None else None}
+
+    def warn_once(self, key: str, message: str) -> None:
+        self._warn(key, message)
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -1,0 +1,143 @@
+"""Each detector against synthetic series with known answers, including edge cases."""
+
+import numpy as np
+import pytest
+
+from dyncheck.checks.detectors import (
+    divergence,
+    growth,
+    no_progress,
+    nonfinite,
+    opposite_trends,
+    plateau,
+    ratio,
+    rolling_median_prev,
+    runs_at_least,
+    spike,
+    spread,
+    threshold,
+)
+
+EMPTY = (np.array([], dtype=np.int64), np.array([]))
+
+
+def test_runs_at_least():
+    m = np.array([1, 1, 0, 1, 1, 1, 0, 1], bool)
+    assert runs_at_least(m, 3).tolist() == [0, 0, 0, 1, 1, 1, 0, 0]
+    assert runs_at_least(m, 1).tolist() == m.tolist()
+    assert runs_at_least(np.zeros(0, bool), 3).size == 0
+
+
+def test_rolling_median_prev_matches_loop():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=50)
+    v[10] = np.nan
+    got = rolling_median_prev(v, 7)
+    for i in range(1, 50):
+        w = v[max(0, i - 7):i]
+        w = w[np.isfinite(w)]
+        assert got[i] == pytest.approx(np.median(w))
+    assert np.isnan(got[0])
+
+
+def test_threshold_scopes():
+    s, v = np.arange(5), np.array([0.0, 5.0, 1.0, 2.0, 7.0])
+    assert threshold(s, v, above=4)[0].tolist() == [0, 1, 0, 0, 1]
+    assert threshold(s, v, above=6, scope="last")[0].tolist() == [0, 0, 0, 0, 1]
+    m, val, _ = threshold(s, v, below=3, scope="median")
+    assert m.tolist() == [0, 0, 0, 0, 1] and val[-1] == 2.0
+    assert threshold(*EMPTY, above=1, scope="last")[0].size == 0
+    assert threshold(np.arange(3), np.array([np.nan, 1, 2]), above=0)[0].tolist() == [0, 1, 1]
+
+
+def test_nonfinite_values_and_counts():
+    s = np.arange(4)
+    assert nonfinite(s, np.array([1, np.nan, np.inf, 2]), metric="loss/train")[0].tolist() == [0, 1, 1, 0]
+    assert nonfinite(s, np.array([0, 0, 3, 0.0]), metric="grad_nonfinite/w")[0].tolist() == [0, 0, 1, 0]
+    assert nonfinite(s, np.array([0, 0, 3, 0.0]), metric="loss/train")[0].tolist() == [0, 0, 0, 0]
+
+
+def test_spike_short_excursion_only():
+    rng = np.random.default_rng(1)
+    v = 1.0 + 0.05 * rng.normal(size=100)
+    v[40] = 8.0  # short spike
+    v[80:] = 10.0  # a level shift to the end: not a spike
+    mask, _, extra = spike(np.arange(100), v, window=20, factor=3.0)
+    assert np.flatnonzero(mask).tolist() == [40]
+    assert extra["ratio"][40] == pytest.approx(8.0 / np.median(v[20:40]))
+
+
+def test_spike_ignores_noise_and_short_series():
+    rng = np.random.default_rng(2)
+    v = np.abs(1.0 + 0.3 * rng.normal(size=500))
+    assert not spike(np.arange(500), v)[0].any()
+    assert not spike(np.arange(1), np.array([5.0]))[0].any()
+    assert not spike(np.arange(3), np.array([1.0, 1.0, 100.0]))[0].any()  # too little history
+
+
+def test_divergence():
+    v = np.array([3.0, 2.0, 1.0, 0.5, 0.4, 0.5, 2.0, 5.0, 9.0, np.nan])
+    mask, _, extra = divergence(np.arange(10), v, factor=3.0, min_points=3)
+    assert mask.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert extra["best"][8] == 0.4
+    # a steadily falling loss never diverges; constant series neither
+    assert not divergence(np.arange(50), np.linspace(2, 0.01, 50))[0].any()
+    assert not divergence(np.arange(50), np.full(50, 2.0))[0].any()
+
+
+def test_growth():
+    v = np.concatenate([np.full(20, 1.0), np.logspace(0, 5, 30)])
+    mask, _, extra = growth(np.arange(50), v, factor=100.0)
+    first = int(np.flatnonzero(mask)[0])
+    assert v[first] > 100 and v[first - 1] <= 100
+    assert not growth(np.arange(3), np.array([1.0, 1e9, 1e9]))[0].any()  # too short
+    assert growth(np.arange(10), np.array([1.0] * 5 + [np.inf] * 5))[0][5:].all()
+
+
+def test_no_progress():
+    s = np.arange(100)
+    flat = 2.3 + 0.01 * np.sin(s)
+    m, val, _ = no_progress(s, flat)
+    assert m.tolist() == [False] * 99 + [True] and abs(val[-1]) < 0.05
+    assert not no_progress(s, np.linspace(2.3, 0.1, 100))[0].any()
+    assert not no_progress(np.arange(3), np.ones(3))[0].any()  # too few points: no verdict
+
+
+def test_plateau_premature_vs_converged():
+    s = np.arange(200)
+    stuck = np.concatenate([np.linspace(2.3, 1.5, 40), np.full(160, 1.5)])
+    m, val, _ = plateau(s, stuck)
+    assert m.sum() == 1 and val[m][0] == pytest.approx(1.5, rel=0.05)
+    converged = np.concatenate([np.linspace(2.3, 0.01, 40), np.full(160, 0.01)])  # near zero: fine
+    assert not plateau(s, converged)[0].any()
+    assert not plateau(s, np.linspace(2.3, 0.2, 200))[0].any()  # steady progress
+    assert not plateau(s, np.full(200, 2.3))[0].any()  # never progressed: that is no-progress
+
+
+def test_ratio_aligns_on_common_steps():
+    steps, mask, r, _ = ratio((np.array([0, 5, 10]), np.array([1.0, 19.0, 21.0])),
+                              (np.array([5, 10, 15]), np.array([20.0, 20.0, 20.0])), above=1.0)
+    assert steps.tolist() == [5, 10] and mask.tolist() == [False, True]
+    assert r.tolist() == pytest.approx([0.95, 1.05])
+
+
+def test_opposite_trends_overfitting():
+    train = (np.arange(100), np.linspace(2.0, 0.05, 100))
+    val_steps = np.arange(10, 101, 10)
+    val_vals = np.array([1.5, 1.0, 0.8, 0.7, 0.75, 0.85, 0.95, 1.1, 1.2, 1.3])
+    steps, mask, _, _ = opposite_trends(train, (val_steps, val_vals), rise=0.1)
+    assert steps[mask].tolist() == [60, 70, 80, 90, 100]
+    # both falling: nothing
+    assert not opposite_trends(train, (val_steps, np.linspace(1.5, 0.5, 10)))[1].any()
+    assert not opposite_trends(train, (np.array([10]), np.array([1.0])))[1].any()
+
+
+def test_spread_vanishing_layers():
+    s = np.arange(10)
+    series = [("g/first", s, np.full(10, 1e-6)), ("g/mid", s[::2], np.full(5, 1e-2)), ("g/last", s, np.ones(10))]
+    steps, mask, r, extra = spread(series, below=1e-3)
+    assert steps.tolist() == [0, 2, 4, 6, 8] and mask.all()
+    assert r[0] == pytest.approx(1e-6) and extra["lowest"][0] == 0
+    assert spread(series[:1])[1].size == 0
+    healthy = [("a", s, np.full(10, 0.1)), ("b", s, np.full(10, 1.0))]
+    assert not spread(healthy)[1].any()
