@@ -78,7 +78,7 @@ class DynamicsMonitorHooks:
         sharpness_every_n_steps: probe sharpness on this fixed schedule instead of the time budget; 0 turns
             sharpness off.
         sharpness_max_iter: Hessian-vector products per probe at most (20).
-        sharpness_tol: relative residual at which Lanczos stops (1e-3).
+        sharpness_tol: relative residual at which Lanczos stops (1e-4; see ``lanczos_top_eig``).
         sharpness_loss_fn: ``fn(module, batch) -> loss`` for the probe; default ``training_step(batch, 0)`` with
             logging silenced (needed for manual optimization, where training_step steps the optimizers).
         train_loss_key: logged metric used as training loss when ``training_step`` returns none.
@@ -99,7 +99,7 @@ class DynamicsMonitorHooks:
         sharpness_budget: float = 0.02,
         sharpness_every_n_steps: int | None = None,
         sharpness_max_iter: int = 20,
-        sharpness_tol: float = 1e-3,
+        sharpness_tol: float = 1e-4,
         sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
         train_loss_key: str | None = None,
         val_loss_key: str | None = None,

@@ -70,7 +70,7 @@ class MonitorConfig:
     sharpness_budget: float = 0.02
     sharpness_every_n_steps: int | None = None
     sharpness_max_iter: int = 20
-    sharpness_tol: float = 1e-3
+    sharpness_tol: float = 1e-4
     sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = None
     train_loss_key: str | None = None
     val_loss_key: str | None = None
@@ -384,9 +384,11 @@ class Monitor:
             with preserved_training_state(module, params), torch.enable_grad():
                 loss = self._probe_fn(module, self._probe_batch)
                 matvec, n = hvp_operator(loss, params)
+                size = n * self.config.sharpness_max_iter
                 res = lanczos_top_eig(matvec, n, max_iter=self.config.sharpness_max_iter,
                                       tol=self.config.sharpness_tol, v0=self._eigvec, generator=self._sharp_gen,
-                                      reorthogonalize=n * self.config.sharpness_max_iter <= 64_000_000)
+                                      reorthogonalize=size <= _REORTH_MAX,
+                                      basis_device="cpu" if size <= _HOST_BASIS_MAX else None)
                 del matvec, loss
         except Exception as exc:  # a measurement must never end the training it observes
             self._warn("sharpness", f"dyncheck: sharpness measurement failed and is turned off for this fit "
@@ -500,6 +502,10 @@ class Monitor:
             warnings.warn(message, stacklevel=3)
 
 
+#: Lanczos basis sizes (values): full reorthogonalisation on the device up to 64M (256 MB in float32); above, the
+#: basis is kept in host memory, only to return the eigenvector for warm starts, up to 256M values (1 GB)
+_REORTH_MAX = 64_000_000
+_HOST_BASIS_MAX = 256_000_000
 _INTERNED: dict[tuple[str, ...], tuple[str, ...]] = {}
 _LOSS = ("loss/train",)
 _GRAD_TOTAL = ("grad_norm/total",)

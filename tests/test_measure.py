@@ -249,3 +249,20 @@ def test_preserved_state_restores_rng_buffers_grads_and_mode():
     assert all(torch.equal(a, b) for a, b in zip(bn, net.buffers()))
     assert all(torch.equal(g, p.grad) for g, p in zip(grads, net.parameters()))
     assert net.training
+
+
+def test_lanczos_without_reorthogonalisation_still_returns_a_warm_start_vector():
+    net, _, loss = _mlp_case(3)
+    mv, n = hvp_operator(loss(), list(net.parameters()))
+    res = lanczos_top_eig(mv, n, max_iter=30, reorthogonalize=False, basis_device="cpu",
+                          generator=torch.Generator().manual_seed(0))
+    assert res.vector is not None and res.vector.shape == (n,)
+    rq = torch.dot(mv(res.vector), res.vector) / res.vector.norm() ** 2
+    assert rq.item() == pytest.approx(res.value, rel=1e-3)
+
+
+def test_dead_share_semantics_with_nan():
+    x = torch.zeros(4, 3)
+    x[0, 1] = float("nan")  # a NaN output is not a dead unit
+    x[2, 2] = 1.0
+    assert activation_stats(x, 1)[4].item() == pytest.approx(1 / 3)
