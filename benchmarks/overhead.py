@@ -6,7 +6,8 @@ scikit-learn's digits (no download):
 (a) a small CNN (conv 1->16->32, 8x8 inputs, batch 64, SGD with momentum), several epochs over digits;
 (b) an MLP 64 -> 2048 -> 2048 -> 2048 -> 10 (about 8.5M parameters, the exact count is printed), batch 128.
 
-Configurations, run interleaved (A, B, C, D, A, B, C, D, ...) so that machine drift hits all of them equally:
+Configurations, run interleaved with the order rotated each repeat (A B C D, B C D A, ...) so that machine drift
+and position effects hit all of them equally:
 
 - ``plain``                   no callback
 - ``monitor, defaults``       ``DynamicsMonitor(dirpath=tmp)`` (per-layer statistics and activations every
@@ -153,12 +154,15 @@ def bench(label: str, make_model, loader, max_steps: int, repeats: int) -> list[
         one_run(make_model, loader, min(max_steps, 3), kw)
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
     infos: dict[str, dict] = {}
+    names = list(CONFIGS)
     for r in range(repeats):
-        for name, kw in CONFIGS.items():
+        # rotate the order each repeat so that no configuration always follows the same one
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            kw = CONFIGS[name]
             sec, info = one_run(make_model, loader, max_steps, kw)
             times[name].append(sec)
             infos[name] = info
-        print(f"  repeat {r + 1}/{repeats}: " + ", ".join(f"{t[-1]:.2f}s" for t in times.values()), flush=True)
+        print(f"  repeat {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), flush=True)
     base = statistics.median(times["plain"])
     rows = []
     for name in CONFIGS:

@@ -143,3 +143,15 @@ def test_unknown_option_names_it():
 def test_state_keys_tell_instances_apart(tmp_path):
     a, b = DynamicsMonitor(dirpath=tmp_path / "a"), DynamicsMonitor(dirpath=tmp_path / "b")
     assert a.state_key != b.state_key and "DynamicsMonitor" in a.state_key
+
+
+def test_checkpoint_saved_after_fit_resumes_without_losing_data(tmp_path):
+    """A checkpoint written after fit ended carries the final store position: resuming appends, drops nothing."""
+    mon = DynamicsMonitor(dirpath=tmp_path / "run")
+    t = trainer(tmp_path, [mon], max_epochs=1)
+    model = MLP()
+    t.fit(model, *loaders(flat=True))
+    t.save_checkpoint(tmp_path / "end.ckpt")
+    trainer(tmp_path, [DynamicsMonitor(dirpath=tmp_path / "run")], max_epochs=2).fit(
+        MLP(), *loaders(flat=True), ckpt_path=tmp_path / "end.ckpt")
+    np.testing.assert_array_equal(open_run(tmp_path / "run").series("loss/train").steps, np.arange(16))
