@@ -63,7 +63,7 @@ class MLP(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
-        self.log("val_loss", loss)
+        self.log("val_loss", loss, sync_dist=True)  # the monitor records logged values as logged
         return loss
 
     def configure_optimizers(self):
