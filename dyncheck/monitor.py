@@ -520,8 +520,7 @@ def _clone_batch(batch: Any) -> Any:
     if isinstance(batch, Tensor):
         return batch.detach().clone()
     if isinstance(batch, Mapping):
-        return type(batch)({k: _clone_batch(v) for k, v in batch.items()}) if isinstance(batch, dict) else \
-            {k: _clone_batch(v) for k, v in batch.items()}
+        return {k: _clone_batch(v) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
         return type(batch)(*(_clone_batch(v) for v in batch))
     if isinstance(batch, (list, tuple)):

@@ -189,7 +189,6 @@ def plateau(steps, values, *, early=0.35, min_improvement=0.02, min_early_progre
     within ``min_improvement`` (relative) of the value reached by then, while still above ``min_level`` times the
     initial level. One verdict, at the step where the plateau began."""
     v = np.asarray(values, dtype=float)
-    s = np.asarray(steps)
     mask = np.zeros(v.size, bool)
     out = np.full(v.size, np.nan)
     fin_idx = np.flatnonzero(np.isfinite(v))
@@ -210,7 +209,6 @@ def plateau(steps, values, *, early=0.35, min_improvement=0.02, min_early_progre
         i = fin_idx[cut]
         mask[i] = True
         out[i] = at_cut
-    del s
     return mask, out, {}
 
 
