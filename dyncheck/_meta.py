@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
     return str(value)
@@ -40,7 +40,7 @@ def module_meta(module: nn.Module) -> dict[str, Any]:
 def optimizer_meta(optimizer: torch.optim.Optimizer, name: str) -> dict[str, Any]:
     groups = []
     for g in optimizer.param_groups:
-        d = {k: _jsonable(v) for k, v in g.items() if k != "params"}
+        d = {k: jsonable(v) for k, v in g.items() if k != "params"}
         d["n_params"] = sum(p.numel() for p in g["params"])
         groups.append(d)
     return {"name": name, "class": type(optimizer).__name__, "param_groups": groups}
@@ -54,6 +54,3 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
-
-
-jsonable = _jsonable

@@ -146,7 +146,7 @@ class Monitor:
         self._initial: dict[str, Tensor] = {}
         self._unchanged: dict[str, bool] = {}
         self._probe_batch: Any = None
-        self._probe_loss: Callable[[], Tensor] | None = None
+        self._probe_fn: Callable[[nn.Module, Any], Tensor] | None = None
         self._eigvec: Tensor | None = None
         self._sharp_gen = torch.Generator().manual_seed(0)
         self._sharp_time = 0.0
