@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["DyncheckError", "ConfigError", "StoreError", "MeasureError"]
+from dataclasses import dataclass
+from typing import Sequence
+
+__all__ = ["DyncheckError", "ConfigError", "RuleError", "RuleProblem", "StoreError", "MeasureError"]
 
 
 class DyncheckError(Exception):
@@ -15,6 +18,30 @@ class ConfigError(DyncheckError, ValueError):
     The message names the option and what was expected, e.g.
     ``DynamicsMonitor(every_n_steps=-1): expected a positive int or None``.
     """
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    """One problem in a rule file: where (file, 1-based line and column), which check, what was expected."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+    check: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: check '{self.check}': {self.message}" if self.check else f"{where}: {self.message}"
+
+
+class RuleError(ConfigError):
+    """A rule file is invalid. ``problems`` lists every problem found, one :class:`RuleProblem` each; the message
+    has one line per problem, ``file:line:column: check 'id': what was expected``, the way ruff reports."""
+
+    def __init__(self, problems: Sequence[RuleProblem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 class StoreError(DyncheckError):

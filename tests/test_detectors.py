@@ -12,7 +12,7 @@ from dyncheck.checks.detectors import (
     plateau,
     ratio,
     rolling_median_prev,
-    runs_at_least,
+    held_for,
     spike,
     spread,
     threshold,
@@ -21,11 +21,16 @@ from dyncheck.checks.detectors import (
 EMPTY = (np.array([], dtype=np.int64), np.array([]))
 
 
-def test_runs_at_least():
+def test_held_for_counts_steps_not_points():
     m = np.array([1, 1, 0, 1, 1, 1, 0, 1], bool)
-    assert runs_at_least(m, 3).tolist() == [0, 0, 0, 1, 1, 1, 0, 0]
-    assert runs_at_least(m, 1).tolist() == m.tolist()
-    assert runs_at_least(np.zeros(0, bool), 3).size == 0
+    assert held_for(np.arange(8), m, 3).tolist() == [0, 0, 0, 1, 1, 1, 0, 0]
+    assert held_for(np.arange(8), m, 1).tolist() == m.tolist()
+    assert held_for(np.arange(0), np.zeros(0, bool), 3).size == 0
+    # recorded every 10 steps: two consecutive points hold for 20 steps
+    assert held_for(np.arange(0, 80, 10), m, 20).tolist() == [1, 1, 0, 1, 1, 1, 0, 0]
+    assert held_for(np.arange(0, 80, 10), m, 30).tolist() == [0, 0, 0, 1, 1, 1, 0, 0]
+    # the last point holds for the typical spacing
+    assert held_for(np.arange(0, 80, 10), m, 10).tolist() == m.tolist()
 
 
 def test_rolling_median_prev_matches_loop():
@@ -33,10 +38,10 @@ def test_rolling_median_prev_matches_loop():
     v = rng.normal(size=50)
     v[10] = np.nan
     got = rolling_median_prev(v, 7)
+    filled = v.copy()
+    filled[10] = filled[9]  # a non-finite value counts as the last finite one before it
     for i in range(1, 50):
-        w = v[max(0, i - 7):i]
-        w = w[np.isfinite(w)]
-        assert got[i] == pytest.approx(np.median(w))
+        assert got[i] == pytest.approx(np.median(filled[max(0, i - 7):i]))
     assert np.isnan(got[0])
 
 
@@ -77,7 +82,7 @@ def test_spike_ignores_noise_and_short_series():
 
 def test_divergence():
     v = np.array([3.0, 2.0, 1.0, 0.5, 0.4, 0.5, 2.0, 5.0, 9.0, np.nan])
-    mask, _, extra = divergence(np.arange(10), v, factor=3.0, min_points=3)
+    mask, _, extra = divergence(np.arange(10), v, window=1, factor=3.0, min_points=3)
     assert mask.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
     assert extra["best"][8] == 0.4
     # a steadily falling loss never diverges; constant series neither

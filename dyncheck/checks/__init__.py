@@ -1,5 +1,3 @@
-"""Checks over recorded series (no torch): generic detectors now; rule files and evaluation build on them."""
+"""Checks over recorded series (no torch): rule files, generic detectors, evaluation into findings."""
 
-from .detectors import DETECTORS, Detector, Hit, runs_at_least
-
-__all__ = ["DETECTORS", "Detector", "Hit", "runs_at_least"]
+from .detectors import DETECTORS, Detector

@@ -12,64 +12,96 @@ Detector kinds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Hit", "DETECTORS", "Detector", "runs_at_least", "rolling_median_prev"]
-
-
-@dataclass
-class Hit:
-    """Where a condition holds on one series: ``mask`` and ``value`` have one entry per step in ``steps``."""
-
-    metric: str
-    steps: np.ndarray
-    mask: np.ndarray
-    value: np.ndarray
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
+__all__ = ["DETECTORS", "Detector", "held_for", "rolling_median", "rolling_median_prev"]
 
 
 @dataclass(frozen=True)
 class Detector:
+    """A generic detector: ``params`` maps each parameter to (JSON schema, default); ``fields`` are the extra
+    values a check's message template may name (besides value, step, first_step, last_step, metric, check)."""
+
     name: str
     kind: str  # each | pair | group
     fn: Callable[..., Any]
-    params: dict[str, tuple[type | tuple[type, ...], Any]]  # name -> (types, default); default ... = required
-    doc: str
+    params: dict[str, tuple[dict[str, Any], Any]]
+    fields: tuple[str, ...] = ()
+
+    @property
+    def doc(self) -> str:
+        return " ".join((self.fn.__doc__ or "").split())
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: d for k, (_, d) in self.params.items()}
 
 
-def runs_at_least(mask: np.ndarray, n: int) -> np.ndarray:
-    """Points of ``mask`` that belong to a run of at least ``n`` consecutive True values (Prometheus ``for``)."""
+def held_for(steps: np.ndarray, mask: np.ndarray, n_steps: int) -> np.ndarray:
+    """Points of ``mask`` in a run of consecutive True points that lasts at least ``n_steps`` steps (Prometheus
+    ``for``). A point holds from its step until the next recorded step; the last point of a series for the typical
+    spacing of the series. So ``n_steps`` means the same whether a metric is recorded every step or every 50."""
     mask = np.asarray(mask, dtype=bool)
-    if n <= 1 or mask.size == 0:
+    steps = np.asarray(steps)
+    if n_steps <= 1 or mask.size == 0:
         return mask.copy()
-    padded = np.concatenate([[False], mask, [False]])
-    d = np.diff(padded.astype(np.int8))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    spacing = float(np.median(np.diff(steps))) if steps.size > 1 else 1.0
+    ends = np.concatenate([steps[1:], [steps[-1] + spacing]]) if steps.size else steps
     out = np.zeros_like(mask)
-    for s, e in zip(starts, ends):
-        if e - s >= n:
+    for s, e in _runs(mask):
+        if ends[e - 1] - steps[s] >= n_steps:
             out[s:e] = True
     return out
 
 
-def rolling_median_prev(values: np.ndarray, window: int) -> np.ndarray:
-    """Median of the previous ``window`` finite values before each point (NaN where fewer than 1 exist)."""
+def _ffill(values: np.ndarray) -> np.ndarray:
+    """Non-finite values replaced by the last finite value before them (NaN before the first)."""
     v = np.asarray(values, dtype=float)
-    n = v.size
-    out = np.full(n, np.nan)
-    if n < 2 or window < 1:
-        return out
-    # windows over a padded array: row i holds v[i-window : i]
-    pad = np.concatenate([np.full(window, np.nan), v])
-    idx = np.arange(n)[:, None] + np.arange(window)[None, :]
-    win = pad[idx]
-    win = np.where(np.isfinite(win), win, np.nan)
-    with np.errstate(all="ignore"), _quiet():
-        out = np.nanmedian(win, axis=1)
+    fin = np.isfinite(v)
+    if fin.all() or v.size == 0:
+        return v.copy()
+    idx = np.where(fin, np.arange(v.size), -1)
+    np.maximum.accumulate(idx, out=idx)
+    out = np.where(idx >= 0, v[np.maximum(idx, 0)], np.nan)
     return out
+
+
+def _rolling(values: np.ndarray, window: int, fn: Callable[..., np.ndarray], *, include_current: bool) -> np.ndarray:
+    """``fn(windows, axis=1)`` over trailing windows of ``window`` values (shorter at the start). Non-finite values
+    are forward-filled first, so one NaN does not poison a window. NaN where no value exists yet."""
+    v = _ffill(values)
+    n = v.size
+    if n == 0 or window < 1:
+        return np.full(n, np.nan)
+    # the start is padded with NaN; windows that hold NaN (short, or before the first finite value) take the
+    # slower nan-aware reduction, full windows the fast one
+    pad = np.concatenate([np.full(window, np.nan), v])
+    win = np.lib.stride_tricks.sliding_window_view(pad, window)  # win[k] = pad[k : k + window]
+    win = win[1:] if include_current else win[:-1]  # window ending at i, or ending at i - 1
+    full = np.isfinite(win).all(axis=1)
+    out = np.full(n, np.nan)
+    if full.any():
+        out[full] = fn(win[full], axis=1)
+    part = ~full
+    if part.any():
+        with _quiet():
+            out[part] = _NAN_AWARE[fn](win[part], axis=1)
+    return out
+
+
+_NAN_AWARE: dict[Callable[..., Any], Callable[..., Any]] = {np.median: np.nanmedian}
+
+
+def rolling_median_prev(values: np.ndarray, window: int) -> np.ndarray:
+    """Median of the previous ``window`` values before each point (NaN where none exists)."""
+    return _rolling(values, window, np.median, include_current=False)
+
+
+def rolling_median(values: np.ndarray, window: int) -> np.ndarray:
+    """Median of the last ``window`` values up to and including each point."""
+    return _rolling(values, window, np.median, include_current=True)
 
 
 class _quiet:
@@ -82,6 +114,17 @@ class _quiet:
 
     def __exit__(self, *exc):
         self._w.__exit__(*exc)
+
+
+def _initial_level(v: np.ndarray, k: int = 10) -> float:
+    fin = v[np.isfinite(v)]
+    return float(np.median(fin[:k])) if fin.size else float("nan")
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) index pairs of the runs of True in ``mask`` (end exclusive)."""
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
 
 
 # -- each ---------------------------------------------------------------------------------------------------------
@@ -119,35 +162,61 @@ def nonfinite(steps, values, *, metric="", **_):
     return mask, v, {}
 
 
-def spike(steps, values, *, window=20, factor=3.0, max_duration=5, min_history=5, **_):
-    """A jump above ``factor`` times the median of the previous ``window`` values that falls back below it within
-    ``max_duration`` points (longer excursions are divergence, not spikes)."""
+def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, max_duration=10, min_history=5, **_):
+    """A jump to more than ``factor`` times the median of the previous ``window`` values (the recent level) that
+    falls back under that within ``max_duration`` points -- longer excursions are divergence, not spikes. The jump must also
+    exceed ``min_jump`` times the series' initial level (so tiny absolute wiggles of a loss near zero do not count)
+    and ``robust_z`` robust standard deviations (1.4826 MAD) of the recent values (so batch-to-batch noise does
+    not count)."""
     v = np.asarray(values, dtype=float)
     level = rolling_median_prev(v, window)
     history = np.minimum(np.arange(v.size), window)
     with np.errstate(invalid="ignore", divide="ignore"):
+        jump = v - level
         above = (v > factor * level) & (level > 0) & (history >= min_history) & np.isfinite(v)
+        if min_jump > 0:
+            above &= jump > min_jump * _initial_level(v)
+        if robust_z > 0 and above.any():
+            mad = _rolling(np.abs(_ffill(v) - level), window, np.median, include_current=False)
+            above &= jump > robust_z * 1.4826 * mad
     mask = np.zeros_like(above)
-    padded = np.concatenate([[False], above, [False]])
-    d = np.diff(padded.astype(np.int8))
-    for s, e in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)):
-        if e - s <= max_duration and e < v.size:  # short and recovered before the end
-            mask[s:e] = True
+    for s, _ in _runs(above):
+        # the excursion lasts until the value falls back under factor x the level from before the jump; the
+        # rolling level itself would adapt to a lasting shift and make it look short
+        tail = v[s + 1: s + max_duration + 1]
+        back = np.flatnonzero(np.isfinite(tail) & (tail <= factor * level[s]))
+        if back.size:
+            mask[s: s + 1 + int(back[0])] = True
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = v / level
     return mask, v, {"level": level, "ratio": ratio}
 
 
-def divergence(steps, values, *, factor=3.0, min_points=5, **_):
-    """Values more than ``factor`` times the best (lowest) finite value so far, or non-finite after finite ones."""
+def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, min_points=10, **_):
+    """The smoothed series (median of the last ``window`` points) climbs above ``factor`` times its best (lowest)
+    value so far and has given back more than ``lost`` of the progress made from its initial level to that best --
+    or turns non-finite after finite values. With ``at_end`` only the excursion that lasts to the end of the series
+    counts (it diverged and stayed there)."""
     v = np.asarray(values, dtype=float)
-    fin = np.where(np.isfinite(v), v, np.inf)
-    best = np.minimum.accumulate(fin) if v.size else fin
-    idx = np.arange(v.size)
+    n = v.size
+    if n < min_points:
+        return np.zeros(n, bool), v, {}
+    sm = rolling_median(v, window)
+    fin_sm = np.where(np.isfinite(sm), sm, np.inf)
+    best = np.minimum.accumulate(fin_sm)
+    initial = _initial_level(v, window)
+    idx = np.arange(n)
     with np.errstate(invalid="ignore", over="ignore"):
-        mask = ((v > factor * best) | (~np.isfinite(v) & np.isfinite(best))) & (idx >= min_points) & (best > 0)
-        ratio = v / best
-    return mask, v, {"best": best, "ratio": ratio}
+        nonfin = ~np.isfinite(v) & np.isfinite(best)
+        mask = (sm > factor * best) & (sm - best > lost * (initial - best)) & (best > 0) & np.isfinite(best)
+        mask = (mask | nonfin) & (idx >= min_points - 1)
+        ratio = sm / best
+    if at_end:
+        runs = _runs(mask)
+        mask = np.zeros(n, bool)
+        if runs and runs[-1][1] == n:
+            mask[runs[-1][0]:] = True
+    return mask, v, {"best": best, "ratio": ratio, "smoothed": sm, "initial": np.full(n, initial)}
 
 
 def growth(steps, values, *, factor=100.0, baseline=0.1, min_points=5, **_):
@@ -199,8 +268,8 @@ def plateau(steps, values, *, early=0.35, min_improvement=0.02, min_early_progre
     start = float(np.median(f[:k]))
     cut = int(early * f.size)
     at_cut = float(np.median(f[max(0, cut - k): cut + 1]))
-    later_best = float(np.median(f[-k:]))
-    best_later = min(later_best, float(np.min(f[cut:])) if f[cut:].size else at_cut)
+    later = rolling_median(f[cut:], k)
+    best_later = float(np.nanmin(later)) if later.size else at_cut
     if start <= 0:
         return mask, out, {}
     early_progress = (start - at_cut) / start
@@ -209,7 +278,7 @@ def plateau(steps, values, *, early=0.35, min_improvement=0.02, min_early_progre
         i = fin_idx[cut]
         mask[i] = True
         out[i] = at_cut
-    return mask, out, {}
+    return mask, out, {"initial": np.full(v.size, start)}
 
 
 # -- pair ---------------------------------------------------------------------------------------------------------
@@ -220,7 +289,7 @@ def _align(a, b):
 
 
 def ratio(a, b, *, above=None, below=None, **_):
-    """a / b above ``above`` or below ``below``, on the steps both were recorded."""
+    """a / b at or above ``above`` or at or below ``below``, on the steps both were recorded."""
     steps, va, vb = _align(a, b)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = va / vb
@@ -232,20 +301,21 @@ def ratio(a, b, *, above=None, below=None, **_):
     return steps, mask, r, {"a": va, "b": vb}
 
 
-def opposite_trends(a, b, *, rise=0.1, fall=0.0, min_points=3, **_):
-    """``b`` rose more than ``rise`` (relative) above its minimum while ``a`` kept falling: at each point after
-    b's minimum, b > (1 + rise) min(b) and a is below its value at b's minimum by more than ``fall`` (relative).
-    ``a`` is taken at the steps where ``b`` was recorded (its last value at or before each)."""
+def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, **_):
+    """``b`` rose while ``a`` kept falling: at each point after b's minimum, b is above its minimum by more than
+    ``rise`` of it and by more than ``min_rise`` times a's initial level (absolute scale), while ``a`` is lower
+    than it was at b's minimum by more than ``fall`` of it. ``a`` is taken at b's steps as the median of its
+    values since b's previous point (so per-batch noise averages out)."""
     sa, va = np.asarray(a[0]), np.asarray(a[1], float)
     sb, vb = np.asarray(b[0]), np.asarray(b[1], float)
     mask = np.zeros(sb.size, bool)
     if sb.size < min_points or sa.size == 0:
         return sb, mask, vb, {}
-    # a smoothed at b's steps: median of a's values in (previous b step, this b step]
-    edges = np.concatenate([[sa.min() - 1], sb])
+    hi = np.searchsorted(sa, sb, side="right")
+    lo = np.concatenate([[0], hi[:-1]])
     a_at = np.full(sb.size, np.nan)
     for i in range(sb.size):
-        sel = va[(sa > edges[i]) & (sa <= edges[i + 1])]
+        sel = va[lo[i]:hi[i]]
         sel = sel[np.isfinite(sel)]
         if sel.size:
             a_at[i] = np.median(sel)
@@ -254,48 +324,67 @@ def opposite_trends(a, b, *, rise=0.1, fall=0.0, min_points=3, **_):
         return sb, mask, vb, {}
     imin = int(np.nanargmin(np.where(fin, vb, np.nan)))
     bmin, amin = vb[imin], a_at[imin]
+    a0 = _initial_level(va)
     with np.errstate(invalid="ignore"):
-        mask = (np.arange(sb.size) > imin) & (vb > (1 + rise) * bmin) & (a_at < (1 - fall) * amin)
-    return sb, mask, vb, {"b_min": np.full(sb.size, bmin), "a": a_at}
+        mask = ((np.arange(sb.size) > imin) & (vb > (1 + rise) * bmin) & (vb - bmin > min_rise * a0)
+                & (a_at < (1 - fall) * amin))
+        rel = (vb - bmin) / bmin
+    return sb, mask, vb, {"b_min": np.full(sb.size, bmin), "a": a_at, "rise": rel}
 
 
 # -- group --------------------------------------------------------------------------------------------------------
 def spread(series, *, below=1e-3, min_series=2, **_):
-    """Across the matched series at each common step: min / max below ``below`` (orders of magnitude apart)."""
+    """Across the matched series at each common step: the smallest positive value over the largest is below
+    ``below`` (orders of magnitude apart). Zeros are left out: parameters without gradient are another check."""
     if len(series) < min_series:
         return np.array([], dtype=np.int64), np.zeros(0, bool), np.zeros(0), {}
-    steps = series[0][1]
+    steps = np.asarray(series[0][1])
     for _, s, _ in series[1:]:
         steps = np.intersect1d(steps, s)
-    mat = np.stack([np.asarray(v, float)[np.searchsorted(s, steps)] for _, s, v in series])
+    mat = np.stack([np.asarray(v, float)[np.searchsorted(s, steps)] for _, s, v in series]) if steps.size else \
+        np.zeros((len(series), 0))
+    pos = np.where(np.isfinite(mat) & (mat > 0), mat, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"), _quiet():
-        lo, hi = np.nanmin(mat, axis=0), np.nanmax(mat, axis=0)
+        lo, hi = np.nanmin(pos, axis=0), np.nanmax(pos, axis=0)
         r = lo / hi
-        mask = (r < below) & (hi > 0)
-    argmin = np.nanargmin(np.where(np.isfinite(mat), mat, np.inf), axis=0) if mat.size else np.zeros(0, int)
-    return steps, mask, r, {"lowest": argmin}
+        mask = (r < below) & (hi > 0) & (np.sum(np.isfinite(pos), axis=0) >= min_series)
+    lowest = np.nanargmin(np.where(np.isfinite(pos), pos, np.inf), axis=0) if mat.size else np.zeros(0, int)
+    highest = np.nanargmax(np.where(np.isfinite(pos), pos, -np.inf), axis=0) if mat.size else np.zeros(0, int)
+    return steps, mask, r, {"lowest": lowest, "highest": highest}
 
 
-_NUM = (int, float)
-REQUIRED = ...
+_NUM: dict[str, Any] = {"type": "number"}
+_POS: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0}
+_SHARE: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 1}
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 1}
+_NULLNUM: dict[str, Any] = {"type": ["number", "null"]}
 
 DETECTORS: dict[str, Detector] = {d.name: d for d in [
     Detector("threshold", "each", threshold,
-             {"above": (_NUM, None), "below": (_NUM, None), "scope": (str, "each")}, threshold.__doc__ or ""),
-    Detector("nonfinite", "each", nonfinite, {}, nonfinite.__doc__ or ""),
-    Detector("spike", "each", spike, {"window": (int, 20), "factor": (_NUM, 3.0), "max_duration": (int, 5),
-                                      "min_history": (int, 5)}, spike.__doc__ or ""),
-    Detector("divergence", "each", divergence, {"factor": (_NUM, 3.0), "min_points": (int, 5)},
-             divergence.__doc__ or ""),
-    Detector("growth", "each", growth, {"factor": (_NUM, 100.0), "baseline": (_NUM, 0.1), "min_points": (int, 5)},
-             growth.__doc__ or ""),
-    Detector("no_progress", "each", no_progress, {"min_improvement": (_NUM, 0.1), "share": (_NUM, 0.1),
-                                                  "min_points": (int, 10)}, no_progress.__doc__ or ""),
-    Detector("plateau", "each", plateau, {"early": (_NUM, 0.35), "min_improvement": (_NUM, 0.02),
-                                          "min_early_progress": (_NUM, 0.05), "min_level": (_NUM, 0.3),
-                                          "share": (_NUM, 0.1), "min_points": (int, 20)}, plateau.__doc__ or ""),
-    Detector("ratio", "pair", ratio, {"above": (_NUM, None), "below": (_NUM, None)}, ratio.__doc__ or ""),
-    Detector("opposite_trends", "pair", opposite_trends, {"rise": (_NUM, 0.1), "fall": (_NUM, 0.0),
-                                                          "min_points": (int, 3)}, opposite_trends.__doc__ or ""),
-    Detector("spread", "group", spread, {"below": (_NUM, 1e-3), "min_series": (int, 2)}, spread.__doc__ or ""),
+             {"above": (_NULLNUM, None), "below": (_NULLNUM, None),
+              "scope": ({"enum": ["each", "last", "median"]}, "each")}),
+    Detector("nonfinite", "each", nonfinite, {}),
+    Detector("spike", "each", spike,
+             {"window": (_COUNT, 20), "factor": (_POS, 3.0), "min_jump": ({"type": "number", "minimum": 0}, 0.0),
+              "robust_z": ({"type": "number", "minimum": 0}, 0.0), "max_duration": (_COUNT, 10),
+              "min_history": (_COUNT, 5)}, ("level", "ratio")),
+    Detector("divergence", "each", divergence,
+             {"window": (_COUNT, 10), "factor": (_POS, 2.0), "lost": (_SHARE, 0.5),
+              "at_end": ({"type": "boolean"}, True), "min_points": (_COUNT, 10)},
+             ("best", "ratio", "smoothed", "initial")),
+    Detector("growth", "each", growth,
+             {"factor": (_POS, 100.0), "baseline": (_SHARE, 0.1), "min_points": (_COUNT, 5)},
+             ("baseline", "ratio")),
+    Detector("no_progress", "each", no_progress,
+             {"min_improvement": (_NUM, 0.1), "share": (_SHARE, 0.1), "min_points": (_COUNT, 10)},
+             ("first", "last")),
+    Detector("plateau", "each", plateau,
+             {"early": (_SHARE, 0.35), "min_improvement": (_NUM, 0.02), "min_early_progress": (_NUM, 0.05),
+              "min_level": (_NUM, 0.3), "share": (_SHARE, 0.1), "min_points": (_COUNT, 20)}, ("initial",)),
+    Detector("ratio", "pair", ratio, {"above": (_NULLNUM, None), "below": (_NULLNUM, None)}, ("a", "b")),
+    Detector("opposite_trends", "pair", opposite_trends,
+             {"rise": (_NUM, 0.1), "min_rise": (_NUM, 0.0), "fall": (_NUM, 0.0), "min_points": (_COUNT, 3)},
+             ("b_min", "a", "rise")),
+    Detector("spread", "group", spread, {"below": (_POS, 1e-3), "min_series": (_COUNT, 2)},
+             ("lowest", "highest")),
 ]}

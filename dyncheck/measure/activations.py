@@ -22,11 +22,11 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..names import ACTIVATION_STATS
+
 __all__ = ["ACTIVATION_STATS", "STAT_REDUCE", "activation_stats", "unit_dim", "saturation_bounds",
            "first_float_tensor", "ActivationRecorder"]
 
-#: the statistics, in the order of the vector :func:`activation_stats` returns
-ACTIVATION_STATS = ("mean", "std", "max_abs", "nonfinite", "dead", "saturated")
 #: how each statistic combines across calls of a module and across processes
 STAT_REDUCE = {"mean": "mean", "std": "mean", "max_abs": "max", "nonfinite": "sum", "dead": "mean",
                "saturated": "mean"}

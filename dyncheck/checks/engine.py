@@ -1,0 +1,279 @@
+"""Evaluation: checks x recorded series -> findings. Vectorised numpy; reads a run only through the store's reader
+API (or any mapping of metric name -> (steps, values)), so it works after training, live, or from an artifact."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .detectors import DETECTORS, held_for
+from .rules import SEVERITIES, Check, RuleSet, load_rules
+
+__all__ = ["Finding", "Skipped", "CheckResult", "evaluate", "SeriesSource"]
+
+_RANK = {s: i for i, s in enumerate(reversed(SEVERITIES))}  # info 0, warning 1, error 2
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A check that fired on one metric: where (first/last step), the value that triggered it, message and hint."""
+
+    check: str
+    severity: str
+    metric: str
+    first_step: int
+    last_step: int
+    value: float | None
+    message: str
+    hint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["value"] = _json_number(self.value)
+        return d
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A check that could not be evaluated, and why (never silently passed)."""
+
+    check: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CheckResult:
+    """Findings, skipped checks and the ids of checks that ran and passed."""
+
+    findings: list[Finding] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+    checks: dict[str, Check] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """``fail`` if any error fired, ``warn`` if any warning, else ``pass`` (info findings do not count)."""
+        sev = {f.severity for f in self.findings}
+        return "fail" if "error" in sev else "warn" if "warning" in sev else "pass"
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in SEVERITIES}
+        for f in self.findings:
+            out[f.severity] += 1
+        return out
+
+    def at_or_above(self, severity: str) -> list[Finding]:
+        """Findings at or above ``severity`` (``error``, ``warning`` or ``info``)."""
+        return [f for f in self.findings if _RANK[f.severity] >= _RANK[severity]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "findings": [f.to_dict() for f in self.findings],
+                "skipped": [s.to_dict() for s in self.skipped], "passed": list(self.passed)}
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False, **kw)
+
+
+def _json_number(v: float | None) -> float | str | None:
+    if v is None:
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+class SeriesSource:
+    """Metric names and cached series from a :class:`~dyncheck.store.Run` or a mapping name -> (steps, values)."""
+
+    def __init__(self, source: Any):
+        self._src = source
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if isinstance(source, Mapping):
+            self.names = sorted(source)
+        else:
+            self.names = sorted(source.metrics())
+
+    def get(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self._cache:
+            if isinstance(self._src, Mapping):
+                steps, values = self._src[name]
+            else:
+                s = self._src.series(name)
+                steps, values = s.steps, s.values
+            self._cache[name] = (np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=float))
+        return self._cache[name]
+
+    def match(self, patterns: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+        pats, excl = list(patterns), list(exclude)
+        return [n for n in self.names
+                if any(fnmatch.fnmatchcase(n, p) for p in pats) and not any(fnmatch.fnmatchcase(n, e) for e in excl)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def _warm_start(check: Check, steps: np.ndarray, run_span: tuple[int, int]) -> int:
+    lo, hi = run_span
+    return lo + max(check.warmup_steps, int(math.ceil(check.warmup_share * (hi - lo))))
+
+
+def _cut(steps: np.ndarray, values: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+    i = int(np.searchsorted(steps, start, side="left"))
+    return steps[i:], values[i:]
+
+
+class _Format(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _message(check: Check, fields: dict[str, Any]) -> str:
+    if not check.message:
+        return f"{check.summary} ({fields['metric']}, step {fields['step']})"
+    try:
+        return check.message.format_map(_Format(fields))
+    except (ValueError, TypeError):  # e.g. a number format applied to a name; keep the raw template
+        return check.message
+
+
+def _finding(check: Check, metric: str, steps: np.ndarray, fired: np.ndarray, value: np.ndarray,
+             extra: Mapping[str, Any], names: Sequence[str] | None = None) -> Finding | None:
+    idx = np.flatnonzero(fired)
+    if idx.size == 0:
+        return None
+    i = int(idx[0])
+    v = float(value[i]) if value.size else float("nan")
+    fields: dict[str, Any] = {"value": v, "step": int(steps[i]), "first_step": int(steps[i]),
+                              "last_step": int(steps[idx[-1]]), "metric": metric, "check": check.id,
+                              "points": int(idx.size)}
+    for k, arr in extra.items():
+        a = np.asarray(arr)
+        if names is not None and k in ("lowest", "highest"):
+            fields[k] = names[int(a[i])]
+        elif a.shape == value.shape:
+            fields[k] = float(a[i])
+    if names is not None and "lowest" in fields:
+        metric = fields["lowest"]
+        fields["metric"] = metric
+    return Finding(check.id, check.severity, metric, int(steps[i]), int(steps[idx[-1]]), v,
+                   _message(check, fields), check.hint)
+
+
+def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> list[Finding] | Skipped:
+    det = DETECTORS[check.detector]
+    params = dict(check.params)
+    if det.kind == "pair":
+        assert check.pair is not None
+        found = [src.match([p], check.exclude) for p in check.pair]
+        missing = [p for p, f in zip(check.pair, found) if not f]
+        if missing:
+            return Skipped(check.id, _missing_reason(missing, src.names))
+        (a_name,), (b_name,) = found[0][:1], found[1][:1]
+        start = _warm_start(check, src.get(b_name)[0], span)
+        a = _cut(*src.get(a_name), start)
+        b = _cut(*src.get(b_name), start)
+        steps, mask, value, extra = det.fn(a, b, **params)
+        fired = held_for(steps, mask, check.for_steps)
+        f = _finding(check, b_name, steps, fired, value, extra)
+        return [f] if f else []
+    names = src.match(check.metrics, check.exclude)
+    if not names:
+        return Skipped(check.id, _missing_reason(check.metrics, src.names))
+    if det.kind == "group":
+        series = []
+        for n in names:
+            s, v = src.get(n)
+            s, v = _cut(s, v, _warm_start(check, s, span))
+            series.append((n, s, v))
+        steps, mask, value, extra = det.fn(series, **params)
+        if steps.size == 0 and len(series) < params.get("min_series", 1):
+            return Skipped(check.id, f"needs at least {params.get('min_series')} series matching "
+                                     f"{', '.join(check.metrics)}; found {len(series)}")
+        fired = held_for(steps, mask, check.for_steps)
+        f = _finding(check, check.metrics[0], steps, fired, value, extra, names=names)
+        return [f] if f else []
+    out: list[Finding] = []
+    for n in names:
+        s, v = src.get(n)
+        s, v = _cut(s, v, _warm_start(check, s, span))
+        if s.size == 0:
+            continue
+        mask, value, extra = det.fn(s, v, metric=n, **params)
+        fired = held_for(s, mask, check.for_steps)
+        f = _finding(check, n, s, fired, value, extra)
+        if f:
+            out.append(f)
+    return out
+
+
+def _missing_reason(patterns: Sequence[str], names: Sequence[str]) -> str:
+    """Why nothing matches: the likeliest cause, judged from what the run did record."""
+    pats = ", ".join(patterns)
+    has = lambda prefix: any(n.startswith(prefix) for n in names)  # noqa: E731
+    if any(p.startswith("loss/val") for p in patterns):
+        why = "the module logs no validation loss (log 'val_loss', or pass DynamicsMonitor(val_loss_key=...))"
+    elif any(p.startswith("sharpness/threshold") for p in patterns) and has("sharpness/top_eig"):
+        why = "the optimizer has no known stability threshold (2/lr is defined for SGD and momentum, not Adam)"
+    elif any(p.startswith("sharpness/") for p in patterns):
+        why = ("sharpness was not measured: the run was too short for the time budget (about 1000 steps at the "
+               "default sharpness_budget), or sharpness_budget=0 / sharpness_every_n_steps=0")
+    elif any(p.startswith("act/saturated") for p in patterns) and has("act/"):
+        why = "the model has no sigmoid/tanh-like modules (saturation applies to those only)"
+    elif any(p.startswith("act/") for p in patterns):
+        why = "activation statistics were not recorded (activations_every_n_steps=0, or no module matched)"
+    elif any(p.split("/")[0] in ("grad_norm", "update_ratio", "weight_unchanged", "weight_norm") for p in patterns):
+        why = "per-layer statistics were not recorded (is the run shorter than every_n_steps?)"
+    else:
+        why = "not recorded in this run"
+    return f"no recorded metric matches {pats}: {why}"
+
+
+def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", *,
+             on_check: Callable[[Check, list[Finding] | Skipped], None] | None = None) -> CheckResult:
+    """Evaluate ``rules`` (a :class:`RuleSet`, or sources for :func:`load_rules`) on ``run``: a
+    :class:`~dyncheck.store.Run`, a path to one, or a mapping metric name -> (steps, values)."""
+    if isinstance(rules, RuleSet):
+        ruleset = rules
+    else:
+        ruleset = load_rules(rules if rules is not None else "default")
+    if isinstance(run, (str, bytes)) or hasattr(run, "__fspath__"):
+        from ..store import open_run
+
+        run = open_run(run)
+    src = SeriesSource(run)
+    span = _run_span(src)
+    result = CheckResult(checks={c.id: c for c in ruleset})
+    for check in ruleset:
+        outcome = _evaluate_check(check, src, span)
+        if on_check is not None:
+            on_check(check, outcome)
+        if isinstance(outcome, Skipped):
+            result.skipped.append(outcome)
+        elif outcome:
+            result.findings.extend(outcome)
+        else:
+            result.passed.append(check.id)
+    result.findings.sort(key=lambda f: (-_RANK[f.severity], f.first_step, f.check, f.metric))
+    return result
+
+
+def _run_span(src: SeriesSource) -> tuple[int, int]:
+    """First and last step of the run, from the training loss when recorded (else from all series)."""
+    names = ["loss/train"] if "loss/train" in src.names else src.names
+    lo, hi = None, None
+    for n in names:
+        s, _ = src.get(n)
+        if s.size:
+            lo = int(s[0]) if lo is None else min(lo, int(s[0]))
+            hi = int(s[-1]) if hi is None else max(hi, int(s[-1]))
+    return (lo or 0, hi or 0)
+
+
+def severity_rank(severity: str) -> int:
+    return _RANK[severity]

@@ -1,0 +1,80 @@
+"""The metric-name scheme, documented once (README, "What is measured") and used by the monitor, the rule loader,
+the report and the baselines. Plain Python: no torch.
+
+A name is ``<family>/<rest>``; ``<param>`` is a parameter name from ``named_parameters()``, ``<module>`` a module
+name from ``named_modules()``, ``<key>`` a key the LightningModule logged.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+__all__ = ["ACTIVATION_STATS", "METRIC_TEMPLATES", "glob_overlaps", "pattern_can_match"]
+
+#: activation statistics, in the order the monitor computes them
+ACTIVATION_STATS = ("mean", "std", "max_abs", "nonfinite", "dead", "saturated")
+
+#: every metric the monitor records, as globs (``*`` stands for a parameter, module, optimizer or logged key)
+METRIC_TEMPLATES: tuple[str, ...] = (
+    "loss/train",
+    "loss/val",
+    "lr/*",  # lr/<Optimizer>/pg<j>
+    "grad_norm/total",
+    "grad_norm/*",  # grad_norm/<param>
+    "grad_nonfinite/*",
+    "weight_norm/*",
+    "update_ratio/*",
+    "weight_unchanged/*",
+    *(f"act/{s}/*" for s in ACTIVATION_STATS),
+    "sharpness/top_eig",
+    "sharpness/threshold",
+    "sharpness/n_hvp",
+    "logged/*",
+)
+
+
+def _tokens(glob: str) -> tuple[str, ...]:
+    """A glob as tokens: ``*``, ``?`` (also for ``[...]`` classes, an over-approximation) or one literal char."""
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "[":
+            j = glob.find("]", i + 2)
+            if j > 0:
+                out.append("?")
+                i = j + 1
+                continue
+        out.append(c if c in "*?" else "=" + c)
+        i += 1
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def glob_overlaps(a: str, b: str) -> bool:
+    """Whether some string matches both globs ``a`` and ``b`` (``fnmatchcase`` syntax)."""
+    ta, tb = _tokens(a), _tokens(b)
+
+    @lru_cache(maxsize=None)
+    def go(i: int, j: int) -> bool:
+        if i == len(ta) and j == len(tb):
+            return True
+        if i < len(ta) and ta[i] == "*" and go(i + 1, j):
+            return True
+        if j < len(tb) and tb[j] == "*" and go(i, j + 1):
+            return True
+        if i == len(ta) or j == len(tb):
+            return False
+        x, y = ta[i], tb[j]
+        if x == "*":  # a's star eats one char of b (b's star: both stars advance below)
+            return go(i, j + 1) if y != "*" else go(i + 1, j) or go(i, j + 1)
+        if y == "*":
+            return go(i + 1, j)
+        return (x == "?" or y == "?" or x == y) and go(i + 1, j + 1)
+
+    return go(0, 0)
+
+
+def pattern_can_match(pattern: str) -> bool:
+    """Whether a metric glob can match some name the monitor records (or a ``logged/<key>``)."""
+    return any(glob_overlaps(pattern, t) for t in METRIC_TEMPLATES)
