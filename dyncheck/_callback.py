@@ -7,8 +7,10 @@ The hook logic lives in :class:`DynamicsMonitorHooks`, which uses only what ``li
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import warnings
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,8 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from ._meta import jsonable, module_meta, optimizer_meta, versions
+from .errors import ConfigError
 from .monitor import Monitor, MonitorConfig
-from .store import STORE_FILENAME
+from .store import STORE_FILENAME, open_run
+
+FINDINGS_FILENAME = "findings.json"
+_LIVE_BUDGET = 0.02  # share of training time that live evaluation (stop_on) may take
 
 __all__ = ["DynamicsMonitor", "DynamicsMonitorHooks", "default_probe_loss"]
 
@@ -46,6 +52,20 @@ def default_probe_loss(module: nn.Module, batch: Any) -> Tensor:
     if not isinstance(out, Tensor):
         raise TypeError("training_step returned no loss tensor; pass DynamicsMonitor(sharpness_loss_fn=...)")
     return out
+
+
+def _load_rules_option(owner: str, rules: Any) -> Any:
+    if rules is None or rules is False:
+        return None
+    from .checks.rules import load_rules
+
+    if isinstance(rules, os.PathLike):
+        rules = os.fspath(rules)
+    if not isinstance(rules, (str, list, tuple)) or not all(
+            isinstance(r, (str, os.PathLike)) for r in ([rules] if isinstance(rules, str) else rules)):
+        raise ConfigError(f"{owner}(rules={rules!r}): expected 'default', a path to a YAML rule file, a list of "
+                          "them, or None")
+    return load_rules(rules)  # RuleError (a ConfigError) names the file, line and check
 
 
 def _loss_of(outputs: Any) -> Tensor | None:
@@ -85,6 +105,15 @@ class DynamicsMonitorHooks:
         val_loss_key: logged metric recorded as ``loss/val`` (default: the first of ``val_loss``, ``val/loss``,
             ``valid_loss``, ``validation_loss``, ``loss/val``, ``val_loss_epoch`` that is logged; else the mean of
             the ``loss`` returned by ``validation_step``).
+        rules: the checks evaluated at the end of the fit and after a crash: ``"default"`` (the built-in pack),
+            a path to a YAML rule file, or a list of them layered in order (``["default", "mine.yaml"]``);
+            None turns checking off. Findings go to ``findings.json`` beside the store, a one-screen summary to
+            the log, and finding counts (``dyncheck/errors``, ``dyncheck/warnings``, ``dyncheck/info``) to the
+            trainer's loggers.
+        stop_on: ``"error"`` or ``"warning"``: also evaluate the checks live, at flushes and validation ends
+            (within 2% of the training time), and stop training -- all processes together -- when a finding of
+            at least this severity fires. Checks that judge the whole run (no-progress, premature-plateau,
+            medians) wait for the end. None (default): never stop.
     """
 
     def __init__(
@@ -103,8 +132,19 @@ class DynamicsMonitorHooks:
         sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
         train_loss_key: str | None = None,
         val_loss_key: str | None = None,
+        rules: str | os.PathLike | Sequence[str | os.PathLike] | None = "default",
+        stop_on: str | None = None,
     ) -> None:
         super().__init__()
+        owner = type(self).__name__
+        self.rules = _load_rules_option(owner, rules)
+        if stop_on not in (None, "error", "warning"):
+            raise ConfigError(f"{owner}(stop_on={stop_on!r}): expected 'error', 'warning' or None")
+        if stop_on is not None and self.rules is None:
+            raise ConfigError(f"{owner}(stop_on={stop_on!r}): needs rules to evaluate; got rules=None")
+        self.stop_on = stop_on
+        self.result: Any = None  # the CheckResult of the last evaluation (after the fit: the final one)
+        self.stopped_by: Any = None  # the Finding that stopped training, if stop_on did
         self.config = MonitorConfig(
             dirpath=os.fspath(dirpath) if isinstance(dirpath, os.PathLike) else dirpath,
             every_n_steps=every_n_steps,
@@ -132,6 +172,9 @@ class DynamicsMonitorHooks:
         self._seen: dict[str, Tensor] = {}
         self._val_sum: Tensor | None = None
         self._val_count = 0
+        self._flushes_seen = 0
+        self._eval_cost = 0.0
+        self._eval_last = 0.0
 
     @property
     def state_key(self) -> str:
@@ -187,6 +230,9 @@ class DynamicsMonitorHooks:
         )
         self._resume = None
         self._running = True
+        self._flushes_seen = mon.flushes
+        self._eval_last = 0.0
+        self.stopped_by = None
         self._fits += 1
         self._seen.clear()
 
@@ -229,21 +275,93 @@ class DynamicsMonitorHooks:
             "start_step": int(trainer.global_step),
         }
 
-    def _end(self, status: str, error: BaseException | None = None, reduce: bool = True) -> None:
+    def _end(self, trainer: Any, status: str, error: BaseException | None = None, reduce: bool = True) -> None:
         if self._running:
             self._running = False
+            store = self.monitor.store_path if self.monitor.store is not None else None
             self.monitor.finish(status, error=error, reduce=reduce)
+            if store is not None and self.rules is not None:
+                self._final_check(trainer, store)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self._end("finished")
+        self._end(trainer, "finished")
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # no collectives here: the other processes may not be in this hook
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed"
-        self._end(status, exception, reduce=False)
+        self._end(trainer, status, exception, reduce=False)
+
+    # -- checks ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _info(message: str) -> None:
+        """A rank-zero log line through the Lightning package's logger, like Lightning's own callbacks."""
+        print(message)  # overridden by each adapter
+
+    def _evaluate(self, store: Path, *, final: bool = True) -> Any:
+        from .checks.engine import evaluate
+
+        t = time.perf_counter()
+        try:
+            with open_run(store) as run:
+                return evaluate(run, self.rules, final=final)
+        except Exception as exc:  # checking must never break the training it observes
+            self.monitor.warn_once("checks", f"dyncheck: evaluating the checks failed ({type(exc).__name__}: "
+                                             f"{exc}); the run store is intact, run `dyncheck check {store.parent}`")
+            return None
+        finally:
+            self._eval_cost = time.perf_counter() - t
+            self._eval_last = time.perf_counter()
+
+    def _final_check(self, trainer: Any, store: Path) -> None:
+        from .checks.output import format_text
+
+        result = self._evaluate(store)
+        if result is None:
+            return
+        self.result = result
+        doc = {**result.to_dict(), "run": str(store.parent), "rules": self.rules.sources,
+               "step": int(trainer.global_step)}
+        if self.stopped_by is not None:
+            doc["stopped_by"] = self.stopped_by.to_dict()
+        path = store.parent / FINDINGS_FILENAME
+        try:
+            path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        except OSError as exc:
+            warnings.warn(f"dyncheck: cannot write {path}: {exc}", stacklevel=2)
+        self._info(format_text(result, title=str(store.parent), hints=False, max_findings=10)
+              + f"\n  details: {path}  (or: dyncheck check {store.parent})")
+        counts = result.counts()
+        for logger in getattr(trainer, "loggers", []) or []:
+            try:
+                logger.log_metrics({f"dyncheck/{k}{'s' if k != 'info' else ''}": float(v) for k, v in counts.items()},
+                                   step=int(trainer.global_step))
+            except Exception as exc:  # a logger that cannot take them must not break the end of the fit
+                self.monitor.warn_once("logger", f"dyncheck: could not log finding counts to "
+                                                 f"{type(logger).__name__}: {exc}")
+
+    def _live_check(self, trainer: Any) -> None:
+        """At a flush boundary (every process reaches it at the same step): rank 0 evaluates when the time budget
+        allows; all processes then agree whether to stop (one boolean collective)."""
+        fired = None
+        store = self.monitor.store_path if self.monitor.store is not None else None
+        if store is not None:
+            since = time.perf_counter() - self._eval_last
+            if self._eval_last == 0.0 or self._eval_cost <= _LIVE_BUDGET * since:
+                result = self._evaluate(store, final=False)
+                if result is not None:
+                    self.result = result
+                    fired = next(iter(result.at_or_above(self.stop_on)), None)
+        stop = trainer.strategy.reduce_boolean_decision(fired is not None, all=False)
+        if stop:
+            if fired is not None:
+                self.stopped_by = fired
+                self.monitor.store.set_meta(stopped_by=fired.to_dict())
+                self._info(f"dyncheck: stopping training at step {trainer.global_step}: {fired.severity} "
+                      f"{fired.check} on {fired.metric}: {fired.message}")
+            trainer.should_stop = True
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._end("ended", reduce=False)  # normally a no-op: on_fit_end or on_exception came first
+        self._end(trainer, "ended", reduce=False)  # normally a no-op: on_fit_end or on_exception came first
 
     # -- per batch ---------------------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
@@ -272,6 +390,12 @@ class DynamicsMonitorHooks:
             # them here would be a collective over keys that may differ between ranks (rank_zero_only=True)
             mon.record(step, {f"logged/{k}": v for k, v in logged.items()}, op="none")
         mon.batch_end(step, loss, stepped=stepped)
+        self._maybe_live_check(trainer)
+
+    def _maybe_live_check(self, trainer: Any) -> None:
+        if self.stop_on is not None and self._running and self.monitor.flushes != self._flushes_seen:
+            self._flushes_seen = self.monitor.flushes
+            self._live_check(trainer)
 
     def _logged_train_loss(self, logged: Mapping[str, Tensor]) -> Tensor | None:
         keys = (self.config.train_loss_key,) if self.config.train_loss_key else TRAIN_LOSS_KEYS
@@ -319,6 +443,7 @@ class DynamicsMonitorHooks:
         self.monitor.record(step, {(k if k == "loss/val" else f"logged/{k}"): v for k, v in logged.items()},
                             op="none")
         self.monitor.flush()
+        self._maybe_live_check(trainer)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._running:
@@ -337,3 +462,7 @@ class DynamicsMonitorHooks:
 
 class DynamicsMonitor(DynamicsMonitorHooks, pl.Callback):
     __doc__ = DynamicsMonitorHooks.__doc__
+
+    @staticmethod
+    def _info(message: str) -> None:
+        pl.utilities.rank_zero_info(message)

@@ -66,8 +66,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .store import open_run
 
     rules = load_rules(args.rules or ["default"])
-    run = open_run(args.run)
-    result = evaluate(run, rules)
+    with open_run(args.run) as run:
+        result = evaluate(run, rules)
     if args.format == "json":
         out = format_json(result)
     elif args.format == "junit":

@@ -157,6 +157,7 @@ class Monitor:
         self._steps_since_flush = 0
         self._last_act_bucket: int | None = None
         self._warned: set[str] = set()
+        self.flushes = 0  # flush calls so far: the boundaries at which live checks may run
 
     def _reset_step_state(self) -> None:
         self._step: int | None = None
@@ -428,6 +429,7 @@ class Monitor:
         blocks, host = self._blocks, self._host
         self._blocks, self._host = [], []
         self._steps_since_flush = 0
+        self.flushes += 1
         if not blocks and not host:
             return
         groups: dict[tuple[tuple[str, ...], str], list[_Block]] = {}

@@ -81,9 +81,12 @@ def test_spike_ignores_noise_and_short_series():
 
 
 def test_divergence():
-    v = np.array([3.0, 2.0, 1.0, 0.5, 0.4, 0.5, 2.0, 5.0, 9.0, np.nan])
+    v = np.array([3.0, 2.0, 1.0, 0.5, 0.4, 0.5, 2.0, 5.0, 9.0, 8.0])
     mask, _, extra = divergence(np.arange(10), v, window=1, factor=3.0, min_points=3)
     assert mask.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+    # it must stay up to the end (at_end), else it is no divergence; NaN is the nonfinite detector's business
+    assert not divergence(np.arange(10), np.concatenate([v[:9], [0.3]]), window=1, factor=3.0, min_points=3)[0].any()
+    assert not divergence(np.arange(10), np.concatenate([v[:6], [np.nan] * 4]), window=1, min_points=3)[0].any()
     assert extra["best"][8] == 0.4
     # a steadily falling loss never diverges; constant series neither
     assert not divergence(np.arange(50), np.linspace(2, 0.01, 50))[0].any()

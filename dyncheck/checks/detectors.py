@@ -30,6 +30,7 @@ class Detector:
     fn: Callable[..., Any]
     params: dict[str, tuple[dict[str, Any], Any]]
     fields: tuple[str, ...] = ()
+    whole_run: bool = False  # one verdict over the whole run: not evaluated live, before the run has ended
 
     @property
     def doc(self) -> str:
@@ -194,8 +195,8 @@ def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, m
 
 def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, min_points=10, **_):
     """The smoothed series (median of the last ``window`` points) climbs above ``factor`` times its best (lowest)
-    value so far and has given back more than ``lost`` of the progress made from its initial level to that best --
-    or turns non-finite after finite values. With ``at_end`` only the excursion that lasts to the end of the series
+    value so far and has given back more than ``lost`` of the progress made from its initial level to that best
+    (non-finite values are the ``nonfinite`` detector's business). With ``at_end`` only the excursion that lasts to the end of the series
     counts (it diverged and stayed there)."""
     v = np.asarray(values, dtype=float)
     n = v.size
@@ -207,9 +208,8 @@ def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, m
     initial = _initial_level(v, window)
     idx = np.arange(n)
     with np.errstate(invalid="ignore", over="ignore"):
-        nonfin = ~np.isfinite(v) & np.isfinite(best)
         mask = (sm > factor * best) & (sm - best > lost * (initial - best)) & (best > 0) & np.isfinite(best)
-        mask = (mask | nonfin) & (idx >= min_points - 1)
+        mask &= np.isfinite(v) & (idx >= min_points - 1)
         ratio = sm / best
     if at_end:
         runs = _runs(mask)
@@ -377,10 +377,11 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
              ("baseline", "ratio")),
     Detector("no_progress", "each", no_progress,
              {"min_improvement": (_NUM, 0.1), "share": (_SHARE, 0.1), "min_points": (_COUNT, 10)},
-             ("first", "last")),
+             ("first", "last"), whole_run=True),
     Detector("plateau", "each", plateau,
              {"early": (_SHARE, 0.35), "min_improvement": (_NUM, 0.02), "min_early_progress": (_NUM, 0.05),
-              "min_level": (_NUM, 0.3), "share": (_SHARE, 0.1), "min_points": (_COUNT, 20)}, ("initial",)),
+              "min_level": (_NUM, 0.3), "share": (_SHARE, 0.1), "min_points": (_COUNT, 20)}, ("initial",),
+             whole_run=True),
     Detector("ratio", "pair", ratio, {"above": (_NULLNUM, None), "below": (_NULLNUM, None)}, ("a", "b")),
     Detector("opposite_trends", "pair", opposite_trends,
              {"rise": (_NUM, 0.1), "min_rise": (_NUM, 0.0), "fall": (_NUM, 0.0), "min_points": (_COUNT, 3)},

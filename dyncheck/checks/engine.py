@@ -234,10 +234,16 @@ def _missing_reason(patterns: Sequence[str], names: Sequence[str]) -> str:
     return f"no recorded metric matches {pats}: {why}"
 
 
-def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", *,
+def is_whole_run(check: Check) -> bool:
+    """A check that gives one verdict over the whole run (no progress, plateau, median or last value)."""
+    return DETECTORS[check.detector].whole_run or check.params.get("scope") in ("last", "median")
+
+
+def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", *, final: bool = True,
              on_check: Callable[[Check, list[Finding] | Skipped], None] | None = None) -> CheckResult:
     """Evaluate ``rules`` (a :class:`RuleSet`, or sources for :func:`load_rules`) on ``run``: a
-    :class:`~dyncheck.store.Run`, a path to one, or a mapping metric name -> (steps, values)."""
+    :class:`~dyncheck.store.Run`, a path to one, or a mapping metric name -> (steps, values). ``final=False``
+    (live, during training) leaves out the checks that judge the whole run (:func:`is_whole_run`)."""
     if isinstance(rules, RuleSet):
         ruleset = rules
     else:
@@ -245,11 +251,13 @@ def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", 
     if isinstance(run, (str, bytes)) or hasattr(run, "__fspath__"):
         from ..store import open_run
 
-        run = open_run(run)
+        with open_run(run) as opened:
+            return evaluate(opened, ruleset, final=final, on_check=on_check)
     src = SeriesSource(run)
     span = _run_span(src)
-    result = CheckResult(checks={c.id: c for c in ruleset})
-    for check in ruleset:
+    checks = [c for c in ruleset if final or not is_whole_run(c)]
+    result = CheckResult(checks={c.id: c for c in checks})
+    for check in checks:
         outcome = _evaluate_check(check, src, span)
         if on_check is not None:
             on_check(check, outcome)

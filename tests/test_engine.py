@@ -1,0 +1,105 @@
+"""Evaluation: findings, persistence (for), warm-up, skipped checks, status; against series with known answers."""
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from dyncheck.checks.engine import evaluate
+from dyncheck.checks.rules import load_rules
+
+
+def rules_from(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(textwrap.dedent(text))
+    return load_rules(p)
+
+
+def test_for_counts_steps_and_warmup_excludes(tmp_path):
+    rules = rules_from(tmp_path, """
+        checks:
+          - id: high
+            summary: above 5
+            severity: warning
+            metrics: x/*
+            detector: threshold
+            params: {above: 5}
+            for: 30
+            warmup: 20%
+            message: "{metric} at {value:g} from step {step} to {last_step} ({points} points)"
+    """.replace("x/*", "logged/x*"))
+    steps = np.arange(0, 200, 10)  # 20 points, every 10 steps
+    a = np.zeros(20)
+    a[1:3] = 9  # during warm-up (steps 10, 20 < 40): ignored
+    a[8:10] = 9  # steps 80, 90: holds 20 steps only -> not for 30
+    a[14:17] = 7  # steps 140..160: holds 30 steps -> fires
+    b = np.zeros(20)
+    res = evaluate({"logged/xa": (steps, a), "logged/xb": (steps, b), "loss/train": (np.arange(191), np.ones(191))},
+                   rules)
+    assert len(res.findings) == 1
+    f = res.findings[0]
+    assert (f.check, f.metric, f.first_step, f.last_step, f.value) == ("high", "logged/xa", 140, 160, 7.0)
+    assert f.message == "logged/xa at 7 from step 140 to 160 (3 points)"
+    assert res.status == "warn" and res.passed == [] and res.counts() == {"error": 0, "warning": 1, "info": 0}
+
+
+def test_skipped_with_reason_never_silently_passed():
+    res = evaluate({"loss/train": (np.arange(50), np.linspace(2, 0.1, 50))}, "default")
+    skipped = {s.check: s.reason for s in res.skipped}
+    assert "validation loss" in skipped["train-val-divergence"]
+    assert "sharpness was not measured" in skipped["edge-of-stability"]
+    assert "activation statistics were not recorded" in skipped["dead-units"]
+    assert set(skipped) | set(res.passed) | {f.check for f in res.findings} == set(res.checks)
+    assert res.status == "pass"
+
+
+def test_default_pack_on_synthetic_failures():
+    s = np.arange(400)
+    healthy = 2.3 * np.exp(-s / 60) + 0.05
+    nan = healthy.copy()
+    nan[300:] = np.nan
+    res = evaluate({"loss/train": (s, nan)}, "default")
+    assert [(f.check, f.first_step) for f in res.findings if f.check == "non-finite"] == [("non-finite", 300)]
+    assert res.status == "fail"
+    # divergence: falls to 0.05, then climbs back to 3 and stays
+    div = np.concatenate([healthy[:200], np.linspace(0.06, 3.0, 50), np.full(150, 3.0)])
+    ids = {f.check for f in evaluate({"loss/train": (s, div)}, "default").findings}
+    assert "loss-divergence" in ids and "loss-spike" not in ids
+    # a spike that recovers
+    spk = healthy.copy()
+    spk[250:253] = 2.5
+    ids = {f.check for f in evaluate({"loss/train": (s, spk)}, "default").findings}
+    assert ids == {"loss-spike"}
+    # healthy: nothing at all
+    assert evaluate({"loss/train": (s, healthy)}, "default").findings == []
+
+
+def test_pair_and_group_findings_name_their_metrics(tmp_path):
+    s = np.arange(0, 100, 10)
+    series = {
+        "grad_norm/a.weight": (s, np.full(10, 1e-7)),
+        "grad_norm/b.weight": (s, np.full(10, 1e-2)),
+        "grad_norm/c.weight": (s, np.ones(10)),
+        "sharpness/top_eig": (s, np.linspace(10, 40, 10)),
+        "sharpness/threshold": (s, np.full(10, 40.0)),
+        "loss/train": (s, np.ones(10)),
+    }
+    rules = load_rules("default")
+    res = evaluate(series, rules)
+    by = {f.check: f for f in res.findings}
+    assert by["vanishing-gradients"].metric == "grad_norm/a.weight"
+    assert "grad_norm/c.weight" in by["vanishing-gradients"].message
+    eos = by["edge-of-stability"]
+    assert eos.severity == "info" and eos.metric == "sharpness/threshold" and eos.first_step == 80
+    assert eos.value == pytest.approx(36.6667 / 40, rel=1e-3)
+
+
+def test_evaluate_reads_a_run_store(tmp_path):
+    from dyncheck.store import RunWriter
+
+    with RunWriter(tmp_path / "run.db") as w:
+        w.write({"loss/train": (range(100), [2.0] * 50 + [float("inf")] * 50)})
+    res = evaluate(tmp_path, "default")
+    f = next(f for f in res.findings if f.check == "non-finite")
+    assert (f.metric, f.first_step, f.last_step) == ("loss/train", 50, 99)
+    assert res.to_dict()["findings"][0]["value"] == "inf"  # JSON has no Infinity: spelled out

@@ -1,0 +1,195 @@
+"""Rule files: the default pack loads; layering and overrides; every kind of error names file, line, check."""
+
+import textwrap
+
+import pytest
+
+from dyncheck.checks.rules import default_rules_path, load_rules
+from dyncheck.errors import ConfigError, RuleError
+
+DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "exploding-gradients", "vanishing-gradients",
+               "dead-units", "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence",
+               "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability"]
+
+
+def write(tmp_path, text, name="rules.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def problems(tmp_path, text, *before):
+    p = write(tmp_path, text)
+    with pytest.raises(RuleError) as e:
+        load_rules([*before, p])
+    return [str(x) for x in e.value.problems], str(p)
+
+
+def test_default_pack_has_exactly_the_ids():
+    rules = load_rules("default")
+    assert [c.id for c in rules] == DEFAULT_IDS
+    assert default_rules_path().name == "default.yaml"
+    for c in rules:
+        assert c.summary and c.hint and c.message, c.id
+    assert rules["edge-of-stability"].severity == "info"
+    assert rules["non-finite"].severity == "error"
+
+
+def test_override_params_disable_and_add(tmp_path):
+    p = write(tmp_path, """
+        checks:
+          - id: loss-spike
+            params: {factor: 6}
+          - id: dead-units
+            enabled: false
+          - id: lr-too-low
+            summary: the learning rate fell below 1e-6
+            severity: info
+            metrics: lr/*
+            detector: threshold
+            params: {below: 1.0e-6}
+        disable: [update-too-small]
+    """)
+    rules = load_rules(["default", p])
+    ids = [c.id for c in rules]
+    assert "dead-units" not in ids and "update-too-small" not in ids and ids[-1] == "lr-too-low"
+    spike = rules["loss-spike"]
+    assert spike.params["factor"] == 6 and spike.params["window"] == load_rules()["loss-spike"].params["window"]
+    assert spike.hint  # kept from the default
+    assert rules["lr-too-low"].params["below"] == 1e-6 and rules["lr-too-low"].source.endswith("rules.yaml:7")
+
+
+def test_unknown_key_lists_allowed_keys(tmp_path):
+    got, f = problems(tmp_path, """
+        checks:
+          - id: my-check
+            summary: s
+            severity: warning
+            metrics: loss/train
+            detector: spike
+            treshold: 3
+    """)
+    assert got == [f"{f}:8:5: check 'my-check': unknown key 'treshold'; expected one of: id, summary, severity, "
+                   "metrics, exclude, detector, params, for, warmup, message, hint, enabled"]
+
+
+def test_wrong_types_and_enums(tmp_path):
+    got, f = problems(tmp_path, """
+        checks:
+          - id: c1
+            summary: s
+            severity: fatal
+            metrics: loss/train
+            detector: spike
+            for: "ten"
+            warmup: "ten percent"
+    """)
+    assert got == [
+        f"{f}:5:15: check 'c1': 'severity': expected one of error, warning, info; got 'fatal'",
+        f"{f}:8:10: check 'c1': 'for': expected an integer, got a string 'ten'",
+        f"{f}:9:13: check 'c1': 'warmup': expected a number of steps (int >= 0) or a share of the run such as "
+        "\"10%\", got 'ten percent'",
+    ]
+
+
+def test_unknown_detector_and_parameter(tmp_path):
+    got, f = problems(tmp_path, """
+        checks:
+          - id: c1
+            summary: s
+            severity: info
+            metrics: loss/train
+            detector: spikes
+          - id: c2
+            summary: s
+            severity: info
+            metrics: loss/train
+            detector: spike
+            params: {factr: 2, window: 0}
+    """)
+    assert got[0].startswith(f"{f}:7:15: check 'c1': 'detector': expected one of divergence, growth, no_progress")
+    assert got[1] == (f"{f}:13:14: check 'c2': unknown parameter 'factr' for detector 'spike'; it takes: window, "
+                      "factor, min_jump, robust_z, max_duration, min_history")
+    assert got[2] == (f"{f}:13:32: check 'c2': 'window': expected an integer >= 1, got 0")
+
+
+def test_metric_pattern_that_can_never_match(tmp_path):
+    got, f = problems(tmp_path, """
+        checks:
+          - id: c1
+            summary: s
+            severity: info
+            metrics: [loss/train, grad_norms/*]
+            detector: threshold
+    """)
+    assert len(got) == 1
+    assert got[0].startswith(f"{f}:6:27: check 'c1': metric pattern 'grad_norms/*' can never match a recorded "
+                             "metric; names start with one of: act/, grad_nonfinite/, grad_norm/")
+
+
+def test_detector_kind_must_fit_metrics(tmp_path):
+    got, f = problems(tmp_path, """
+        checks:
+          - id: c1
+            summary: s
+            severity: info
+            metrics: loss/train
+            detector: ratio
+    """)
+    assert got == [f"{f}:6:14: check 'c1': detector 'ratio' compares two series: expected metrics: {{a: ..., b: ...}}"]
+
+
+def test_message_fields_are_checked(tmp_path):
+    got, f = problems(tmp_path, """
+        checks:
+          - id: c1
+            summary: s
+            severity: info
+            metrics: loss/train
+            detector: spike
+            message: "{value:.2f} at {stepp}"
+    """)
+    assert got == [f"{f}:8:14: check 'c1': message names {{stepp}}; fields available here: value, step, "
+                   "first_step, last_step, metric, check, points, level, ratio"]
+
+
+def test_new_check_missing_keys_and_duplicates(tmp_path):
+    got, f = problems(tmp_path, """
+        checks:
+          - id: loss-spike
+            params: {factor: 5}
+          - id: c1
+            summary: s
+            severity: info
+            metrics: loss/train
+            detector: nonfinite
+          - id: c1
+            summary: again
+        disable: [nope]
+    """)
+    assert got[0] == (f"{f}:3:5: check 'loss-spike': a new check needs 'summary', 'severity', 'metrics', "
+                      "'detector' (to override a check of another file, load that file first, e.g. rules: "
+                      "[default, this-file])")
+    assert got[1] == f"{f}:10:9: check 'c1': duplicate id (first defined at entry 2)"
+    assert got[2].startswith(f"{f}:12:11: cannot disable unknown check 'nope'; loaded checks: c1")
+
+
+def test_yaml_errors_duplicate_keys_and_unsafe_tags(tmp_path):
+    got, f = problems(tmp_path, "checks: [\n")
+    assert got == [f"{f}:2:1: not valid YAML: expected the node content, but found '<stream end>'"]
+    got, f = problems(tmp_path, "checks: []\nchecks: []\n")
+    assert got == [f"{f}:2:1: duplicate key 'checks'"]
+    got, f = problems(tmp_path, "!!python/object/apply:os.system ['echo pwned']\n")
+    assert "not valid YAML: could not determine a constructor" in got[0]
+    got, f = problems(tmp_path, "")
+    assert got == [f"{f}:1:1: empty rule file; expected a mapping with 'checks:'"]
+    got, f = problems(tmp_path, "version: 2\nchekcs: []\n")
+    assert got == [f"{f}:1:10: 'version': expected 1, got 2",
+                   f"{f}:2:1: unknown key 'chekcs'; expected one of: version, checks, disable"]
+
+
+def test_missing_file_and_bad_source_type(tmp_path):
+    with pytest.raises(RuleError, match=r"nope\.yaml:1:1: no such rule file"):
+        load_rules(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="expected 'default' or a path"):
+        load_rules([3])
