@@ -149,3 +149,64 @@ def test_spread_vanishing_layers():
     assert spread(series[:1])[1].size == 0
     healthy = [("a", s, np.full(10, 0.1)), ("b", s, np.full(10, 1.0))]
     assert not spread(healthy)[1].any()
+
+
+# -- edge cases, every detector --------------------------------------------------------------------------------
+from dyncheck.checks.detectors import DETECTORS  # noqa: E402
+
+EACH = [d for d in DETECTORS.values() if d.kind == "each"]
+CASES = {
+    "empty": (np.zeros(0, np.int64), np.zeros(0)),
+    "single": (np.array([7]), np.array([1.5])),
+    "two": (np.array([0, 1]), np.array([1.0, 100.0])),
+    "constant": (np.arange(300), np.full(300, 0.7)),
+    "nan-middle": (np.arange(300), np.where(np.arange(300) == 150, np.nan, 2.3 * np.exp(-np.arange(300) / 50))),
+    "gaps": (np.array([0, 1, 2, 50, 51, 400, 401, 402, 9000, 9001] * 1).cumsum(), np.linspace(2.0, 0.5, 10)),
+    "huge": (np.arange(100), np.full(100, 1e300)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("det", EACH, ids=lambda d: d.name)
+def test_each_detector_edge_cases(det, case):
+    steps, values = CASES[case]
+    params = det.defaults() | ({"above": 1e6} if det.name == "threshold" else {})
+    mask, value, extra = det.fn(steps, values, metric="loss/train", **params)
+    assert mask.dtype == bool and mask.shape == values.shape and value.shape == values.shape
+    for arr in extra.values():
+        assert np.asarray(arr).shape == values.shape
+    fired = set(np.flatnonzero(mask).tolist())
+    expected = {
+        ("nonfinite", "nan-middle"): {150},
+        ("threshold", "huge"): set(range(100)),
+        ("no_progress", "constant"): {299},  # a constant loss makes no progress: correct
+        ("no_progress", "huge"): {99},
+    }.get((det.name, case), set())
+    assert fired == expected, (det.name, case, sorted(fired)[:10])
+
+
+def test_pair_and_group_edge_cases():
+    empty = (np.zeros(0, np.int64), np.zeros(0))
+    one = (np.array([3]), np.array([1.0]))
+    for d in (ratio, opposite_trends):
+        for a, b in [(empty, empty), (one, one), (empty, one), (one, empty)]:
+            steps, mask, value, _ = d(a, b)
+            assert mask.shape == steps.shape == value.shape and not mask.any()
+    steps, mask, r, _ = spread([("a", *empty), ("b", *empty)])
+    assert steps.size == mask.size == r.size == 0
+    # gaps: series recorded on different steps are compared where both exist
+    steps, mask, r, _ = spread([("a", np.array([0, 10, 20]), np.array([1e-9, 1e-9, 1e-9])),
+                                ("b", np.array([10, 20, 30]), np.array([1.0, 1.0, 1.0]))])
+    assert steps.tolist() == [10, 20] and mask.all()
+    # zeros (no gradient) and NaN are left out rather than called vanishing
+    steps, mask, r, _ = spread([("a", np.arange(3), np.array([0.0, np.nan, 1e-9])),
+                                ("b", np.arange(3), np.ones(3))])
+    assert mask.tolist() == [False, False, True]
+
+
+def test_spike_next_to_nan_and_huge_values():
+    v = np.full(200, 1.0) + 0.01 * np.sin(np.arange(200))
+    v[100] = np.nan  # a NaN is not a spike, and does not make its neighbours spikes
+    assert not spike(np.arange(200), v)[0].any()
+    v[150] = 1e300  # a huge finite jump that falls back is a spike
+    assert np.flatnonzero(spike(np.arange(200), v)[0]).tolist() == [150]

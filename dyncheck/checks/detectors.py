@@ -50,11 +50,13 @@ def held_for(steps: np.ndarray, mask: np.ndarray, n_steps: int) -> np.ndarray:
         return mask.copy()
     spacing = float(np.median(np.diff(steps))) if steps.size > 1 else 1.0
     ends = np.concatenate([steps[1:], [steps[-1] + spacing]]) if steps.size else steps
-    out = np.zeros_like(mask)
-    for s, e in _runs(mask):
-        if ends[e - 1] - steps[s] >= n_steps:
-            out[s:e] = True
-    return out
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    long = ends[stops - 1] - steps[starts] >= n_steps
+    marks = np.zeros(mask.size + 1, np.int32)
+    np.add.at(marks, starts[long], 1)
+    np.add.at(marks, stops[long], -1)
+    return np.cumsum(marks[:-1]) > 0
 
 
 def _ffill(values: np.ndarray) -> np.ndarray:
@@ -69,20 +71,37 @@ def _ffill(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rolling(values: np.ndarray, window: int, fn: Callable[..., np.ndarray], *, include_current: bool) -> np.ndarray:
-    """``fn(windows, axis=1)`` over trailing windows of ``window`` values (shorter at the start). Non-finite values
-    are forward-filled first, so one NaN does not poison a window. NaN where no value exists yet."""
+def _windows(values: np.ndarray, window: int, include_current: bool) -> np.ndarray:
+    """Row i: the ``window`` values ending at i (inclusive) or just before i, non-finite values forward-filled
+    and NaN before the start (a view, no copy)."""
     v = _ffill(values)
-    n = v.size
-    if n == 0 or window < 1:
-        return np.full(n, np.nan)
-    # the start is padded with NaN; windows that hold NaN (short, or before the first finite value) take the
-    # slower nan-aware reduction, full windows the fast one
     pad = np.concatenate([np.full(window, np.nan), v])
     win = np.lib.stride_tricks.sliding_window_view(pad, window)  # win[k] = pad[k : k + window]
-    win = win[1:] if include_current else win[:-1]  # window ending at i, or ending at i - 1
+    return win[1:] if include_current else win[:-1]
+
+
+def _rolling_mad(values: np.ndarray, window: int, at: np.ndarray) -> np.ndarray:
+    """Median absolute deviation of the previous ``window`` values, at the indices ``at``."""
+    win = _windows(values, window, False)[at]
+    with _quiet():
+        med = np.nanmedian(win, axis=1, keepdims=True)
+        return np.nanmedian(np.abs(win - med), axis=1)
+
+
+def _rolling(values: np.ndarray, window: int, fn: Callable[..., np.ndarray], *, include_current: bool,
+             at: np.ndarray | None = None) -> np.ndarray:
+    """``fn(windows, axis=1)`` over trailing windows of ``window`` values (shorter at the start). Non-finite values
+    are forward-filled first, so one NaN does not poison a window. NaN where no value exists yet."""
+    n = np.asarray(values).size
+    if n == 0 or window < 1:
+        return np.full(n if at is None else len(at), np.nan)
+    # windows that hold NaN (short ones at the start, or before the first finite value) take the slower
+    # nan-aware reduction, full windows the fast one
+    win = _windows(values, window, include_current)
+    if at is not None:
+        win = win[at]
     full = np.isfinite(win).all(axis=1)
-    out = np.full(n, np.nan)
+    out = np.full(len(win), np.nan)
     if full.any():
         out[full] = fn(win[full], axis=1)
     part = ~full
@@ -92,7 +111,7 @@ def _rolling(values: np.ndarray, window: int, fn: Callable[..., np.ndarray], *, 
     return out
 
 
-_NAN_AWARE: dict[Callable[..., Any], Callable[..., Any]] = {np.median: np.nanmedian}
+_NAN_AWARE: dict[Callable[..., Any], Callable[..., Any]] = {np.median: np.nanmedian, np.min: np.nanmin}
 
 
 def rolling_median_prev(values: np.ndarray, window: int) -> np.ndarray:
@@ -170,7 +189,13 @@ def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, m
     and ``robust_z`` robust standard deviations (1.4826 MAD) of the recent values (so batch-to-batch noise does
     not count)."""
     v = np.asarray(values, dtype=float)
-    level = rolling_median_prev(v, window)
+    # v > factor x median(window) implies v > factor x min(window): medians are needed only at those points
+    low = _rolling(v, window, np.min, include_current=False)
+    with np.errstate(invalid="ignore"):
+        candidates = np.flatnonzero(v > factor * low)
+    level = np.full(v.size, np.nan)
+    if candidates.size:
+        level[candidates] = _rolling(v, window, np.median, include_current=False, at=candidates)
     history = np.minimum(np.arange(v.size), window)
     with np.errstate(invalid="ignore", divide="ignore"):
         jump = v - level
@@ -178,7 +203,9 @@ def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, m
         if min_jump > 0:
             above &= jump > min_jump * _initial_level(v)
         if robust_z > 0 and above.any():
-            mad = _rolling(np.abs(_ffill(v) - level), window, np.median, include_current=False)
+            idx = np.flatnonzero(above)
+            mad = np.full(v.size, np.nan)
+            mad[idx] = _rolling_mad(v, window, idx)
             above &= jump > robust_z * 1.4826 * mad
     mask = np.zeros_like(above)
     for s, _ in _runs(above):
@@ -268,8 +295,10 @@ def plateau(steps, values, *, early=0.35, min_improvement=0.02, min_early_progre
     start = float(np.median(f[:k]))
     cut = int(early * f.size)
     at_cut = float(np.median(f[max(0, cut - k): cut + 1]))
-    later = rolling_median(f[cut:], k)
-    best_later = float(np.nanmin(later)) if later.size else at_cut
+    rest = f[cut:]
+    nb = rest.size // k
+    # the best level later on: the lowest median of consecutive blocks of k points (cheap, robust to noise)
+    best_later = float(np.median(rest[: nb * k].reshape(nb, k), axis=1).min()) if nb else at_cut
     if start <= 0:
         return mask, out, {}
     early_progress = (start - at_cut) / start
@@ -340,17 +369,19 @@ def spread(series, *, below=1e-3, min_series=2, **_):
         return np.array([], dtype=np.int64), np.zeros(0, bool), np.zeros(0), {}
     steps = np.asarray(series[0][1])
     for _, s, _ in series[1:]:
-        steps = np.intersect1d(steps, s)
-    mat = np.stack([np.asarray(v, float)[np.searchsorted(s, steps)] for _, s, v in series]) if steps.size else \
-        np.zeros((len(series), 0))
-    pos = np.where(np.isfinite(mat) & (mat > 0), mat, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"), _quiet():
-        lo, hi = np.nanmin(pos, axis=0), np.nanmax(pos, axis=0)
+        if not (len(s) == len(steps) and np.array_equal(s, steps)):
+            steps = np.intersect1d(steps, s)
+    mat = np.stack([np.asarray(v, float) if len(s) == len(steps) else np.asarray(v, float)[np.searchsorted(s, steps)]
+                    for _, s, v in series])
+    ok = np.isfinite(mat) & (mat > 0)
+    lo_idx = np.argmin(np.where(ok, mat, np.inf), axis=0)
+    hi_idx = np.argmax(np.where(ok, mat, -np.inf), axis=0)
+    cols = np.arange(mat.shape[1])
+    lo, hi = mat[lo_idx, cols], mat[hi_idx, cols]
+    with np.errstate(invalid="ignore", divide="ignore"):
         r = lo / hi
-        mask = (r < below) & (hi > 0) & (np.sum(np.isfinite(pos), axis=0) >= min_series)
-    lowest = np.nanargmin(np.where(np.isfinite(pos), pos, np.inf), axis=0) if mat.size else np.zeros(0, int)
-    highest = np.nanargmax(np.where(np.isfinite(pos), pos, -np.inf), axis=0) if mat.size else np.zeros(0, int)
-    return steps, mask, r, {"lowest": lowest, "highest": highest}
+        mask = (r < below) & (ok.sum(axis=0) >= min_series)
+    return steps, mask, r, {"lowest": lo_idx, "highest": hi_idx}
 
 
 _NUM: dict[str, Any] = {"type": "number"}
