@@ -4,6 +4,7 @@ Public API::
 
     from dyncheck import DynamicsMonitor   # the Lightning callback (pytorch_lightning)
     from dyncheck import open_run           # read a run store: .metrics(glob), .series(name), .meta
+    from dyncheck import evaluate, load_rules   # checks: evaluate(run, "default") -> CheckResult (findings)
 
 ``dyncheck.lightning.DynamicsMonitor`` is the same callback for ``import lightning as L``.
 The callback is imported lazily, so reading runs does not import Lightning.
@@ -13,15 +14,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, DyncheckError, MeasureError, StoreError
+from .errors import ConfigError, DyncheckError, MeasureError, RuleError, StoreError
 from .store import Run, Series, open_run
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._callback import DynamicsMonitor
+    from .checks import CheckResult, Finding, Skipped, evaluate, load_rules
 
 __version__ = "0.1.0"
-__all__ = ["DynamicsMonitor", "open_run", "Run", "Series", "DyncheckError", "ConfigError", "StoreError",
-           "MeasureError", "__version__"]
+__all__ = ["DynamicsMonitor", "open_run", "Run", "Series", "evaluate", "load_rules", "CheckResult", "Finding",
+           "Skipped", "DyncheckError", "ConfigError", "RuleError", "StoreError", "MeasureError", "__version__"]
+_CHECKS = ("evaluate", "load_rules", "CheckResult", "Finding", "Skipped")
 
 
 def __getattr__(name: str) -> Any:
@@ -29,4 +32,8 @@ def __getattr__(name: str) -> Any:
         from ._callback import DynamicsMonitor
 
         return DynamicsMonitor
+    if name in _CHECKS:  # jsonschema and the rule loader load on first use
+        from . import checks
+
+        return getattr(checks, name)
     raise AttributeError(f"module 'dyncheck' has no attribute {name!r}")
