@@ -246,20 +246,27 @@ def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, m
     return mask, v, {"best": best, "ratio": ratio, "smoothed": sm, "initial": np.full(n, initial)}
 
 
-def growth(steps, values, *, factor=100.0, baseline=0.1, min_points=5, **_):
-    """Values more than ``factor`` times the median of the first ``baseline`` share of the series."""
+def growth(steps, values, *, factor=100.0, bound=None, window=1, baseline=0.1, min_points=5, **_):
+    """The series, smoothed by a rolling median of ``window`` points, above ``factor`` times the median of its
+    first ``baseline`` share, or above the absolute ``bound``; infinite values always count."""
     v = np.asarray(values, dtype=float)
-    if v.size < min_points:
-        return np.zeros(v.size, bool), v, {}
-    k = max(1, int(np.ceil(baseline * v.size)))
+    n = v.size
+    if n < min_points:
+        return np.zeros(n, bool), v, {}
+    sm = rolling_median(v, window) if window > 1 else v
+    k = max(1, int(np.ceil(baseline * n)))
     first = v[:k][np.isfinite(v[:k])]
-    if not first.size or np.median(first) <= 0:
-        return np.zeros(v.size, bool), v, {}
-    base = float(np.median(first))
-    with np.errstate(invalid="ignore", over="ignore"):
-        mask = (v > factor * base) | np.isinf(v)
-        mask[:k] = False
-    return mask, v, {"baseline": np.full(v.size, base), "ratio": v / base}
+    base = float(np.median(first)) if first.size else float("nan")
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        mask = np.isinf(v)
+        if base > 0:
+            grown = sm > factor * base
+            grown[:k] = False
+            mask |= grown
+        if bound is not None:
+            mask |= sm > bound
+        ratio = sm / base if base > 0 else np.full(n, np.nan)
+    return mask, sm, {"baseline": np.full(n, base), "ratio": ratio}
 
 
 def no_progress(steps, values, *, min_improvement=0.1, share=0.1, min_points=10, **_):
@@ -279,11 +286,14 @@ def no_progress(steps, values, *, min_improvement=0.1, share=0.1, min_points=10,
     return mask, out, {"first": np.full(v.size, first), "last": np.full(v.size, last)}
 
 
-def plateau(steps, values, *, early=0.35, min_improvement=0.02, min_early_progress=0.05, min_level=0.3,
+def plateau(steps, values, *, early=0.35, min_improvement=0.1, min_early_progress=0.2, min_level=0.2,
             share=0.1, min_points=20, **_):
-    """A premature plateau: the series improved in its first ``early`` share, then its best value in the rest is
-    within ``min_improvement`` (relative) of the value reached by then, while still above ``min_level`` times the
-    initial level. One verdict, at the step where the plateau began."""
+    """A premature plateau: the series made progress, then stopped improving early and never resumed. On medians
+    of consecutive blocks of ``share`` of the points, the plateau begins at the first block, at least
+    ``min_early_progress`` (relative) below the start, after which the series never gets lower by more than
+    ``min_improvement`` times the progress made up to then. It is premature if it begins within the first
+    ``early`` share of the series at a level above ``min_level`` times the start (not converged near zero).
+    One verdict, at the step where the plateau began."""
     v = np.asarray(values, dtype=float)
     mask = np.zeros(v.size, bool)
     out = np.full(v.size, np.nan)
@@ -292,21 +302,24 @@ def plateau(steps, values, *, early=0.35, min_improvement=0.02, min_early_progre
         return mask, out, {}
     f = v[fin_idx]
     k = max(1, int(np.ceil(share * f.size)))
+    nb = f.size // k
+    offset = f.size - nb * k  # blocks aligned to the end, so the last block holds the last points
+    med = np.median(f[offset:].reshape(nb, k), axis=1)
     start = float(np.median(f[:k]))
-    cut = int(early * f.size)
-    at_cut = float(np.median(f[max(0, cut - k): cut + 1]))
-    rest = f[cut:]
-    nb = rest.size // k
-    # the best level later on: the lowest median of consecutive blocks of k points (cheap, robust to noise)
-    best_later = float(np.median(rest[: nb * k].reshape(nb, k), axis=1).min()) if nb else at_cut
-    if start <= 0:
+    if nb < 3 or start <= 0:
         return mask, out, {}
-    early_progress = (start - at_cut) / start
-    later_progress = (at_cut - best_later) / at_cut if at_cut > 0 else 0.0
-    if early_progress >= min_early_progress and later_progress < min_improvement and at_cut > min_level * start:
-        i = fin_idx[cut]
+    future_best = np.minimum.accumulate(med[::-1])[::-1]
+    progress = start - med
+    flat = (med - future_best < min_improvement * progress) & (progress >= min_early_progress * start)
+    if not flat.any():
+        return mask, out, {}
+    b0 = int(np.argmax(flat))
+    level = float(med[b0])
+    begins = offset + b0 * k
+    if begins <= early * f.size and level > min_level * start:
+        i = fin_idx[begins]
         mask[i] = True
-        out[i] = at_cut
+        out[i] = level
     return mask, out, {"initial": np.full(v.size, start)}
 
 
@@ -330,11 +343,12 @@ def ratio(a, b, *, above=None, below=None, **_):
     return steps, mask, r, {"a": va, "b": vb}
 
 
-def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, **_):
+def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, min_run=1, at_end=False, **_):
     """``b`` rose while ``a`` kept falling: at each point after b's minimum, b is above its minimum by more than
     ``rise`` of it and by more than ``min_rise`` times a's initial level (absolute scale), while ``a`` is lower
-    than it was at b's minimum by more than ``fall`` of it. ``a`` is taken at b's steps as the median of its
-    values since b's previous point (so per-batch noise averages out)."""
+    than it was at b's minimum by more than ``fall`` of it -- for at least ``min_run`` consecutive points of b
+    and, with ``at_end``, up to b's last point (it rose and stayed up). ``a`` is taken at b's steps as the median
+    of its values since b's previous point (so per-batch noise averages out)."""
     sa, va = np.asarray(a[0]), np.asarray(a[1], float)
     sb, vb = np.asarray(b[0]), np.asarray(b[1], float)
     mask = np.zeros(sb.size, bool)
@@ -358,6 +372,10 @@ def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, **_
         mask = ((np.arange(sb.size) > imin) & (vb > (1 + rise) * bmin) & (vb - bmin > min_rise * a0)
                 & (a_at < (1 - fall) * amin))
         rel = (vb - bmin) / bmin
+    runs = [(s, e) for s, e in _runs(mask) if e - s >= min_run and (not at_end or e == sb.size)]
+    mask = np.zeros(sb.size, bool)
+    for s, e in runs:
+        mask[s:e] = True
     return sb, mask, vb, {"b_min": np.full(sb.size, bmin), "a": a_at, "rise": rel}
 
 
@@ -404,18 +422,19 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
               "at_end": ({"type": "boolean"}, True), "min_points": (_COUNT, 10)},
              ("best", "ratio", "smoothed", "initial")),
     Detector("growth", "each", growth,
-             {"factor": (_POS, 100.0), "baseline": (_SHARE, 0.1), "min_points": (_COUNT, 5)},
-             ("baseline", "ratio")),
+             {"factor": (_POS, 100.0), "bound": ({"type": ["number", "null"]}, None), "window": (_COUNT, 1),
+              "baseline": (_SHARE, 0.1), "min_points": (_COUNT, 5)}, ("baseline", "ratio")),
     Detector("no_progress", "each", no_progress,
              {"min_improvement": (_NUM, 0.1), "share": (_SHARE, 0.1), "min_points": (_COUNT, 10)},
              ("first", "last"), whole_run=True),
     Detector("plateau", "each", plateau,
-             {"early": (_SHARE, 0.35), "min_improvement": (_NUM, 0.02), "min_early_progress": (_NUM, 0.05),
-              "min_level": (_NUM, 0.3), "share": (_SHARE, 0.1), "min_points": (_COUNT, 20)}, ("initial",),
+             {"early": (_SHARE, 0.35), "min_improvement": (_NUM, 0.1), "min_early_progress": (_NUM, 0.2),
+              "min_level": (_NUM, 0.2), "share": (_SHARE, 0.1), "min_points": (_COUNT, 20)}, ("initial",),
              whole_run=True),
     Detector("ratio", "pair", ratio, {"above": (_NULLNUM, None), "below": (_NULLNUM, None)}, ("a", "b")),
     Detector("opposite_trends", "pair", opposite_trends,
-             {"rise": (_NUM, 0.1), "min_rise": (_NUM, 0.0), "fall": (_NUM, 0.0), "min_points": (_COUNT, 3)},
+             {"rise": (_NUM, 0.1), "min_rise": (_NUM, 0.0), "fall": (_NUM, 0.0), "min_points": (_COUNT, 3),
+              "min_run": (_COUNT, 1), "at_end": ({"type": "boolean"}, False)},
              ("b_min", "a", "rise")),
     Detector("spread", "group", spread, {"below": (_POS, 1e-3), "min_series": (_COUNT, 2)},
              ("lowest", "highest")),
