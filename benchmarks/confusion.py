@@ -29,6 +29,9 @@ def main() -> int:
     ap.add_argument("--runs", help="directory for the runs (default: a temporary one)")
     ap.add_argument("--reuse", action="store_true", help="evaluate the runs already in --runs, train missing ones")
     ap.add_argument("--rules", nargs="+", default=["default"])
+    ap.add_argument("--seed", type=int, default=0, help="seed of the runs (the pack was tuned on seed 0)")
+    ap.add_argument("--every-n-steps", type=int, default=None,
+                    help="override the scenarios' per-layer schedule (they use 10; the monitor's default is 50)")
     args = ap.parse_args()
     names = args.names or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -44,7 +47,10 @@ def main() -> int:
         run_dir = out / name
         t = time.perf_counter()
         if not (args.reuse and (run_dir / STORE_FILENAME).exists()):
-            run_scenario(name, out, monitor_kwargs={"rules": None})
+            kw: dict = {"rules": None}
+            if args.every_n_steps:
+                kw["every_n_steps"] = args.every_n_steps
+            run_scenario(name, out, seed=args.seed, monitor_kwargs=kw)
         secs = time.perf_counter() - t
         result = evaluate(run_dir, rules)
         alarms = {f.check for f in result.findings if f.severity in ("error", "warning")}

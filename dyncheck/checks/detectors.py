@@ -246,9 +246,10 @@ def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, m
     return mask, v, {"best": best, "ratio": ratio, "smoothed": sm, "initial": np.full(n, initial)}
 
 
-def growth(steps, values, *, factor=100.0, bound=None, window=1, baseline=0.1, min_points=5, **_):
-    """The series, smoothed by a rolling median of ``window`` points, above ``factor`` times the median of its
-    first ``baseline`` share, or above the absolute ``bound``; infinite values always count."""
+def growth(steps, values, *, factor=100.0, bound=None, window=1, peak_factor=None, baseline=0.1, min_points=5, **_):
+    """The series, smoothed by a rolling median of ``window`` points (so more than half of them must agree),
+    above ``factor`` times the median of its first ``baseline`` share, or above the absolute ``bound``; or a
+    single raw value above ``peak_factor`` times that early level. Infinite values always count."""
     v = np.asarray(values, dtype=float)
     n = v.size
     if n < min_points:
@@ -261,6 +262,8 @@ def growth(steps, values, *, factor=100.0, bound=None, window=1, baseline=0.1, m
         mask = np.isinf(v)
         if base > 0:
             grown = sm > factor * base
+            if peak_factor is not None:
+                grown |= v > peak_factor * base
             grown[:k] = False
             mask |= grown
         if bound is not None:
@@ -423,7 +426,7 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
              ("best", "ratio", "smoothed", "initial")),
     Detector("growth", "each", growth,
              {"factor": (_POS, 100.0), "bound": ({"type": ["number", "null"]}, None), "window": (_COUNT, 1),
-              "baseline": (_SHARE, 0.1), "min_points": (_COUNT, 5)}, ("baseline", "ratio")),
+              "peak_factor": ({"type": ["number", "null"]}, None), "baseline": (_SHARE, 0.1), "min_points": (_COUNT, 5)}, ("baseline", "ratio")),
     Detector("no_progress", "each", no_progress,
              {"min_improvement": (_NUM, 0.1), "share": (_SHARE, 0.1), "min_points": (_COUNT, 10)},
              ("first", "last"), whole_run=True),

@@ -119,6 +119,7 @@ class SeriesSource:
 
 # ----------------------------------------------------------------------------------------------------------------
 def _warm_start(check: Check, steps: np.ndarray, run_span: tuple[int, int]) -> int:
+    """The first step a check may fire at: warm-up steps, or a share of the run's span, after its start."""
     lo, hi = run_span
     return lo + max(check.warmup_steps, int(math.ceil(check.warmup_share * (hi - lo))))
 
@@ -175,10 +176,8 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
         if missing:
             return Skipped(check.id, _missing_reason(missing, src.names))
         (a_name,), (b_name,) = found[0][:1], found[1][:1]
-        start = _warm_start(check, src.get(b_name)[0], span)
-        a = _cut(*src.get(a_name), start)
-        b = _cut(*src.get(b_name), start)
-        steps, mask, value, extra = det.fn(a, b, **params)
+        steps, mask, value, extra = det.fn(src.get(a_name), src.get(b_name), **params)
+        mask = mask & (steps >= _warm_start(check, steps, span))
         fired = held_for(steps, mask, check.for_steps)
         f = _finding(check, b_name, steps, fired, value, extra)
         return [f] if f else []
@@ -189,9 +188,9 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
         series = []
         for n in names:
             s, v = src.get(n)
-            s, v = _cut(s, v, _warm_start(check, s, span))
             series.append((n, s, v))
         steps, mask, value, extra = det.fn(series, **params)
+        mask = mask & (steps >= _warm_start(check, steps, span))
         if steps.size == 0 and len(series) < params.get("min_series", 1):
             return Skipped(check.id, f"needs at least {params.get('min_series')} series matching "
                                      f"{', '.join(check.metrics)}; found {len(series)}")
@@ -199,12 +198,17 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
         f = _finding(check, check.metrics[0], steps, fired, value, extra, names=names)
         return [f] if f else []
     out: list[Finding] = []
+    whole = is_whole_run(check)
     for n in names:
         s, v = src.get(n)
-        s, v = _cut(s, v, _warm_start(check, s, span))
+        start = _warm_start(check, s, span)
+        if whole:  # the verdict is on the run after warm-up
+            s, v = _cut(s, v, start)
         if s.size == 0:
             continue
         mask, value, extra = det.fn(s, v, metric=n, **params)
+        if not whole:  # the detector saw the warm-up as history (levels, baselines); it just cannot fire there
+            mask = mask & (s >= start)
         fired = held_for(s, mask, check.for_steps)
         f = _finding(check, n, s, fired, value, extra)
         if f:
