@@ -381,27 +381,6 @@ class WithForgottenHead(nn.Module):
         return self.classifier(h)
 
 
-def _sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
-    return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                          nesterov=nesterov)
-
-
-def _adam(lr: float, weight_decay: float = 0.0, decoupled: bool = False):
-    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-    return lambda params: cls(params, lr=lr, weight_decay=weight_decay)
-
-
-def _warmup_cosine(warmup: int, total: int, floor: float = 0.0) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f
-
-
-
 class PixelRNN(nn.Module):
     """Vanilla ReLU RNN reading a digit pixel by pixel (64 steps), identity-initialised recurrent weights (IRNN,
     Le et al. 2015): gradients through 64 steps are multiplied by the recurrent Jacobian at every step."""

@@ -210,3 +210,17 @@ def test_spike_next_to_nan_and_huge_values():
     assert not spike(np.arange(200), v)[0].any()
     v[150] = 1e300  # a huge finite jump that falls back is a spike
     assert np.flatnonzero(spike(np.arange(200), v)[0]).tolist() == [150]
+
+
+def test_growth_smoothed_matches_full_rolling_median():
+    rng = np.random.default_rng(3)
+    v = np.concatenate([rng.random(300) + 0.5, 20 + 5 * rng.random(100), rng.random(100) + 0.5])
+    v[rng.choice(500, 20)] = 300.0  # isolated peaks: above the bound, but never half a window
+    from dyncheck.checks.detectors import rolling_median
+
+    mask, sm, _ = growth(np.arange(500), v, factor=10.0, bound=100.0, window=20)
+    ref = rolling_median(v, 20)
+    expected = (ref > 10 * np.median(v[:50])) | (ref > 100.0)
+    expected[:50] = expected[:50] & (ref[:50] > 100.0)
+    assert mask.tolist() == expected.tolist() and mask[320:400].all() and not mask[:300].any()
+    assert np.allclose(sm[mask], ref[mask])

@@ -254,10 +254,22 @@ def growth(steps, values, *, factor=100.0, bound=None, window=1, peak_factor=Non
     n = v.size
     if n < min_points:
         return np.zeros(n, bool), v, {}
-    sm = rolling_median(v, window) if window > 1 else v
     k = max(1, int(np.ceil(baseline * n)))
     first = v[:k][np.isfinite(v[:k])]
     base = float(np.median(first)) if first.size else float("nan")
+    sm = v
+    if window > 1:
+        # the median of a window exceeds T only if at least half its values do: count those (O(n)), and take
+        # exact medians only there
+        limits = [x for x in (factor * base if base > 0 else None, bound) if x is not None]
+        sm = np.full(n, np.nan)
+        if limits:
+            with np.errstate(invalid="ignore"):
+                over = np.concatenate([[0], np.cumsum(_ffill(v) > min(limits))])
+            count = over[1:] - over[np.maximum(np.arange(1, n + 1) - window, 0)]
+            cand = np.flatnonzero(count >= window - window // 2)
+            if cand.size:
+                sm[cand] = _rolling(v, window, np.median, include_current=True, at=cand)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         mask = np.isinf(v)
         if base > 0:
