@@ -64,7 +64,7 @@ def test_stop_on_error_stops_training(tmp_path):
 def test_stop_on_does_not_stop_a_healthy_run(tmp_path):
     mon = DynamicsMonitor(dirpath=tmp_path / "run", every_n_steps=5, flush_every_n_steps=5, stop_on="warning")
     t = trainer(tmp_path, [mon], max_epochs=3)
-    t.fit(MLP(lr=0.5, log_acc=False), *loaders(n=256, batch_size=16))
+    t.fit(MLP(lr=0.1, momentum=0.9, log_acc=False), *loaders(n=256, batch_size=16))
     assert t.global_step == 48 and mon.stopped_by is None
     assert mon.result.status == "pass", mon.result.findings
 
