@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pytorch_lightning as pl
-import torch
 from torch import Tensor, nn
 
 from ._meta import jsonable, module_meta, optimizer_meta, versions
@@ -294,8 +293,9 @@ class DynamicsMonitorHooks:
     # -- checks ------------------------------------------------------------------------------------------------
     @staticmethod
     def _info(message: str) -> None:
-        """A rank-zero log line through the Lightning package's logger, like Lightning's own callbacks."""
-        print(message)  # overridden by each adapter
+        """A rank-zero log line, like Lightning's own callbacks' (``lightning.pytorch`` and ``pytorch_lightning``
+        share this function)."""
+        pl.utilities.rank_zero_info(message)
 
     def _evaluate(self, store: Path, *, final: bool = True) -> Any:
         from .checks.engine import evaluate
@@ -462,7 +462,3 @@ class DynamicsMonitorHooks:
 
 class DynamicsMonitor(DynamicsMonitorHooks, pl.Callback):
     __doc__ = DynamicsMonitorHooks.__doc__
-
-    @staticmethod
-    def _info(message: str) -> None:
-        pl.utilities.rank_zero_info(message)

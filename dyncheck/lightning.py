@@ -23,7 +23,3 @@ __all__ = ["DynamicsMonitor"]
 
 class DynamicsMonitor(DynamicsMonitorHooks, _lp.Callback):
     __doc__ = DynamicsMonitorHooks.__doc__
-
-    @staticmethod
-    def _info(message: str) -> None:
-        _lp.utilities.rank_zero_info(message)

@@ -118,10 +118,15 @@ class SeriesSource:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def _warm_start(check: Check, steps: np.ndarray, run_span: tuple[int, int]) -> int:
+def _warm_start(check: Check, run_span: tuple[int, int]) -> int:
     """The first step a check may fire at: warm-up steps, or a share of the run's span, after its start."""
     lo, hi = run_span
     return lo + max(check.warmup_steps, int(math.ceil(check.warmup_share * (hi - lo))))
+
+
+def _fired(check: Check, steps: np.ndarray, mask: np.ndarray, span: tuple[int, int]) -> np.ndarray:
+    """Where the check fires: the condition, outside warm-up, held for ``for`` steps."""
+    return held_for(steps, mask & (steps >= _warm_start(check, span)), check.for_steps)
 
 
 def _cut(steps: np.ndarray, values: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +173,7 @@ def _finding(check: Check, metric: str, steps: np.ndarray, fired: np.ndarray, va
 
 def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> list[Finding] | Skipped:
     det = DETECTORS[check.detector]
-    params = dict(check.params)
+    params = check.params
     if det.kind == "pair":
         assert check.pair is not None
         found = [src.match([p], check.exclude) for p in check.pair]
@@ -177,40 +182,29 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
             return Skipped(check.id, _missing_reason(missing, src.names))
         (a_name,), (b_name,) = found[0][:1], found[1][:1]
         steps, mask, value, extra = det.fn(src.get(a_name), src.get(b_name), **params)
-        mask = mask & (steps >= _warm_start(check, steps, span))
-        fired = held_for(steps, mask, check.for_steps)
-        f = _finding(check, b_name, steps, fired, value, extra)
+        f = _finding(check, b_name, steps, _fired(check, steps, mask, span), value, extra)
         return [f] if f else []
     names = src.match(check.metrics, check.exclude)
     if not names:
         return Skipped(check.id, _missing_reason(check.metrics, src.names))
     if det.kind == "group":
-        series = []
-        for n in names:
-            s, v = src.get(n)
-            series.append((n, s, v))
+        series = [(n, *src.get(n)) for n in names]
         steps, mask, value, extra = det.fn(series, **params)
-        mask = mask & (steps >= _warm_start(check, steps, span))
         if steps.size == 0 and len(series) < params.get("min_series", 1):
             return Skipped(check.id, f"needs at least {params.get('min_series')} series matching "
                                      f"{', '.join(check.metrics)}; found {len(series)}")
-        fired = held_for(steps, mask, check.for_steps)
-        f = _finding(check, check.metrics[0], steps, fired, value, extra, names=names)
+        f = _finding(check, check.metrics[0], steps, _fired(check, steps, mask, span), value, extra, names=names)
         return [f] if f else []
     out: list[Finding] = []
     whole = is_whole_run(check)
     for n in names:
         s, v = src.get(n)
-        start = _warm_start(check, s, span)
-        if whole:  # the verdict is on the run after warm-up
-            s, v = _cut(s, v, start)
+        if whole:  # the verdict is on the run after warm-up; other detectors see the warm-up as history
+            s, v = _cut(s, v, _warm_start(check, span))
         if s.size == 0:
             continue
         mask, value, extra = det.fn(s, v, metric=n, **params)
-        if not whole:  # the detector saw the warm-up as history (levels, baselines); it just cannot fire there
-            mask = mask & (s >= start)
-        fired = held_for(s, mask, check.for_steps)
-        f = _finding(check, n, s, fired, value, extra)
+        f = _finding(check, n, s, _fired(check, s, mask, span), value, extra)
         if f:
             out.append(f)
     return out
@@ -286,6 +280,3 @@ def _run_span(src: SeriesSource) -> tuple[int, int]:
             hi = int(s[-1]) if hi is None else max(hi, int(s[-1]))
     return (lo or 0, hi or 0)
 
-
-def severity_rank(severity: str) -> int:
-    return _RANK[severity]

@@ -246,11 +246,6 @@ def _schema_problems(doc: _Doc, instance: Any, schema: dict[str, Any], base: lis
         path = base + list(err.absolute_path)
         key = next((str(p) for p in reversed(path) if isinstance(p, str)), "")
         cid = check
-        if cid is None and len(path) >= 2 and path[0] == "checks" and isinstance(doc.data, dict):
-            try:
-                cid = doc.data["checks"][path[1]].get("id")
-            except (AttributeError, IndexError, KeyError, TypeError):
-                cid = None
         if err.validator == "additionalProperties":
             allowed = list(err.schema.get("properties", {}))
             for extra in sorted(set(err.instance) - set(allowed)):
