@@ -31,9 +31,13 @@ class Finding:
     value: float | None
     message: str
     hint: str
+    #: the stretches of steps where the check held, as (first, last) pairs (the report highlights them; not part
+    #: of the JSON output, whose shape is fixed)
+    spans: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("spans")
         d["value"] = _json_number(self.value)
         return d
 
@@ -168,7 +172,14 @@ def _finding(check: Check, metric: str, steps: np.ndarray, fired: np.ndarray, va
         metric = fields["lowest"]
         fields["metric"] = metric
     return Finding(check.id, check.severity, metric, int(steps[i]), int(steps[idx[-1]]), v,
-                   _message(check, fields), check.hint)
+                   _message(check, fields), check.hint, spans=_spans(steps, fired))
+
+
+def _spans(steps: np.ndarray, fired: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Runs of consecutive fired points as (first step, last step)."""
+    d = np.diff(np.concatenate([[0], fired.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1
+    return tuple((int(steps[a]), int(steps[b])) for a, b in zip(starts, stops))
 
 
 def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> list[Finding] | Skipped:

@@ -1,0 +1,153 @@
+"""Phases of training, detected from the loss curve alone (numpy only).
+
+A loss curve is cut into at most four straight pieces (in log loss for positive losses): the cut that fits best,
+with a penalty per piece so that noise does not buy extra pieces (BIC). Each piece is named by what the loss does
+on it, relative to the run's whole descent:
+
+- **rapid fitting**: falls at least twice as fast as the run's average rate (the easy, dominant patterns);
+- **refinement**: still falls, more slowly;
+- **stabilisation**: flat, near the best level the run reached (converged, or waiting for a learning-rate decay);
+- **plateau**: flat while far above it, or a run whose loss barely moved at all;
+- **instability**: the loss rises.
+
+Adjacent pieces with the same name are merged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Phase", "detect_phases", "PHASE_NAMES"]
+
+PHASE_NAMES = ("rapid fitting", "refinement", "stabilisation", "plateau", "instability")
+
+_FLAT = 0.05  # a piece moving less than 5% of the run's loss range is flat
+_RAPID = 2.0  # a falling piece at least this many times the run's average rate is rapid fitting
+_NEAR_BEST = 0.35  # a flat piece within 35% of the range from the best level is stabilisation
+_BARELY = 0.10  # a run whose smoothed loss fell less than 10% overall has no phases but one plateau
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase: its name and where it starts and ends (steps), with the smoothed loss at both ends."""
+
+    name: str
+    start: int
+    end: int
+    loss_start: float
+    loss_end: float
+
+
+def _bins(steps: np.ndarray, y: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Medians of runs of consecutive points (robust to spikes), with the first and last step of each run."""
+    n = y.size
+    edges = np.unique(np.linspace(0, n, min(points, n) + 1).astype(int))
+    lo, hi = edges[:-1], edges[1:]
+    med = np.array([np.median(y[a:b]) for a, b in zip(lo, hi)])
+    centre = np.array([0.5 * (steps[a] + steps[b - 1]) for a, b in zip(lo, hi)])
+    return centre, med, steps[lo], steps[hi - 1]
+
+
+def _segment_costs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """cost[i, j]: squared error of the least-squares line through points i..j (inclusive); inf where j < i."""
+    n = x.size
+    c = [np.concatenate([[0.0], np.cumsum(a)]) for a in (np.ones(n), x, y, x * x, x * y, y * y)]
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    s1, sx, sy, sxx, sxy, syy = (a[j + 1] - a[i] for a in c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vxx = sxx - sx * sx / s1
+        vxy = sxy - sx * sy / s1
+        vyy = syy - sy * sy / s1
+        cost = np.where(vxx > 1e-15, vyy - vxy * vxy / np.where(vxx > 1e-15, vxx, 1.0), vyy)
+    cost = np.maximum(cost, 0.0)
+    cost[j < i] = np.inf
+    return cost
+
+
+def _best_cuts(cost: np.ndarray, k: int, min_len: int) -> tuple[float, list[int]]:
+    """Optimal split of points 0..n-1 into ``k`` runs of at least ``min_len`` points: (error, start indices)."""
+    n = cost.shape[0]
+    idx = np.arange(n)
+    ok = (idx[None, :] - idx[:, None] + 1) >= min_len
+    seg = np.where(ok, cost, np.inf)
+    best = seg[0].copy()  # best[j]: error of points 0..j in one piece
+    back: list[np.ndarray] = []
+    for _ in range(1, k):
+        # new[j] = min over i of best[i - 1] + seg[i, j]
+        cand = np.concatenate([[np.inf], best[:-1]])[:, None] + seg
+        arg = np.argmin(cand, axis=0)
+        best = cand[arg, idx]
+        back.append(arg)
+    starts = [0]
+    j = n - 1
+    for arg in reversed(back):
+        i = int(arg[j])
+        starts.append(i)
+        j = i - 1
+    return float(best[n - 1]), sorted(set(starts))
+
+
+def detect_phases(steps: np.ndarray, values: np.ndarray, *, max_phases: int = 4, points: int = 200) -> list[Phase]:
+    """Phases of a (training) loss curve; an empty list for fewer than 10 finite points."""
+    steps = np.asarray(steps)
+    values = np.asarray(values, dtype=float)
+    fin = np.isfinite(values)
+    steps, values = steps[fin], values[fin]
+    if values.size < 10:
+        return []
+    positive = bool(np.all(values > 0))
+    y_all = np.log(values) if positive else values
+    xc, y, first, last = _bins(steps, y_all, points)
+    back = np.exp if positive else (lambda v: v)
+    n = y.size
+    head, tail = float(np.median(y[: max(1, n // 20)])), float(np.median(y[-max(1, n // 20):]))
+    start_loss, end_loss = float(back(head)), float(back(tail))
+    lo, hi = float(y.min()), float(y.max())
+    scale = abs(start_loss) if abs(start_loss) > 1e-12 else 1.0
+    if abs(start_loss - end_loss) < _BARELY * scale or hi - lo < 1e-12:
+        name = "instability" if end_loss > start_loss + _BARELY * scale else "plateau"
+        return [Phase(name, int(first[0]), int(last[-1]), start_loss, end_loss)]
+
+    x = (xc - xc[0]) / max(xc[-1] - xc[0], 1e-12)
+    yn = (y - lo) / (hi - lo)
+    cost = _segment_costs(x, yn)
+    min_len = max(3, n // 20)
+    best: tuple[float, list[int]] | None = None
+    for k in range(1, max_phases + 1):
+        if k * min_len > n:
+            break
+        err, starts = _best_cuts(cost, k, min_len)
+        bic = n * np.log(max(err / n, 1e-4)) + 3 * k * np.log(n)
+        if best is None or bic < best[0]:
+            best = (bic, starts)
+    assert best is not None
+    starts = best[1]
+    bounds = list(zip(starts, starts[1:] + [n]))
+    avg_rate = (yn[0] - yn[-1]) if yn[0] > yn[-1] else 1.0  # normalised drop per unit of normalised time
+    seen_descent = False
+    named: list[tuple[str, int, int]] = []
+    for a, b in bounds:
+        xs, ys = x[a:b], yn[a:b]
+        slope, icpt = np.polyfit(xs, ys, 1) if b - a > 1 else (0.0, ys[0])
+        drop = float((slope * xs[0] + icpt) - (slope * xs[-1] + icpt))
+        dur = max(float(xs[-1] - xs[0]), 1e-12)
+        if drop < -_FLAT * 2:
+            name = "instability"
+        elif drop < _FLAT:
+            near_best = float(np.median(ys)) <= _NEAR_BEST
+            name = "stabilisation" if seen_descent and near_best else "plateau"
+        else:
+            seen_descent = True
+            name = "rapid fitting" if drop / dur >= _RAPID * avg_rate else "refinement"
+        if named and named[-1][0] == name:
+            named[-1] = (name, named[-1][1], b)
+        else:
+            named.append((name, a, b))
+    out = []
+    for name, a, b in named:
+        ya = float(np.median(y[a: min(b, a + 3)]))
+        yb = float(np.median(y[max(a, b - 3): b]))
+        out.append(Phase(name, int(first[a]), int(last[b - 1]), float(back(ya)), float(back(yb))))
+    return out

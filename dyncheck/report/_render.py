@@ -1,0 +1,413 @@
+"""Run + findings -> the report's context -> one HTML file (jinja2, autoescaped)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+import html
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import jinja2
+import numpy as np
+
+from ..checks.engine import _warm_start, is_whole_run
+from ..phases import detect_phases
+from ._figures import (PHASE_COLOURS, SEVERITY_COLOURS, Band, Chart, Line, esc, line_chart, per_layer_chart,
+                       positive_span)
+
+MAX_BANDS = 40  # flagged stretches drawn per finding; more are merged
+MAX_FINDING_CHARTS = 30  # findings beyond this are listed without a chart
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    intro: str
+    charts: list[Chart] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Series:
+    """Cached (steps, values) of a run's metrics."""
+
+    def __init__(self, run: Any, meta: dict[str, Any]) -> None:
+        self.run = run
+        self.names = run.metrics()
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        model = meta.get("model") or {}
+        # per-layer series in model order (named_parameters / named_modules), not alphabetical (net.10 < net.2)
+        self._rank = {str(p.get("name")): i for i, p in enumerate(model.get("parameters") or [])}
+        for i, m in enumerate(model.get("modules") or []):
+            self._rank.setdefault(str(m.get("name")), len(self._rank) + i)
+
+    def get(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self._cache:
+            s = self.run.series(name)
+            self._cache[name] = (s.steps, s.values)
+        return self._cache[name]
+
+    def match(self, pattern: str) -> list[str]:
+        return [n for n in self.names if fnmatch.fnmatchcase(n, pattern)]
+
+    def triples(self, pattern: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        prefix = pattern.rstrip("*")
+        names = sorted(self.match(pattern), key=lambda n: (self._rank.get(n[len(prefix):], len(self._rank)),
+                                                           _natural(n)))
+        return [(n, *self.get(n)) for n in names]
+
+    def span(self) -> tuple[int, int]:
+        names = ["loss/train"] if "loss/train" in self.names else self.names
+        bounds = [(int(s[0]), int(s[-1])) for s in (self.get(n)[0] for n in names) if s.size]
+        return (min(b[0] for b in bounds), max(b[1] for b in bounds)) if bounds else (0, 0)
+
+    def last_step(self) -> int | None:
+        return self.span()[1] if self.names else None
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+# -- sections -------------------------------------------------------------------------------------------------
+def _loss_section(src: _Series, skipped: dict[str, str]) -> tuple[Section, list[Any]]:
+    sec = Section("loss", "Loss", "Training loss at every step and validation loss at every validation. The shaded "
+                  "stretches are the phases of training, detected from the shape of the curve: <b>rapid fitting</b> "
+                  "(the loss falls fast), <b>refinement</b> (it still falls, slowly), <b>stabilisation</b> (flat near "
+                  "its best), <b>plateau</b> (flat far above it) and <b>instability</b> (it rises).")
+    phases: list[Any] = []
+    lines = []
+    if "loss/train" in src.names:
+        s, v = src.get("loss/train")
+        phases = detect_phases(s, v)
+        lines.append(Line("train", s, v, colour="#1e88e5", width=1.2))
+    if "loss/val" in src.names:
+        s, v = src.get("loss/val")
+        lines.append(Line("validation", s, v, colour="#e53935", width=2.2))
+    if not lines:
+        sec.notes.append("No loss was recorded: training_step returned no loss and no train_loss_key was given.")
+        return sec, phases
+    bands = [Band(p.start, p.end, PHASE_COLOURS[p.name], p.name, opacity=0.10) for p in phases]
+    sec.charts.append(line_chart("chart-loss", lines, y_title="loss", bands=bands, log_toggle=True, height=340))
+    if "loss/val" not in src.names:
+        sec.notes.append(skipped.get("train-val-divergence") or "No validation loss was logged.")
+    return sec, phases
+
+
+def _lr_section(src: _Series) -> Section:
+    sec = Section("lr", "Learning rate", "The learning rate each parameter group actually used, step by step: "
+                  "the strongest control on the dynamics. Warm-up, decays and restarts show here.")
+    lrs = src.triples("lr/*")
+    if lrs:
+        sec.charts.append(per_layer_chart("chart-lr", lrs, what="learning rate", log=True, strip="lr/"))
+    else:
+        sec.notes.append("No learning rate was recorded (the run has no optimizer the monitor could see).")
+    return sec
+
+
+def _grad_section(src: _Series) -> Section:
+    sec = Section("gradients", "Gradient norms", "The global gradient norm at every step, and each parameter's "
+                  "gradient norm every N steps. Healthy: level or slowly falling, layers within an order of magnitude "
+                  "or two of each other. Growth by orders of magnitude means exploding gradients; some layers far "
+                  "below the others means vanishing gradients.")
+    if "grad_norm/total" in src.names:
+        s, v = src.get("grad_norm/total")
+        sec.charts.append(line_chart("chart-grad-total", [Line("global gradient norm", s, v, colour="#5e35b1")],
+                                     y_title="L2 norm", log_toggle=True, height=260))
+    layers = [t for t in src.triples("grad_norm/*") if t[0] != "grad_norm/total"]
+    if layers:
+        sec.charts.append(per_layer_chart("chart-grad-layers", layers, what="gradient norm", log=True,
+                                          strip="grad_norm/", caption="Per parameter."))
+    elif "grad_norm/total" in src.names:
+        sec.notes.append("Per-parameter gradient norms were not recorded (is the run shorter than every_n_steps?).")
+    if not sec.charts:
+        sec.notes.append("No gradient norms were recorded.")
+    return sec
+
+
+def _update_section(src: _Series) -> Section:
+    sec = Section("updates", "Update-to-weight ratios", "How much each step changes each parameter, relative to its "
+                  "size (‖Δw‖ / ‖w‖). Around 1e-3 is typical; near 1e-1 the optimizer rewrites the weights every "
+                  "step; below 1e-5 the layer has effectively stopped learning.")
+    ratios = src.triples("update_ratio/*")
+    if ratios:
+        sec.charts.append(per_layer_chart("chart-update", ratios, what="update ratio", log=True,
+                                          strip="update_ratio/"))
+    else:
+        sec.notes.append("Update ratios were not recorded (is the run shorter than every_n_steps?).")
+    return sec
+
+
+def _act_section(src: _Series, skipped: dict[str, str]) -> Section:
+    sec = Section("activations", "Activations", "The share of each module's units that output zero for every "
+                  "sample of a batch (<b>dead</b>: ReLU-like units that no longer pass gradient), and the share "
+                  "stuck near the flat ends of sigmoid/tanh (<b>saturated</b>).")
+    dead = src.triples("act/dead/*")
+    sat = src.triples("act/saturated/*")
+    if dead:
+        sec.charts.append(per_layer_chart("chart-dead", dead, what="dead share", log=False, zmin=0.0, zmax=1.0,
+                                          strip="act/dead/", caption="Dead units."))
+    if sat:
+        sec.charts.append(per_layer_chart("chart-saturated", sat, what="saturated share", log=False, zmin=0.0,
+                                          zmax=1.0, strip="act/saturated/", caption="Saturated units."))
+    elif dead:
+        sec.notes.append(skipped.get("saturated-activations") or "No sigmoid/tanh-like modules: saturation applies "
+                         "to those only.")
+    if not dead and not sat:
+        sec.notes.append("Activation statistics were not recorded (activations_every_n_steps=0, or no module "
+                         "matched).")
+    return sec
+
+
+def _sharpness_section(src: _Series, skipped: dict[str, str]) -> Section:
+    sec = Section("sharpness", "Sharpness", "The largest eigenvalue of the Hessian of the training loss (Lanczos on "
+                  "Hessian-vector products, on a fixed batch). Gradient descent is only stable while it stays below "
+                  "the threshold 2/lr (with momentum β: (2 + 2β)/lr). Sharpness that climbs to the threshold and "
+                  "hovers there is the <b>edge of stability</b>: the loss keeps falling, but non-monotonically.")
+    if "sharpness/top_eig" not in src.names:
+        sec.notes.append(skipped.get("edge-of-stability") or "Sharpness was not measured in this run.")
+        return sec
+    s, v = src.get("sharpness/top_eig")
+    lines = [Line("top Hessian eigenvalue", s, v, colour="#00897b", width=2)]
+    if "sharpness/threshold" in src.names:
+        ts, tv = src.get("sharpness/threshold")
+        lines.append(Line("stability threshold", ts, tv, colour="#c62828", dash="dash", width=1.5))
+    else:
+        sec.notes.append("No stability threshold: it is defined for SGD and momentum, not for adaptive optimizers "
+                         "such as Adam.")
+    sec.charts.append(line_chart("chart-sharpness", lines, y_title="eigenvalue", height=280))
+    return sec
+
+
+# -- findings -------------------------------------------------------------------------------------------------
+def _bands(spans: Sequence[tuple[int, int]], colour: str, spacing: float) -> list[Band]:
+    spans = list(spans)
+    if len(spans) > MAX_BANDS:  # merge neighbours until few enough remain
+        size = math.ceil(len(spans) / MAX_BANDS)
+        spans = [(spans[i][0], spans[min(i + size, len(spans)) - 1][1]) for i in range(0, len(spans), size)]
+    half = spacing / 2
+    return [Band(a - half, b + half, colour, opacity=0.22) for a, b in spans]
+
+
+def _steps_text(first: int, last: int) -> str:
+    return f"step {first}" if first == last else f"steps {first}–{last}"
+
+
+def _group_findings(findings: Sequence[Any], checks: dict[str, Any], src: _Series) -> list[dict[str, Any]]:
+    """One entry per check that fired (most severe first, then earliest), with the evidence chart of its first
+    finding and the list of all its findings (a NaN can give one finding per parameter)."""
+    order: dict[str, list[Any]] = {}
+    for f in findings:
+        order.setdefault(f.check, []).append(f)
+    groups = []
+    for i, (cid, fs) in enumerate(order.items()):
+        check = checks.get(cid)
+        f = fs[0]
+        chart = _evidence(i, f, check, src) if i < MAX_FINDING_CHARTS else None
+        groups.append({"check": cid, "severity": f.severity, "first": f, "findings": fs, "chart": chart,
+                       "anchor": f"finding-{i}", "summary": check.summary if check else "",
+                       "source": check.source if check else "", "hint": f.hint,
+                       "steps": _steps_text(min(x.first_step for x in fs), max(x.last_step for x in fs)),
+                       "rows": [(x.metric, _steps_text(x.first_step, x.last_step), x.message) for x in fs]})
+    return groups
+
+
+def _evidence(i: int, f: Any, check: Any, src: _Series) -> Chart | None:
+    """A chart of a finding's metric(s), its flagged steps shaded and its first flagged point marked."""
+    colour = SEVERITY_COLOURS[f.severity]
+    names: list[str] = []
+    if check is not None and check.pair is not None:
+        for p in check.pair:
+            names += src.match(p)[:1]
+    elif f.metric in src.names:
+        names.append(f.metric)
+        if f.metric == "loss/val" and "loss/train" in src.names:
+            names.insert(0, "loss/train")
+    if check is not None and check.detector == "spread" and check.metrics:
+        others = [n for n in src.match(check.metrics[0]) if n != f.metric]
+        if others:  # the series at the other end of the spread at the first flagged step
+            def at(n: str) -> float:
+                s, v = src.get(n)
+                j = min(int(np.searchsorted(s, f.first_step)), s.size - 1)
+                return float(v[j]) if s.size and np.isfinite(v[j]) else -np.inf
+            names.append(max(others, key=at))
+    if not names:
+        return None
+    palette = ["#455a64", "#1e88e5", "#8e24aa"]
+    lines = [Line(n, *src.get(n), colour=colour if n == f.metric else palette[k % 3], width=1.6)
+             for k, n in enumerate(names)]
+    s0 = src.get(names[0])[0]
+    spacing = float(np.median(np.diff(s0))) if s0.size > 1 else 1.0
+    hlines = []
+    if check is not None:
+        for key, label in (("above", "above"), ("below", "below"), ("bound", "bound")):
+            val = check.params.get(key)
+            if isinstance(val, (int, float)) and check.detector in ("threshold", "growth") and val > 0:
+                hlines.append((float(val), f"{label} {val:g}", colour))
+    marks = [(f.first_step, f.value, "first flagged", colour)] if f.value is not None else []
+    spans = list(f.spans or [(f.first_step, f.last_step)])
+    if check is not None and is_whole_run(check):  # a verdict on the whole run after warm-up: shade all of it
+        spans = [(_warm_start(check, src.span()), f.last_step)]
+    log = positive_span([ln.values for ln in lines])
+    return line_chart(f"chart-finding-{i}", lines, log_y=log, bands=_bands(spans, colour, spacing),
+                      hlines=hlines, marks=marks, height=240)
+
+
+# -- metadata -------------------------------------------------------------------------------------------------
+def _when(ts: Any) -> str:
+    if not isinstance(ts, (int, float)):
+        return "—"
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "—"
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.1f} s"
+    m, s = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, default=str)
+    return "—" if v is None else str(v)
+
+
+def _metadata(meta: dict[str, Any], src: _Series) -> dict[str, Any]:
+    model = meta.get("model") or {}
+    optimisers = []
+    for opt in meta.get("optimizers") or []:
+        for j, g in enumerate(opt.get("param_groups") or []):
+            keys = [k for k in ("lr", "momentum", "betas", "weight_decay", "eps", "nesterov") if k in g]
+            optimisers.append({"name": f"{opt.get('name')} group {j}",
+                               "settings": ", ".join(f"{k}={_fmt(g[k])}" for k in keys),
+                               "params": g.get("n_params")})
+    trainer = meta.get("trainer") or {}
+    exc = meta.get("exception") or None
+    rows = [
+        ("status", meta.get("status", "unknown")),
+        ("model", f"{model.get('class', '—')} — {model.get('n_parameters', 0):,} parameters "
+                  f"({model.get('n_trainable', 0):,} trainable)" if model else "—"),
+        ("steps recorded", f"{meta.get('start_step', 0)} to {src.last_step()}" if src.last_step() is not None
+         else "none"),
+        ("started", _when(meta.get("started"))),
+        ("ended", _when(meta.get("ended"))),
+        ("duration", _duration(meta.get("duration_s"))),
+        ("precision / strategy", f"{trainer.get('precision', '—')} / {trainer.get('strategy', '—')} on "
+                                 f"{trainer.get('accelerator', '—')} x{trainer.get('world_size', 1)}"),
+        ("max epochs / steps", f"{_fmt(trainer.get('max_epochs'))} / {_fmt(trainer.get('max_steps'))}"),
+        ("gradient clipping", _fmt(trainer.get("gradient_clip_val"))),
+        ("accumulate grad batches", _fmt(trainer.get("accumulate_grad_batches"))),
+        ("schedulers", ", ".join(f"{s.get('class')} ({s.get('interval')})" for s in meta.get("schedulers") or [])
+         or "none"),
+        ("sharpness probes", f"{meta.get('sharpness_probes', 0)} in {_duration(meta.get('sharpness_time_s'))}"),
+        ("host", meta.get("host", "—")),
+    ]
+    if meta.get("resumed_from_step") is not None:
+        rows.append(("resumed", f"from a checkpoint at step {meta['resumed_from_step']}"))
+    if exc:
+        rows.append(("exception", f"{exc.get('type')}: {exc.get('message')}"))
+    if meta.get("unchanged_parameters"):
+        rows.append(("never updated", ", ".join(meta["unchanged_parameters"])))
+    return {
+        "rows": [(k, _fmt(v)) for k, v in rows],
+        "optimisers": optimisers,
+        "hyperparameters": [(k, _fmt(v)) for k, v in sorted((meta.get("hyperparameters") or {}).items())],
+        "versions": [(k, _fmt(v)) for k, v in sorted((meta.get("versions") or {}).items())],
+        "monitor": [(k, _fmt(v)) for k, v in sorted((meta.get("monitor") or {}).items())],
+    }
+
+
+def _partial(meta: dict[str, Any], src: _Series) -> str | None:
+    """The banner for a run that did not finish (None when it did)."""
+    status = meta.get("status")
+    last = src.last_step()
+    at = f"step {last}" if last is not None else "its first step"
+    if status == "finished":
+        return None
+    if status == "crashed":
+        exc = meta.get("exception") or {}
+        what = f"{exc.get('type', 'an exception')}: {exc.get('message', '')}".strip().rstrip(":")
+        return f"This run crashed at {at} ({what}). The charts show what was recorded up to the crash."
+    if status == "interrupted":
+        return f"This run was interrupted at {at} (KeyboardInterrupt). The charts show what was recorded until then."
+    if status == "running":
+        return (f"This run has not finished: it is still running, or its process was killed before it could say "
+                f"how it ended. This report is a snapshot up to {at}; whole-run checks may change.")
+    return f"This run's status is {status!r}: it may be incomplete (recorded up to {at})."
+
+
+# -- the page -------------------------------------------------------------------------------------------------
+_ENV: jinja2.Environment | None = None
+
+
+def _env() -> jinja2.Environment:
+    global _ENV
+    if _ENV is None:
+        _ENV = jinja2.Environment(loader=jinja2.PackageLoader("dyncheck.report", "templates"), autoescape=True,
+                                  undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return _ENV
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def render(run: Any, result: Any | None, *, title: str | None = None, rules_label: str = "") -> str:
+    """The report's HTML for an open :class:`~dyncheck.store.Run` and its :class:`CheckResult` (None: not
+    checked)."""
+    from .. import __version__
+
+    meta = run.meta
+    src = _Series(run, meta)
+    skipped = {s.check: s.reason for s in result.skipped} if result is not None else {}
+    checks = result.checks if result is not None else {}
+
+    groups = _group_findings(result.findings if result is not None else [], checks, src)
+
+    loss, phases = _loss_section(src, skipped)
+    sections = [loss, _lr_section(src), _grad_section(src), _update_section(src), _act_section(src, skipped),
+                _sharpness_section(src, skipped)]
+    charts = [g["chart"] for g in groups if g["chart"]] + [c for s in sections for c in s.charts]
+
+    if result is None:
+        verdict = {"status": "unchecked", "label": "NOT CHECKED", "line": "no checks were evaluated (rules=None)"}
+        counts = {"error": 0, "warning": 0, "info": 0}
+    else:
+        counts = result.counts()
+        label = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}[result.status]
+        parts = [f"{counts[k]} {k if counts[k] == 1 else k + 's' if k != 'info' else k}" for k in counts]
+        fired = len({f.check for f in result.findings})
+        verdict = {"status": result.status, "label": label, "line": " · ".join(parts)
+                   + (f" from {fired} check{'s' if fired != 1 else ''}" if fired else "")
+                   + f" — {len(result.checks)} checks: {len(result.passed)} passed, {len(result.skipped)} skipped"}
+    name = title or run.dir.name
+    passed = [{"id": c, "summary": checks[c].summary, "severity": checks[c].severity} for c in
+              (result.passed if result is not None else [])]
+    ctx = {
+        "title": name, "run_path": str(run.dir), "version": __version__, "rules_label": rules_label,
+        "generated": _dt.datetime.now(tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "verdict": verdict, "counts": counts, "partial": _partial(meta, src), "groups": groups,
+        "n_findings": len(result.findings) if result is not None else 0,
+        "phases": phases, "phase_colours": PHASE_COLOURS, "sections": sections, "charts": charts,
+        "passed": passed, "skipped": result.skipped if result is not None else [],
+        "metadata": _metadata(meta, src), "severity_colours": SEVERITY_COLOURS,
+        "stopped_by": meta.get("stopped_by"), "plotly_js": _plotly_js(), "fmt_loss": _fmt_loss,
+    }
+    return _env().get_template("report.html.j2").render(**ctx)
+
+
+def _fmt_loss(v: float) -> str:
+    return f"{v:.3g}" if np.isfinite(v) else html.escape(str(v))
