@@ -113,6 +113,8 @@ class DynamicsMonitorHooks:
             (within 2% of the training time), and stop training -- all processes together -- when a finding of
             at least this severity fires. Checks that judge the whole run (no-progress, premature-plateau,
             medians) wait for the end. None (default): never stop.
+        report: write the HTML health report ``report.html`` beside the store at the end of the fit and after a
+            crash (True, default); ``dyncheck report RUN`` writes it later from the store.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class DynamicsMonitorHooks:
         val_loss_key: str | None = None,
         rules: str | os.PathLike | Sequence[str | os.PathLike] | None = "default",
         stop_on: str | None = None,
+        report: bool = True,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -142,6 +145,9 @@ class DynamicsMonitorHooks:
         if stop_on is not None and self.rules is None:
             raise ConfigError(f"{owner}(stop_on={stop_on!r}): needs rules to evaluate; got rules=None")
         self.stop_on = stop_on
+        if not isinstance(report, bool):
+            raise ConfigError(f"{owner}(report={report!r}): expected True or False")
+        self.report = report
         self.result: Any = None  # the CheckResult of the last evaluation (after the fit: the final one)
         self.stopped_by: Any = None  # the Finding that stopped training, if stop_on did
         self.config = MonitorConfig(
@@ -279,8 +285,30 @@ class DynamicsMonitorHooks:
             self._running = False
             store = self.monitor.store_path if self.monitor.store is not None else None
             self.monitor.finish(status, error=error, reduce=reduce)
-            if store is not None and self.rules is not None:
-                self._final_check(trainer, store)
+            if store is None:
+                return
+            summary = self._final_check(trainer, store) if self.rules is not None else None
+            result = self.result if summary is not None else None
+            report = self._write_report(store, result) if self.report else None
+            if summary is not None:
+                where = f"\n  report:  {report}" if report is not None else ""
+                self._info(summary + where + f"\n  details: {store.parent / FINDINGS_FILENAME}  "
+                                             f"(or: dyncheck check {store.parent})")
+            elif report is not None:
+                self._info(f"dyncheck report: {report}")
+
+    def _write_report(self, store: Path, result: Any) -> Path | None:
+        """The HTML report beside the store; failures warn (the run store is intact) and never raise."""
+        from .report import write_report
+
+        try:
+            with open_run(store) as run:
+                return write_report(run, result=result, rules=self.rules if result is not None else None)
+        except Exception as exc:
+            self.monitor.warn_once("report", f"dyncheck: writing the HTML report failed ({type(exc).__name__}: "
+                                             f"{exc}); the run store is intact, run `dyncheck report "
+                                             f"{store.parent}`")
+            return None
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._end(trainer, "finished")
@@ -312,12 +340,13 @@ class DynamicsMonitorHooks:
             self._eval_cost = time.perf_counter() - t
             self._eval_last = time.perf_counter()
 
-    def _final_check(self, trainer: Any, store: Path) -> None:
+    def _final_check(self, trainer: Any, store: Path) -> str | None:
+        """Evaluate, write findings.json, log the counts; return the summary for the log (None if it failed)."""
         from .checks.output import format_text
 
         result = self._evaluate(store)
         if result is None:
-            return
+            return None
         self.result = result
         doc = {**result.to_dict(), "run": str(store.parent), "rules": self.rules.sources,
                "step": int(trainer.global_step)}
@@ -328,8 +357,6 @@ class DynamicsMonitorHooks:
             path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         except OSError as exc:
             warnings.warn(f"dyncheck: cannot write {path}: {exc}", stacklevel=2)
-        self._info(format_text(result, title=str(store.parent), hints=False, max_findings=10)
-              + f"\n  details: {path}  (or: dyncheck check {store.parent})")
         counts = result.counts()
         for logger in getattr(trainer, "loggers", []) or []:
             try:
@@ -338,6 +365,7 @@ class DynamicsMonitorHooks:
             except Exception as exc:  # a logger that cannot take them must not break the end of the fit
                 self.monitor.warn_once("logger", f"dyncheck: could not log finding counts to "
                                                  f"{type(logger).__name__}: {exc}")
+        return format_text(result, title=str(store.parent), hints=False, max_findings=10)
 
     def _live_check(self, trainer: Any) -> None:
         """At a flush boundary (every process reaches it at the same step): rank 0 evaluates when the time budget

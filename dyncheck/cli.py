@@ -1,6 +1,5 @@
-"""The ``dyncheck`` command line: ``check`` and ``rules`` (``report``, ``demo``, ``baseline``, ``compare`` build on
-the same reader API). Exit codes: 0 nothing at or above ``--fail-on``; 1 something is; 2 usage, configuration or
-I/O error."""
+"""The ``dyncheck`` command line: ``check``, ``report``, ``demo`` and ``rules``. Exit codes: 0 nothing at or above
+``--fail-on``; 1 something is; 2 usage, configuration or I/O error."""
 
 from __future__ import annotations
 
@@ -8,11 +7,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import DyncheckError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DEMO_SCENARIO = "healthy-resnet-bn-cosine"
+#: the demo's default run also probes sharpness, so that every section of the report has something to show
+DEMO_MONITOR = {"sharpness_every_n_steps": 25}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 when a finding has at least this severity (error)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE instead of stdout")
     p.add_argument("--no-hints", action="store_true", help="text format: leave out the hints")
+
+    p = sub.add_parser("report", help="write the HTML health report of a run",
+                       description="Write a run's self-contained HTML health report (opens offline; no server).")
+    p.add_argument("run", metavar="RUN", help="run directory (holding run.db) or the .db file")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: RUN/report.html)")
+    _rules_arg(p)
+    p.add_argument("--no-checks", action="store_true", help="leave the checks out (charts and metadata only)")
+    p.add_argument("--title", help="title shown in the report (default: the run directory's name)")
+
+    p = sub.add_parser("demo", help="train a small model on scikit-learn's digits and write its report",
+                       description="Train a small model on scikit-learn's digits (no download) with the monitor and "
+                                   "the default checks, write the run and its HTML report, print the report's path. "
+                                   "--scenario runs one of the failure modes instead.")
+    p.add_argument("--scenario", metavar="NAME", help=f"a scenario from --list (default: {DEMO_SCENARIO}, healthy)")
+    p.add_argument("--out", metavar="DIR", default="reports",
+                   help="parent directory of the run: it is written to DIR/NAME (default: reports)")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
 
     r = sub.add_parser("rules", help="list the checks of rule files, validate a rule file, list detectors")
     rsub = r.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=_Parser)
@@ -90,6 +111,57 @@ def _emit(text: str, output: str | None) -> None:
         print(text)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .store import open_run
+
+    rules = None
+    if not args.no_checks:
+        from .checks.rules import load_rules
+
+        rules = load_rules(args.rules or ["default"])
+    elif args.rules:
+        raise DyncheckError("--no-checks and --rules exclude each other")
+    with open_run(args.run) as run:
+        path = write_report(run, args.output, rules=rules, title=args.title)
+    print(path)
+    return EXIT_OK
+
+
+def _scenarios() -> Any:
+    try:
+        from . import scenarios
+    except ImportError as exc:
+        raise DyncheckError(f"dyncheck demo needs scikit-learn, whose digits data set it trains on ({exc}); "
+                            f"install it with: pip install 'dyncheck[demo]'") from None
+    return scenarios
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    sc = _scenarios()
+    if args.list:
+        width = max(map(len, sc.SCENARIOS))
+        for s in sc.SCENARIOS.values():
+            kind = "healthy" if s.healthy else ", ".join(sorted(s.expected))
+            default = "  (the default)" if s.name == DEMO_SCENARIO else ""
+            print(f"{s.name:<{width}}  {kind}{default}\n{'':<{width}}  {s.summary}")
+        return EXIT_OK
+    name = args.scenario or DEMO_SCENARIO
+    if name not in sc.SCENARIOS:
+        raise DyncheckError(f"--scenario {name!r} is not a scenario; choose one of: {', '.join(sc.SCENARIOS)} "
+                            f"(dyncheck demo --list describes them)")
+    s = sc.SCENARIOS[name]
+    what = "a healthy run" if s.healthy else f"a run with a known fault ({', '.join(sorted(s.expected))})"
+    print(f"dyncheck demo: training {name}, {what}:\n  {s.summary}", flush=True)
+    run_dir = sc.run_scenario(name, args.out, seed=args.seed, progress_bar=not args.no_progress,
+                              monitor_kwargs=DEMO_MONITOR if args.scenario is None else None)
+    report = run_dir / "report.html"
+    if not report.exists():
+        raise DyncheckError(f"the run finished but wrote no report at {report}; try: dyncheck report {run_dir}")
+    print(f"run:    {run_dir}\nreport: {report}")
+    return EXIT_OK
+
+
 def _cmd_rules(args: argparse.Namespace) -> int:
     from .checks.detectors import DETECTORS
     from .checks.rules import load_rules
@@ -126,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_check(args)
         if args.command == "rules":
             return _cmd_rules(args)
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "demo":
+            return _cmd_demo(args)
     except DyncheckError as e:
         print(f"dyncheck {args.command}: error: {e}" if "\n" not in str(e)
               else f"dyncheck {args.command}: error:\n{e}", file=sys.stderr)
