@@ -4,7 +4,8 @@ A loss curve is cut into at most four straight pieces (in log loss for positive 
 with a penalty per piece so that noise does not buy extra pieces (BIC). Each piece is named by what the loss does
 on it, relative to the run's whole descent:
 
-- **rapid fitting**: falls at least twice as fast as the run's average rate (the easy, dominant patterns);
+- **rapid fitting**: the leading part of a descent, holding at least half of its drop, that falls at least twice
+  as fast as the rest of it (the easy, dominant patterns first);
 - **refinement**: still falls, more slowly;
 - **stabilisation**: flat, near the best level the run reached (converged, or waiting for a learning-rate decay);
 - **plateau**: flat while far above it, or a run whose loss barely moved at all;
@@ -89,6 +90,35 @@ def _best_cuts(cost: np.ndarray, k: int, min_len: int) -> tuple[float, list[int]
     return float(best[n - 1]), sorted(set(starts))
 
 
+def _name_falls(pieces: list[tuple[str, int, int, float, float]], avg_rate: float) -> list[str]:
+    """Names of falling pieces: in each run of consecutive falling pieces, the leading pieces that make at least
+    half of the run's drop are *rapid fitting* when they fall at least ``_RAPID`` times as fast as the rest of the
+    run (or, for a run of one piece, as the whole training run on average); the rest is *refinement*."""
+    names = ["instability" if k == "rise" else "" for k, *_ in pieces]
+    i = 0
+    while i < len(pieces):
+        if pieces[i][0] != "fall":
+            i += 1
+            continue
+        j = i
+        while j < len(pieces) and pieces[j][0] == "fall":
+            j += 1
+        run = pieces[i:j]
+        total = sum(p[3] for p in run)
+        lead, acc = 0, 0.0
+        while lead < len(run) and acc < 0.5 * total:
+            acc += run[lead][3]
+            lead += 1
+        rate_lead = acc / sum(p[4] for p in run[:lead])
+        rest = run[lead:]
+        ref = (sum(p[3] for p in rest) / sum(p[4] for p in rest)) if rest else avg_rate
+        rapid = rate_lead >= _RAPID * max(ref, 1e-12)
+        for k in range(i, j):
+            names[k] = "rapid fitting" if rapid and k < i + lead else "refinement"
+        i = j
+    return names
+
+
 def detect_phases(steps: np.ndarray, values: np.ndarray, *, max_phases: int = 4, points: int = 200) -> list[Phase]:
     """Phases of a (training) loss curve; an empty list for fewer than 10 finite points."""
     steps = np.asarray(steps)
@@ -126,21 +156,22 @@ def detect_phases(steps: np.ndarray, values: np.ndarray, *, max_phases: int = 4,
     starts = best[1]
     bounds = list(zip(starts, starts[1:] + [n]))
     avg_rate = (yn[0] - yn[-1]) if yn[0] > yn[-1] else 1.0  # normalised drop per unit of normalised time
-    seen_descent = False
-    named: list[tuple[str, int, int]] = []
+    pieces = []  # (kind, start, stop, drop, duration)
     for a, b in bounds:
         xs, ys = x[a:b], yn[a:b]
         slope, icpt = np.polyfit(xs, ys, 1) if b - a > 1 else (0.0, ys[0])
         drop = float((slope * xs[0] + icpt) - (slope * xs[-1] + icpt))
-        dur = max(float(xs[-1] - xs[0]), 1e-12)
-        if drop < -_FLAT * 2:
-            name = "instability"
-        elif drop < _FLAT:
-            near_best = float(np.median(ys)) <= _NEAR_BEST
-            name = "stabilisation" if seen_descent and near_best else "plateau"
-        else:
+        kind = "rise" if drop < -_FLAT * 2 else "flat" if drop < _FLAT else "fall"
+        pieces.append((kind, a, b, drop, max(float(xs[-1] - xs[0]), 1e-12)))
+    names = _name_falls(pieces, avg_rate)
+    seen_descent = False
+    named: list[tuple[str, int, int]] = []
+    for (kind, a, b, _, _), name in zip(pieces, names):
+        if kind == "fall":
             seen_descent = True
-            name = "rapid fitting" if drop / dur >= _RAPID * avg_rate else "refinement"
+        elif kind == "flat":
+            near_best = float(np.median(yn[a:b])) <= _NEAR_BEST
+            name = "stabilisation" if seen_descent and near_best else "plateau"
         if named and named[-1][0] == name:
             named[-1] = (name, named[-1][1], b)
         else:

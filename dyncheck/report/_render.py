@@ -323,6 +323,9 @@ def _metadata(meta: dict[str, Any], src: _Series) -> dict[str, Any]:
         "rows": [(k, _fmt(v)) for k, v in rows],
         "optimisers": optimisers,
         "hyperparameters": [(k, _fmt(v)) for k, v in sorted((meta.get("hyperparameters") or {}).items())],
+        "parameters": [(str(p.get("name")), "×".join(str(d) for d in p.get("shape") or []) or "scalar",
+                        f"{p.get('numel', 0):,}", "yes" if p.get("trainable") else "no")
+                       for p in model.get("parameters") or []],
         "versions": [(k, _fmt(v)) for k, v in sorted((meta.get("versions") or {}).items())],
         "monitor": [(k, _fmt(v)) for k, v in sorted((meta.get("monitor") or {}).items())],
     }
@@ -393,6 +396,11 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
         verdict = {"status": result.status, "label": label, "line": " · ".join(parts)
                    + (f" from {fired} check{'s' if fired != 1 else ''}" if fired else "")
                    + f" — {len(result.checks)} checks: {len(result.passed)} passed, {len(result.skipped)} skipped"}
+    status = meta.get("status")
+    if status in ("crashed", "interrupted", "running") and verdict["status"] != "fail":
+        # a run that did not finish is never a green PASS: the label says how it ended, the line what checks say
+        verdict = {**verdict, "status": "fail" if status == "crashed" else "warn",
+                   "label": {"crashed": "CRASHED", "interrupted": "INTERRUPTED", "running": "RUNNING"}[status]}
     name = title or run.dir.name
     passed = [{"id": c, "summary": checks[c].summary, "severity": checks[c].severity} for c in
               (result.passed if result is not None else [])]
