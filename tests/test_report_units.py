@@ -322,14 +322,15 @@ def test_phases_flat_noisy_curve_is_one_plateau():
 
 
 _SIGMOID_REASON = (
-    "noise tips a near-tie between 3 and 4 pieces (BIC -1781.5 vs -1778.5 on the clean curve): with 4, the soft "
-    "onset 1320-1469 becomes its own falling piece, so the plateau ends at 1319, 181 steps before the drop centre "
-    "(and for some seeds a 'refinement' phase sits between plateau and rapid fitting)"
+    "the 4-piece fit (cuts 1320, 1470, 1680) sits on the 1e-4 error floor, BIC -1778.5 for every seed; the 3-piece "
+    "fit (cuts 1440, 1680) wins only for some noise draws (seed 0: -1780.6; seeds 1, 3: -1769.9). With 4 pieces the "
+    "soft onset 1320-1469 joins rapid fitting and the plateau ends at 1319, 181 steps before the drop centre "
+    "(seeds 0, 2, 6, 9 end it at 1439; seeds 1, 3, 4, 5, 8 at 1319)"
 )
 
 
-@pytest.mark.parametrize("seed", [0, 2] + [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_SIGMOID_REASON))
-                                           for s in (1, 3)])
+@pytest.mark.parametrize("seed", [0, 2, 6] + [
+    pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_SIGMOID_REASON)) for s in (1, 3)])
 def test_phases_plateau_then_sudden_drop(seed):
     values = (0.1 + 2.2 / (1 + np.exp((T - 1500) / 40))) * (1 + 0.02 * _noise(seed))
     phases = detect_phases(T, values)
@@ -363,18 +364,11 @@ def test_phases_piecewise_linear_breakpoints(noisy):
     assert abs(phases[2].start - 2000) <= tol
 
 
-_LINEAR_REASON = (
-    "phases are fitted in log loss, where a straight line 2.3 -> 0.3 accelerates: the last ~500 steps "
-    "(2460/2475-2999, loss 0.63 -> 0.31) fall >2x the average log rate and are called 'rapid fitting'"
-)
-
-
 @pytest.mark.parametrize("values", [
     pytest.param(2.3 - 1.0 * T / 2999, id="linear-2.3-to-1.3"),
     pytest.param(2.3 * np.exp(-T / 1000), id="geometric"),
     pytest.param(2.3 - 2.0 * T / 2999 - 5.0, id="linear-negative"),
-    pytest.param(2.3 - 2.0 * T / 2999 + 0.01 * _noise(4), id="linear-2.3-to-0.3",
-                 marks=pytest.mark.xfail(strict=True, reason=_LINEAR_REASON)),
+    pytest.param(2.3 - 2.0 * T / 2999 + 0.01 * _noise(4), id="linear-2.3-to-0.3-noisy"),  # accelerates in log
 ])
 def test_phases_steady_descent_has_no_rapid_fitting(values):
     phases = detect_phases(T, values)
@@ -408,14 +402,15 @@ def test_phases_ignore_nan_and_inf(seed):
     dirty[idx[30:45]] = np.inf
     dirty[idx[45:]] = -np.inf
     a, b = detect_phases(T, clean), detect_phases(T, dirty)
-    _check_partition(b, T)
+    _check_partition(b, T[np.isfinite(dirty)])  # a dropped step may fall between two phases
     assert _names(a) == _names(b)
     # removing 2% of the points moves the 200 bin edges by up to one bin (15 steps here): boundaries may move
     # by that much, no more
     bin_width = math.ceil(T.size / 200)
     for p, q in zip(a, b):
         assert abs(p.start - q.start) <= bin_width and abs(p.end - q.end) <= bin_width
-        assert q.loss_start == pytest.approx(p.loss_start, rel=0.05)
+    assert b[0].loss_start == pytest.approx(a[0].loss_start, rel=0.02)
+    assert b[-1].loss_end == pytest.approx(a[-1].loss_end, rel=0.02)
 
 
 @pytest.mark.parametrize("make", [_exp_decay, _piecewise], ids=["exp", "piecewise"])

@@ -11,8 +11,9 @@ __all__ = ["minmax", "bucket_max", "align"]
 
 
 def minmax(steps: np.ndarray, values: np.ndarray, buckets: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``2 * buckets`` points: split the finite points into ``buckets`` runs of consecutive points and
-    keep the lowest and the highest of each, in step order (a series this short or shorter is returned whole).
+    """At most ``2 * buckets`` points: split the finite points into runs of ``ceil(n / buckets)`` consecutive
+    points (at most ``buckets`` runs) and keep the lowest and the highest of each, in step order (a series of at
+    most ``2 * buckets`` finite points is returned whole).
     Non-finite values are dropped here; the report marks them separately."""
     steps = np.asarray(steps)
     values = np.asarray(values, dtype=float)

@@ -248,7 +248,12 @@ def _evidence(i: int, f: Any, check: Any, src: _Series) -> Chart | None:
             val = check.params.get(key)
             if isinstance(val, (int, float)) and check.detector in ("threshold", "growth") and val > 0:
                 hlines.append((float(val), f"{label} {val:g}", colour))
-    marks = [(f.first_step, f.value, "first flagged", colour)] if f.value is not None else []
+    marks = []  # at the metric's own value (a finding's value may be derived: a median, a ratio, a spread)
+    if f.metric in src.names:
+        ms, mv = src.get(f.metric)
+        j = int(np.searchsorted(ms, f.first_step))
+        if j < ms.size and ms[j] == f.first_step:
+            marks.append((f.first_step, float(mv[j]), "first flagged", colour))
     spans = list(f.spans or [(f.first_step, f.last_step)])
     if check is not None and is_whole_run(check):  # a verdict on the whole run after warm-up: shade all of it
         spans = [(_warm_start(check, src.span()), f.last_step)]
