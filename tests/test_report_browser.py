@@ -66,6 +66,9 @@ def open_report(browser, path: Path, shot: str) -> dict:
                 drawn: div.querySelectorAll('.scatterlayer .trace, .heatmaplayer .hm, .imagelayer image').length};
     })""")
     seen["verdict"] = page.inner_text("#verdict")
+    seen["text"] = page.inner_text("body")
+    seen["chart_text"] = page.evaluate(
+        "() => Array.from(document.querySelectorAll('div.chart svg text')).map(t => t.textContent)")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{shot}.png"))
     page.screenshot(path=str(SHOTS / f"{shot}-full.png"), full_page=True)
@@ -109,6 +112,9 @@ def test_script_named_module_does_not_run(browser, tmp_path):
     seen = open_report(browser, tmp_path / "run" / REPORT_FILENAME, "escaped-module-name")
     assert_clean(seen)  # includes: no alert() dialog
     assert seen["verdict"].startswith("PASS")
+    # shown as text: in the parameter table, and in chart legends (plotly would swallow an unescaped tag)
+    assert f"net.{EVIL}.weight" in seen["text"]
+    assert any(f"net.{EVIL}.weight" in t for t in seen["chart_text"]), seen["chart_text"][:20]
 
 
 def test_crashed_run_shows_the_partial_banner(browser, tmp_path):
