@@ -1,4 +1,4 @@
-"""The ``dyncheck`` command line: ``check``, ``report``, ``demo`` and ``rules``. Exit codes: 0 nothing at or above
+"""The ``dyncheck`` command line: ``check``, ``report``, ``demo``, ``baseline``, ``compare`` and ``rules``. Exit codes: 0 nothing at or above
 ``--fail-on``; 1 something is; 2 usage, configuration or I/O error."""
 
 from __future__ import annotations
@@ -66,6 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
+
+    p = sub.add_parser("baseline", help="summarise runs into a baseline file for dyncheck compare",
+                       description="Write a baseline (YAML): the run's loss quantities and the checks that fired. "
+                                   "With several runs (seeds), each quantity is their median and its tolerance at "
+                                   "least 3x their spread.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or .db files)")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="baseline file to write")
+    _rules_arg(p)
+
+    p = sub.add_parser("compare", help="compare a run with a baseline; exit 1 on a regression",
+                       description="Compare a run with a baseline file: a quantity worse than its tolerance, or a "
+                                   "check that fires now but did not in the baseline, is a regression (exit 1).")
+    p.add_argument("run", metavar="RUN", help="run directory (holding run.db) or the .db file")
+    p.add_argument("--baseline", metavar="FILE", required=True, help="baseline written by dyncheck baseline")
+    _rules_arg(p)
+    p.add_argument("--format", choices=["text", "json", "junit"], default="text", help="output format (text)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE instead of stdout")
 
     r = sub.add_parser("rules", help="list the checks of rule files, validate a rule file, list detectors")
     rsub = r.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=_Parser)
@@ -162,6 +179,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from .baseline import make_baseline
+    from .checks.rules import load_rules
+
+    base = make_baseline(args.runs, rules=load_rules(args.rules or ["default"]))
+    try:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(base.to_yaml(), encoding="utf-8")
+    except OSError as e:
+        raise DyncheckError(f"cannot write --output {args.output}: {e.strerror or e}") from None
+    print(f"{args.output}: {len(base.quantities)} quantities, findings: {', '.join(base.findings) or 'none'}")
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .baseline import compare, format_comparison, load_baseline
+    from .checks.rules import load_rules
+
+    base = load_baseline(args.baseline)
+    cmp = compare(args.run, base, rules=load_rules(args.rules or ["default"]))
+    if args.format == "json":
+        out = json.dumps(cmp.to_dict(), indent=2, allow_nan=False)
+    elif args.format == "junit":
+        out = _comparison_junit(cmp, name=f"dyncheck.compare.{Path(args.run).name or 'run'}")
+    else:
+        out = format_comparison(cmp, title=str(args.run))
+    _emit(out, args.output)
+    return EXIT_FAIL if cmp.regressions else EXIT_OK
+
+
+def _comparison_junit(cmp: Any, name: str) -> str:
+    import xml.etree.ElementTree as ET
+
+    suite = ET.Element("testsuite", name=name, tests=str(len(cmp.rows) + 1),
+                       failures=str(len(cmp.regressions)))
+    for r in cmp.rows:
+        case = ET.SubElement(suite, "testcase", classname=name, name=r.quantity)
+        detail = f"baseline {r.baseline:.4g}, obtained {r.obtained}, change {r.change}, tolerance {r.tolerance}"
+        if r.status in ("regressed", "missing"):
+            ET.SubElement(case, "failure", message=f"{r.quantity} {r.status}").text = detail
+        else:
+            ET.SubElement(case, "system-out").text = f"{r.status}: {detail}"
+    case = ET.SubElement(suite, "testcase", classname=name, name="new findings")
+    if cmp.new_findings:
+        ET.SubElement(case, "failure", message=", ".join(sorted({f.check for f in cmp.new_findings}))).text = \
+            "\n".join(f"{f.check} ({f.metric}, step {f.first_step}): {f.message}" for f in cmp.new_findings)
+    suite.set("failures", str(sum(1 for c in suite if c.find("failure") is not None)))
+    return ET.tostring(suite, encoding="unicode")
+
+
 def _cmd_rules(args: argparse.Namespace) -> int:
     from .checks.detectors import DETECTORS
     from .checks.rules import load_rules
@@ -202,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_report(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command == "baseline":
+            return _cmd_baseline(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
     except DyncheckError as e:
         print(f"dyncheck {args.command}: error: {e}" if "\n" not in str(e)
               else f"dyncheck {args.command}: error:\n{e}", file=sys.stderr)

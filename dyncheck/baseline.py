@@ -1,0 +1,366 @@
+"""Baselines: summarise a run as a few robust quantities, store them as YAML beside a test, compare a new run.
+
+A quantity is a number with a direction (``lower`` or ``higher`` is better) and a tolerance. Comparison is
+one-sided: only a change in the worse direction beyond the tolerance is a regression; a change in the better
+direction passes and is reported as an improvement. Training is noisy, so every quantity is robust to single steps
+(medians and means over many steps, in log space for losses) and tolerances are relative (a ratio for losses, an
+absolute share for dead units). A baseline built from several runs (seeds) widens each tolerance to at least 3x the
+spread it saw across them.
+
+Findings are compared too: a check (warning or error) that fires now but did not in the baseline is a regression.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, DyncheckError
+
+__all__ = ["Quantity", "Baseline", "Row", "Comparison", "summarize", "make_baseline", "load_baseline",
+           "compare", "QUANTITIES", "BASELINE_VERSION"]
+
+BASELINE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How a quantity is measured and judged: direction, tolerance kind (``ratio``: obtained/baseline may grow by
+    this factor in the worse direction; ``abs``: by this much) and its default."""
+
+    name: str
+    better: str  # lower | higher
+    kind: str  # ratio | abs
+    tolerance: float
+    doc: str
+
+
+#: the quantities a baseline holds, with default tolerances. Set from seed-to-seed spread: over seeds 1-9 of the
+#: example model against seed 0 the worst ratios were 1.45 (final), 1.23 (mean), 1.38 (val final), 1.41 (val best);
+#: benchmarks/baseline_sensitivity.py measures them.
+QUANTITIES: dict[str, Spec] = {s.name: s for s in (
+    Spec("loss/train.final", "lower", "ratio", 1.75,
+         "training loss at the end: geometric mean of the last 25% of steps"),
+    Spec("loss/train.mean", "lower", "ratio", 1.4,
+         "geometric mean of the training loss over the whole run (how fast it learned)"),
+    Spec("loss/val.final", "lower", "ratio", 1.6, "validation loss at the end: geometric mean of the last 3 values"),
+    Spec("loss/val.best", "lower", "ratio", 1.6, "lowest validation loss"),
+    Spec("act/dead.max", "lower", "abs", 0.2,
+         "largest share of dead units of any module, median over the second half of the run"),
+)}
+
+_FINAL_SHARE = 0.25
+
+
+def _geomean(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan")
+    if np.all(v > 0):
+        return float(np.exp(np.mean(np.log(v))))
+    return float(np.mean(v))
+
+
+def summarize(run: Any) -> dict[str, float]:
+    """The baseline quantities of a run (a :class:`~dyncheck.store.Run`); quantities whose metrics were not
+    recorded are left out. A loss that went non-finite counts as infinitely bad."""
+    names = set(run.metrics())
+    out: dict[str, float] = {}
+    if "loss/train" in names:
+        v = run.series("loss/train").values
+        if v.size:
+            tail = v[-max(1, int(math.ceil(_FINAL_SHARE * v.size))):]
+            out["loss/train.final"] = float("inf") if not np.all(np.isfinite(tail)) else _geomean(tail)
+            out["loss/train.mean"] = float("inf") if not np.all(np.isfinite(v)) else _geomean(v)
+    if "loss/val" in names:
+        v = run.series("loss/val").values
+        if v.size:
+            out["loss/val.final"] = float("inf") if not np.all(np.isfinite(v[-3:])) else _geomean(v[-3:])
+            fin = v[np.isfinite(v)]
+            out["loss/val.best"] = float(fin.min()) if fin.size else float("inf")
+    dead = [n for n in names if n.startswith("act/dead/")]
+    if dead:
+        meds = []
+        for n in dead:
+            v = run.series(n).values
+            half = v[v.size // 2:]
+            half = half[np.isfinite(half)]
+            if half.size:
+                meds.append(float(np.median(half)))
+        if meds:
+            out["act/dead.max"] = max(meds)
+    return out
+
+
+@dataclass
+class Quantity:
+    value: float
+    better: str
+    kind: str
+    tolerance: float
+    spread: float | None = None  # across the runs the baseline was built from (log units for ratios)
+    doc: str = ""
+
+
+@dataclass
+class Baseline:
+    quantities: dict[str, Quantity]
+    findings: list[str]  # check ids (warning or error) that fired in the baseline run(s)
+    info: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        doc = {
+            "dyncheck_baseline": BASELINE_VERSION,
+            "created": self.info.get("created"),
+            "runs": self.info.get("runs", []),
+            "quantities": {
+                name: {k: v for k, v in (("value", _num(q.value)), ("better", q.better),
+                                          (q.kind, _num(q.tolerance)), ("spread", _num(q.spread)))
+                       if v is not None}
+                for name, q in self.quantities.items()},
+            "findings": sorted(self.findings),
+        }
+        header = ("# dyncheck baseline: the run's dynamics a test compares against (dyncheck compare, pytest "
+                  "--dyncheck-update-baselines).\n# Each quantity: value, which way is better, and its tolerance: "
+                  "'ratio' (may get this many times worse) or 'abs' (by this much).\n# Edit a tolerance to "
+                  "loosen or tighten a comparison; 'findings' are the checks that fired and may fire again.\n")
+        return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+
+
+def _num(v: float | None) -> float | str | None:
+    if v is None:
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return float(f"{v:.6g}")
+
+
+def _findings_of(run: Any, rules: Any) -> list[str]:
+    from .checks import evaluate
+
+    result = evaluate(run, rules if rules is not None else "default")
+    return sorted({f.check for f in result.at_or_above("warning")})
+
+
+def make_baseline(runs: Sequence[Any], *, rules: Any = "default") -> Baseline:
+    """A baseline from one or more runs (open :class:`~dyncheck.store.Run` objects or paths). With several runs
+    each quantity is their median, and its tolerance at least 3x their spread (std of log values for ratios)."""
+    from .store import Run, open_run
+
+    if not runs:
+        raise ConfigError("make_baseline: needs at least one run")
+    summaries, findings, names = [], set(), []
+    for r in runs:
+        if isinstance(r, Run):
+            summaries.append(summarize(r))
+            findings |= set(_findings_of(r, rules))
+            names.append(str(r.dir))
+        else:
+            with open_run(r) as opened:
+                summaries.append(summarize(opened))
+                findings |= set(_findings_of(opened, rules))
+                names.append(str(opened.dir))
+    quantities: dict[str, Quantity] = {}
+    for name, spec in QUANTITIES.items():
+        vals = np.array([s[name] for s in summaries if name in s], dtype=float)
+        if vals.size == 0:
+            continue
+        value = float(np.median(vals))
+        tol, spread = spec.tolerance, None
+        if vals.size > 1 and np.all(np.isfinite(vals)):
+            if spec.kind == "ratio" and np.all(vals > 0):
+                spread = float(np.std(np.log(vals), ddof=1))
+                tol = max(tol, float(np.exp(3 * spread)))
+            elif spec.kind == "abs":
+                spread = float(np.std(vals, ddof=1))
+                tol = max(tol, 3 * spread)
+        quantities[name] = Quantity(value, spec.better, spec.kind, tol, spread, spec.doc)
+    info = {"created": _dt.datetime.now(tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "runs": names}
+    return Baseline(quantities, sorted(findings), info)
+
+
+def load_baseline(path: str | os.PathLike) -> Baseline:
+    """Read a baseline file; a malformed one raises :class:`ConfigError` naming the file and key."""
+    import yaml
+
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DyncheckError(f"cannot read baseline {p}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict) or doc.get("dyncheck_baseline") != BASELINE_VERSION:
+        raise ConfigError(f"{p}: not a dyncheck baseline (expected 'dyncheck_baseline: {BASELINE_VERSION}' at the "
+                          f"top; write one with: dyncheck baseline RUN -o {p})")
+    raw = doc.get("quantities") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: 'quantities' must be a mapping of quantity name -> {{value, better, ratio|abs}}")
+    quantities = {}
+    for name, q in raw.items():
+        where = f"{p}: quantities.{name}"
+        if name not in QUANTITIES:
+            raise ConfigError(f"{where}: unknown quantity; expected one of: {', '.join(QUANTITIES)}")
+        if not isinstance(q, dict):
+            raise ConfigError(f"{where}: expected a mapping with value, better and ratio or abs")
+        unknown = set(q) - {"value", "better", "ratio", "abs", "spread"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; expected value, better, "
+                              f"ratio or abs, spread")
+        spec = QUANTITIES[name]
+        kinds = [k for k in ("ratio", "abs") if k in q]
+        if len(kinds) > 1:
+            raise ConfigError(f"{where}: give one tolerance, 'ratio' or 'abs', not both")
+        kind = kinds[0] if kinds else spec.kind
+        tol = _float(q.get(kind, spec.tolerance), f"{where}.{kind}")
+        if (kind == "ratio" and tol < 1) or (kind == "abs" and tol < 0):
+            raise ConfigError(f"{where}.{kind}: expected {'a ratio >= 1' if kind == 'ratio' else 'a value >= 0'}, "
+                              f"got {tol}")
+        better = q.get("better", spec.better)
+        if better not in ("lower", "higher"):
+            raise ConfigError(f"{where}.better: expected 'lower' or 'higher', got {better!r}")
+        if "value" not in q:
+            raise ConfigError(f"{where}: missing 'value'")
+        spread = q.get("spread")
+        quantities[name] = Quantity(_float(q["value"], f"{where}.value"), better, kind, tol,
+                                    None if spread is None else _float(spread, f"{where}.spread"), spec.doc)
+    findings = doc.get("findings") or []
+    if not isinstance(findings, list) or not all(isinstance(f, str) for f in findings):
+        raise ConfigError(f"{p}: 'findings' must be a list of check ids")
+    return Baseline(quantities, list(findings), {"created": doc.get("created"), "runs": doc.get("runs") or []},
+                    path=p)
+
+
+def _float(v: Any, where: str) -> float:
+    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
+        return float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {v!r}")
+    return float(v)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One quantity compared: ``status`` is ``ok``, ``better``, ``regressed`` or ``missing`` (in the baseline,
+    not in the run)."""
+
+    quantity: str
+    baseline: float
+    obtained: float | None
+    tolerance: str
+    status: str
+    change: str
+
+
+@dataclass
+class Comparison:
+    rows: list[Row]
+    new_findings: list[Any]  # Finding objects of checks that did not fire in the baseline
+    gone_findings: list[str]  # check ids that fired in the baseline and no longer do
+    baseline_path: Path | None = None
+
+    @property
+    def regressions(self) -> list[str]:
+        return ([r.quantity for r in self.rows if r.status in ("regressed", "missing")]
+                + sorted({f.check for f in self.new_findings}))
+
+    @property
+    def status(self) -> str:
+        return "fail" if self.regressions else "pass"
+
+    @property
+    def improvements(self) -> list[str]:
+        return [r.quantity for r in self.rows if r.status == "better"] + list(self.gone_findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "regressions": self.regressions, "improvements": self.improvements,
+                "quantities": [{"quantity": r.quantity, "baseline": _num(r.baseline), "obtained": _num(r.obtained),
+                                "tolerance": r.tolerance, "status": r.status, "change": r.change}
+                               for r in self.rows],
+                "new_findings": [f.to_dict() for f in self.new_findings], "gone_findings": self.gone_findings}
+
+
+def _judge(q: Quantity, obtained: float) -> tuple[str, str]:
+    """(status, change) of one quantity: worse beyond the tolerance regresses, better beyond it improves."""
+    if not math.isfinite(obtained):
+        return ("regressed" if q.better == "lower" else "better"), "non-finite"
+    if q.kind == "ratio":
+        if q.value <= 0 or obtained <= 0:
+            worse = obtained - q.value if q.better == "lower" else q.value - obtained
+            return ("regressed" if worse > 0 else "ok"), f"{obtained - q.value:+.3g}"
+        ratio = obtained / q.value
+        worse = ratio if q.better == "lower" else 1 / ratio
+        change = f"x{ratio:.3g}"
+        if worse > q.tolerance:
+            return "regressed", change
+        if worse < 1 / q.tolerance:
+            return "better", change
+        return "ok", change
+    diff = obtained - q.value
+    worse = diff if q.better == "lower" else -diff
+    change = f"{diff:+.3g}"
+    if worse > q.tolerance:
+        return "regressed", change
+    if worse < -q.tolerance:
+        return "better", change
+    return "ok", change
+
+
+def compare(run: Any, baseline: Baseline, *, rules: Any = "default", result: Any = None) -> Comparison:
+    """Compare a run (a :class:`~dyncheck.store.Run` or a path) with a baseline. ``result``: the run's
+    :class:`CheckResult` if already evaluated."""
+    from .store import Run, open_run
+
+    if not isinstance(run, Run):
+        with open_run(run) as opened:
+            return compare(opened, baseline, rules=rules, result=result)
+    got = summarize(run)
+    rows = []
+    for name, q in baseline.quantities.items():
+        tol = f"x{q.tolerance:.3g}" if q.kind == "ratio" else f"±{q.tolerance:.3g}"
+        if name not in got:
+            rows.append(Row(name, q.value, None, tol, "missing", "not recorded"))
+            continue
+        status, change = _judge(q, got[name])
+        rows.append(Row(name, q.value, got[name], tol, status, change))
+    if result is None:
+        from .checks import evaluate
+
+        result = evaluate(run, rules if rules is not None else "default")
+    known = set(baseline.findings)
+    new = [f for f in result.at_or_above("warning") if f.check not in known]
+    now = {f.check for f in result.at_or_above("warning")}
+    gone = sorted(known - now)
+    return Comparison(rows, new, gone, baseline.path)
+
+
+def format_comparison(cmp: Comparison, *, title: str = "") -> str:
+    """The comparison as a small table, then the new findings with their hints."""
+    head = f"dyncheck compare {title}".rstrip()
+    verdict = ("REGRESSED: " + ", ".join(cmp.regressions)) if cmp.regressions else "no regression"
+    if cmp.improvements and not cmp.regressions:
+        verdict += " (better than the baseline: " + ", ".join(cmp.improvements) + ")"
+    lines = [f"{head} -- {verdict}"]
+    w = max([len(r.quantity) for r in cmp.rows] + [8])
+    lines.append(f"  {'quantity':<{w}}  {'baseline':>10}  {'obtained':>10}  {'change':>9}  {'tolerance':>9}  status")
+    for r in cmp.rows:
+        got = "—" if r.obtained is None else f"{r.obtained:.4g}"
+        mark = {"regressed": "REGRESSED", "missing": "MISSING", "better": "better", "ok": "ok"}[r.status]
+        lines.append(f"  {r.quantity:<{w}}  {r.baseline:>10.4g}  {got:>10}  {r.change:>9}  {r.tolerance:>9}  {mark}")
+    for f in cmp.new_findings:
+        lines.append(f"  NEW {f.severity.upper()} {f.check} ({f.metric}, step {f.first_step}): {f.message}")
+        if f.hint:
+            lines.append(f"      hint: {f.hint}")
+    for cid in cmp.gone_findings:
+        lines.append(f"  fixed: {cid} fired in the baseline and no longer does")
+    return "\n".join(lines)
+
