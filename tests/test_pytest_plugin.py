@@ -1,0 +1,114 @@
+"""The pytest plugin, tested with pytester: baseline created on the first run, compared after, regenerated on
+request; failure messages (a table, the report path) that point at the test, not at the plugin; reports of failing
+tests collected; pytest-xdist."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ci_example"
+# imported here, once: pytester's in-process runs unload modules first imported inside them, and re-importing
+# C extensions (scikit-learn, torch) in one process can crash it
+sys.path.insert(0, str(EXAMPLE))
+import model  # noqa: E402,F401
+import sklearn.datasets  # noqa: E402,F401
+import dyncheck.report  # noqa: E402,F401
+import dyncheck.checks  # noqa: E402,F401
+
+TEST_FILE = f"""
+import sys
+sys.path.insert(0, {str(EXAMPLE)!r})
+import pytest
+from model import train
+
+@pytest.mark.parametrize("lr", [0.05])
+def test_dynamics(dyncheck, tmp_path, lr, request):
+    lr = float(request.config.getoption("--lr", default=None) or lr)
+    train(dyncheck.monitor(every_n_steps=10), seed=0, root=tmp_path, lr=lr)
+    dyncheck.assert_healthy()
+    dyncheck.assert_no_regression()
+"""
+
+CONFTEST = """
+def pytest_addoption(parser):
+    parser.addoption("--lr", default=None)
+"""
+
+
+@pytest.fixture
+def project(pytester):
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_train=TEST_FILE)
+    return pytester
+
+
+def baseline_file(pytester):
+    return pytester.path / "test_train" / "test_dynamics_0.05.dyncheck.yaml"
+
+
+def test_first_run_creates_the_baseline_then_compares(project):
+    first = project.runpytest("-p", "no:cacheprovider")
+    first.assert_outcomes(failed=1)
+    first.stdout.fnmatch_lines(["*dyncheck: baseline created: *test_train*test_dynamics_0.05.dyncheck.yaml*"])
+    assert baseline_file(project).exists()
+    text = baseline_file(project).read_text()
+    assert "loss/train.mean:" in text and "pytest test_train.py::test_dynamics[0.05]" in text
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_regression_fails_with_a_table_pointing_at_the_test(project, tmp_path):
+    project.runpytest("-p", "no:cacheprovider")  # creates the baseline
+    reports = tmp_path / "reports"
+    result = project.runpytest("-p", "no:cacheprovider", "--lr", "0.5", "--dyncheck-report-dir", str(reports))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*REGRESSED: *loss/train.mean*",
+        "*quantity*baseline*obtained*change*tolerance*status*",
+        "*loss/train.mean*REGRESSED*",
+        "*report: *",
+    ])
+    out = result.stdout.str()
+    assert "pytest_plugin.py" not in out  # the traceback is the test's, not the plugin's
+    assert list(reports.glob("*.html")), "the failing test's report was not collected"
+
+
+def test_update_baselines_rewrites_and_says_so(project):
+    project.runpytest("-p", "no:cacheprovider")
+    before = baseline_file(project).read_text()
+    result = project.runpytest("-p", "no:cacheprovider", "--lr", "0.1", "--dyncheck-update-baselines")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*dyncheck: baseline regenerated:*"])
+    assert baseline_file(project).read_text() != before
+    project.runpytest("-p", "no:cacheprovider", "--lr", "0.1").assert_outcomes(passed=1)
+
+
+def test_assert_healthy_lists_findings_with_hints(pytester):
+    pytester.makepyfile(test_nan=f"""
+import sys
+sys.path.insert(0, {str(EXAMPLE)!r})
+from model import train
+
+def test_nan(dyncheck, tmp_path):
+    train(dyncheck.monitor(every_n_steps=10), seed=0, root=tmp_path, lr=1e6)
+    dyncheck.assert_healthy()
+""")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*dyncheck: the run is unhealthy*", "*ERROR*", "*hint: *", "*report: *report.html*"])
+
+
+def test_bad_ini_option_is_a_usage_error(pytester):
+    pytester.makeini("[pytest]\ndyncheck_fail_on = sometimes\n")
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stderr.fnmatch_lines(["*dyncheck_fail_on = 'sometimes': expected 'error' or 'warning'*"])
+
+
+def test_works_under_xdist(project):
+    pytest.importorskip("xdist")
+    project.runpytest("-p", "no:cacheprovider")  # creates the baseline
+    project.makepyfile(test_more=TEST_FILE.replace("test_dynamics", "test_other"))
+    project.runpytest("-p", "no:cacheprovider", "test_more.py")  # its baseline too
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=2)
