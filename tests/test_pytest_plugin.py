@@ -112,3 +112,8 @@ def test_works_under_xdist(project):
     project.runpytest("-p", "no:cacheprovider", "test_more.py")  # its baseline too
     result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
     result.assert_outcomes(passed=2)
+
+
+def test_the_committed_example_passes_against_its_baseline(pytester):
+    result = pytester.runpytest("-p", "no:cacheprovider", str(EXAMPLE / "test_dynamics.py"))
+    result.assert_outcomes(passed=1)
