@@ -152,6 +152,14 @@ class DyncheckFixture:
             existed = path.exists()
             base = make_baseline([store], rules=self._opts.rules)
             base.info["runs"] = [f"pytest {self._request.node.nodeid}"]  # not the tmp path: stable in diffs
+            if existed:  # keep the tolerances someone tuned by hand
+                try:
+                    old = load_baseline(path)
+                except Exception:
+                    old = None
+                for name, q in (old.quantities.items() if old else ()):
+                    if name in base.quantities:
+                        base.quantities[name].kind, base.quantities[name].tolerance = q.kind, q.tolerance
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(base.to_yaml(), encoding="utf-8")
             what = "regenerated" if existed else "created"
