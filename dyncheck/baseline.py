@@ -12,6 +12,7 @@ Findings are compared too: a check (warning or error) that fires now but did not
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import os
@@ -21,10 +22,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .checks.engine import _json_number
 from .errors import ConfigError, DyncheckError
 
 __all__ = ["Quantity", "Baseline", "Row", "Comparison", "summarize", "make_baseline", "load_baseline",
-           "compare", "QUANTITIES", "BASELINE_VERSION"]
+           "compare", "format_comparison", "format_comparison_junit", "QUANTITIES", "BASELINE_VERSION"]
 
 BASELINE_VERSION = 1
 
@@ -137,38 +139,33 @@ class Baseline:
 
 
 def _num(v: float | None) -> float | str | None:
-    if v is None:
-        return None
-    if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return float(f"{v:.6g}")
+    """A number for YAML/JSON: 6 significant digits, non-finite values spelled as the check output spells them."""
+    return float(f"{v:.6g}") if v is not None and math.isfinite(v) else _json_number(v)
 
 
-def _findings_of(run: Any, rules: Any) -> list[str]:
-    from .checks import evaluate
+def _findings_of(run: Any, rules: Any, result: Any = None) -> list[str]:
+    """Ids of the checks (warning or error) that fired; ``result``: the run's CheckResult if already evaluated."""
+    if result is None:
+        from .checks import evaluate
 
-    result = evaluate(run, rules if rules is not None else "default")
+        result = evaluate(run, rules if rules is not None else "default")
     return sorted({f.check for f in result.at_or_above("warning")})
 
 
-def make_baseline(runs: Sequence[Any], *, rules: Any = "default") -> Baseline:
+def make_baseline(runs: Sequence[Any], *, rules: Any = "default", results: Sequence[Any] | None = None) -> Baseline:
     """A baseline from one or more runs (open :class:`~dyncheck.store.Run` objects or paths). With several runs
-    each quantity is their median, and its tolerance at least 3x their spread (std of log values for ratios)."""
+    each quantity is their median, and its tolerance at least 3x their spread (std of log values for ratios).
+    ``results``: the runs' CheckResults if already evaluated (else ``rules`` are evaluated)."""
     from .store import Run, open_run
 
     if not runs:
         raise ConfigError("make_baseline: needs at least one run")
     summaries, findings, names = [], set(), []
-    for r in runs:
-        if isinstance(r, Run):
-            summaries.append(summarize(r))
-            findings |= set(_findings_of(r, rules))
-            names.append(str(r.dir))
-        else:
-            with open_run(r) as opened:
-                summaries.append(summarize(opened))
-                findings |= set(_findings_of(opened, rules))
-                names.append(str(opened.dir))
+    for r, result in zip(runs, results if results is not None else [None] * len(runs)):
+        with (contextlib.nullcontext(r) if isinstance(r, Run) else open_run(r)) as run:
+            summaries.append(summarize(run))
+            findings |= set(_findings_of(run, rules, result))
+            names.append(str(run.dir))
     quantities: dict[str, Quantity] = {}
     for name, spec in QUANTITIES.items():
         vals = np.array([s[name] for s in summaries if name in s], dtype=float)
@@ -338,8 +335,7 @@ def compare(run: Any, baseline: Baseline, *, rules: Any = "default", result: Any
         result = evaluate(run, rules if rules is not None else "default")
     known = set(baseline.findings)
     new = [f for f in result.at_or_above("warning") if f.check not in known]
-    now = {f.check for f in result.at_or_above("warning")}
-    gone = sorted(known - now)
+    gone = sorted(known - {f.check for f in result.at_or_above("warning")})
     return Comparison(rows, new, gone, baseline.path)
 
 
@@ -364,3 +360,22 @@ def format_comparison(cmp: Comparison, *, title: str = "") -> str:
         lines.append(f"  fixed: {cid} fired in the baseline and no longer does")
     return "\n".join(lines)
 
+
+def format_comparison_junit(cmp: Comparison, name: str) -> str:
+    """One JUnit testcase per quantity (failed when it regressed) and one for new findings."""
+    import xml.etree.ElementTree as ET
+
+    suite = ET.Element("testsuite", name=name, tests=str(len(cmp.rows) + 1))
+    for r in cmp.rows:
+        case = ET.SubElement(suite, "testcase", classname=name, name=r.quantity)
+        detail = f"baseline {r.baseline:.4g}, obtained {r.obtained}, change {r.change}, tolerance {r.tolerance}"
+        if r.status in ("regressed", "missing"):
+            ET.SubElement(case, "failure", message=f"{r.quantity} {r.status}").text = detail
+        else:
+            ET.SubElement(case, "system-out").text = f"{r.status}: {detail}"
+    case = ET.SubElement(suite, "testcase", classname=name, name="new findings")
+    if cmp.new_findings:
+        ET.SubElement(case, "failure", message=", ".join(sorted({f.check for f in cmp.new_findings}))).text = \
+            "\n".join(f"{f.check} ({f.metric}, step {f.first_step}): {f.message}" for f in cmp.new_findings)
+    suite.set("failures", str(sum(1 for c in suite if c.find("failure") is not None)))
+    return ET.tostring(suite, encoding="unicode")

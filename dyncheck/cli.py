@@ -194,7 +194,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .baseline import compare, format_comparison, load_baseline
+    from .baseline import compare, format_comparison, format_comparison_junit, load_baseline
     from .checks.rules import load_rules
 
     base = load_baseline(args.baseline)
@@ -202,31 +202,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.format == "json":
         out = json.dumps(cmp.to_dict(), indent=2, allow_nan=False)
     elif args.format == "junit":
-        out = _comparison_junit(cmp, name=f"dyncheck.compare.{Path(args.run).name or 'run'}")
+        out = format_comparison_junit(cmp, name=f"dyncheck.compare.{Path(args.run).name or 'run'}")
     else:
         out = format_comparison(cmp, title=str(args.run))
     _emit(out, args.output)
     return EXIT_FAIL if cmp.regressions else EXIT_OK
-
-
-def _comparison_junit(cmp: Any, name: str) -> str:
-    import xml.etree.ElementTree as ET
-
-    suite = ET.Element("testsuite", name=name, tests=str(len(cmp.rows) + 1),
-                       failures=str(len(cmp.regressions)))
-    for r in cmp.rows:
-        case = ET.SubElement(suite, "testcase", classname=name, name=r.quantity)
-        detail = f"baseline {r.baseline:.4g}, obtained {r.obtained}, change {r.change}, tolerance {r.tolerance}"
-        if r.status in ("regressed", "missing"):
-            ET.SubElement(case, "failure", message=f"{r.quantity} {r.status}").text = detail
-        else:
-            ET.SubElement(case, "system-out").text = f"{r.status}: {detail}"
-    case = ET.SubElement(suite, "testcase", classname=name, name="new findings")
-    if cmp.new_findings:
-        ET.SubElement(case, "failure", message=", ".join(sorted({f.check for f in cmp.new_findings}))).text = \
-            "\n".join(f"{f.check} ({f.metric}, step {f.first_step}): {f.message}" for f in cmp.new_findings)
-    suite.set("failures", str(sum(1 for c in suite if c.find("failure") is not None)))
-    return ET.tostring(suite, encoding="unicode")
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:
@@ -260,24 +240,14 @@ def _cmd_rules(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"check": _cmd_check, "report": _cmd_report, "demo": _cmd_demo, "baseline": _cmd_baseline,
+                "compare": _cmd_compare, "rules": _cmd_rules}
     try:
-        if args.command == "check":
-            return _cmd_check(args)
-        if args.command == "rules":
-            return _cmd_rules(args)
-        if args.command == "report":
-            return _cmd_report(args)
-        if args.command == "demo":
-            return _cmd_demo(args)
-        if args.command == "baseline":
-            return _cmd_baseline(args)
-        if args.command == "compare":
-            return _cmd_compare(args)
+        return commands[args.command](args)
     except DyncheckError as e:
         print(f"dyncheck {args.command}: error: {e}" if "\n" not in str(e)
               else f"dyncheck {args.command}: error:\n{e}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_USAGE  # pragma: no cover - argparse requires a command
 
 
 if __name__ == "__main__":  # pragma: no cover

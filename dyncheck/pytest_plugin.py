@@ -69,6 +69,7 @@ class DyncheckFixture:
         self._opts: _Options = request.config.stash[_OPTIONS]
         self.run_dir = tmp_path / "dyncheck"
         self._monitor: Any = None
+        self._evaluated: Any = None
         path = Path(str(request.node.path))
         self.baseline_path = path.parent / path.stem / f"{_file_safe(request.node.name)}.dyncheck.yaml"
 
@@ -92,12 +93,14 @@ class DyncheckFixture:
         return self.run_dir
 
     def _result(self) -> Any:
-        result = getattr(self._monitor, "result", None)
-        if result is None:
+        """The run's CheckResult: the monitor's final one, else evaluated once here."""
+        if getattr(self._monitor, "result", None) is not None:
+            return self._monitor.result
+        if self._evaluated is None:
             from .checks import evaluate
 
-            result = evaluate(self._store(), self._opts.rules)
-        return result
+            self._evaluated = evaluate(self._store(), self._opts.rules)
+        return self._evaluated
 
     def _report(self) -> str:
         """Where the HTML report is (copied to --dyncheck-report-dir when given)."""
@@ -145,17 +148,18 @@ class DyncheckFixture:
         so); ``--dyncheck-update-baselines`` rewrites it. Returns the Comparison."""
         __tracebackhide__ = True
         from .baseline import compare, format_comparison, load_baseline, make_baseline
+        from .errors import DyncheckError
 
         store = self._store()
         path = Path(baseline) if baseline is not None else self.baseline_path
         if self._opts.update or not path.exists():
             existed = path.exists()
-            base = make_baseline([store], rules=self._opts.rules)
+            base = make_baseline([store], rules=self._opts.rules, results=[self._result()])
             base.info["runs"] = [f"pytest {self._request.node.nodeid}"]  # not the tmp path: stable in diffs
             if existed:  # keep the tolerances someone tuned by hand
                 try:
                     old = load_baseline(path)
-                except Exception:
+                except DyncheckError:  # a malformed file is being replaced anyway
                     old = None
                 for name, q in (old.quantities.items() if old else ()):
                     if name in base.quantities:
@@ -165,13 +169,12 @@ class DyncheckFixture:
             what = "regenerated" if existed else "created"
             pytest.fail(f"dyncheck: baseline {what}: {path}\n  commit it; later runs are compared with it "
                         f"(--dyncheck-update-baselines rewrites it)", pytrace=False)
-        from .errors import DyncheckError
 
         try:
             base = load_baseline(path)
         except DyncheckError as exc:
             pytest.fail(f"dyncheck: {exc}", pytrace=False)
-        cmp = compare(store, base, rules=self._opts.rules, result=getattr(self._monitor, "result", None))
+        cmp = compare(store, base, rules=self._opts.rules, result=self._result())
         if cmp.regressions:
             pytest.fail(f"{format_comparison(cmp, title=f'against {path}')}\n  report: {self._report()}",
                         pytrace=False)

@@ -7,7 +7,6 @@ import re
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-import torch
 from torch import nn
 
 from dyncheck import DynamicsMonitor, open_run
@@ -137,13 +136,18 @@ class EvilNamed(MLP):
         self.net.add_module(EVIL, nn.Linear(10, 10))  # a layer named like a script tag, after the last one
 
 
-def test_callback_writes_the_report_and_escapes_a_module_name(tmp_path):
+def train_evil_named(tmp_path):
+    """Train EvilNamed with the monitor (report on); return the run directory."""
     train, val = loaders(n=128, flat=True)
     mon = DynamicsMonitor(dirpath=tmp_path / "run", every_n_steps=2)
     trainer = pl.Trainer(max_epochs=2, callbacks=[mon], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(EvilNamed(), train, val)
-    report = tmp_path / "run" / REPORT_FILENAME
+    return tmp_path / "run"
+
+
+def test_callback_writes_the_report_and_escapes_a_module_name(tmp_path):
+    report = train_evil_named(tmp_path) / REPORT_FILENAME
     text = report.read_text(encoding="utf-8")
     assert EVIL not in text
     assert f"grad_norm/net.{EVIL}.weight" in open_run(tmp_path / "run").metrics()  # it really was measured

@@ -12,9 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 
-from dyncheck import DynamicsMonitor
 from dyncheck.report import REPORT_FILENAME
 from dyncheck.scenarios import run_scenario
 
@@ -101,15 +99,9 @@ def test_many_layer_run_renders_heat_maps(browser, tmp_path):
 
 
 def test_script_named_module_does_not_run(browser, tmp_path):
-    from test_report import EVIL, EvilNamed
-    from models import loaders
+    from test_report import EVIL, train_evil_named
 
-    train, val = loaders(n=128, flat=True)
-    trainer = pl.Trainer(max_epochs=2, callbacks=[DynamicsMonitor(dirpath=tmp_path / "run", every_n_steps=2)],
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(EvilNamed(), train, val)
-    seen = open_report(browser, tmp_path / "run" / REPORT_FILENAME, "escaped-module-name")
+    seen = open_report(browser, train_evil_named(tmp_path) / REPORT_FILENAME, "escaped-module-name")
     assert_clean(seen)  # includes: no alert() dialog
     assert seen["verdict"].startswith("PASS")
     # shown as text: in the parameter table, and in chart legends (plotly would swallow an unescaped tag)

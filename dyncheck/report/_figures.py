@@ -191,12 +191,11 @@ def heatmap_chart(cid: str, series: Sequence[tuple[str, np.ndarray, np.ndarray]]
 def per_layer_chart(cid: str, series: Sequence[tuple[str, np.ndarray, np.ndarray]], *, what: str, log: bool,
                     caption: str = "", zmin: float | None = None, zmax: float | None = None,
                     strip: str = "") -> Chart:
-    """A line per series for a few series, a heat map for many."""
+    """A line per series for a few series, a heat map for many; ``strip`` is a prefix left out of the names."""
+    series = [(n[len(strip):] if strip and n.startswith(strip) else n, s, v) for n, s, v in series]
     if len(series) > MAX_LINES:
-        return heatmap_chart(cid, [(n[len(strip):] if strip and n.startswith(strip) else n, s, v)
-                                   for n, s, v in series], what=what, log=log, caption=caption, zmin=zmin, zmax=zmax)
-    lines = [Line(n[len(strip):] if strip and n.startswith(strip) else n, s, v, width=1.2, show_nonfinite=False)
-             for n, s, v in series]
+        return heatmap_chart(cid, series, what=what, log=log, caption=caption, zmin=zmin, zmax=zmax)
+    lines = [Line(n, s, v, width=1.2, show_nonfinite=False) for n, s, v in series]
     y_range = (zmin - 0.02 * (zmax - zmin), zmax + 0.02 * (zmax - zmin)) if zmin is not None and zmax is not None \
         else None
     return line_chart(cid, lines, y_title=what, log_y=log and positive_span([v for _, _, v in series]),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import fnmatch
-import html
 import json
 import math
 import re
@@ -14,9 +12,9 @@ from typing import Any, Sequence
 import jinja2
 import numpy as np
 
-from ..checks.engine import _warm_start, is_whole_run
+from ..checks.engine import SeriesSource, _run_span, _warm_start, is_whole_run
 from ..phases import detect_phases
-from ._figures import (PHASE_COLOURS, SEVERITY_COLOURS, Band, Chart, Line, esc, line_chart, per_layer_chart,
+from ._figures import (PHASE_COLOURS, SEVERITY_COLOURS, Band, Chart, Line, line_chart, per_layer_chart,
                        positive_span)
 
 MAX_BANDS = 40  # flagged stretches drawn per finding; more are merged
@@ -32,41 +30,29 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
 
-class _Series:
-    """Cached (steps, values) of a run's metrics."""
+class _Series(SeriesSource):
+    """The engine's cached reader of a run's series, with per-layer series in model order and the run's span."""
 
     def __init__(self, run: Any, meta: dict[str, Any]) -> None:
-        self.run = run
-        self.names = run.metrics()
-        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        super().__init__(run)
         model = meta.get("model") or {}
         # per-layer series in model order (named_parameters / named_modules), not alphabetical (net.10 < net.2)
         self._rank = {str(p.get("name")): i for i, p in enumerate(model.get("parameters") or [])}
         for i, m in enumerate(model.get("modules") or []):
             self._rank.setdefault(str(m.get("name")), len(self._rank) + i)
+        self.span = _run_span(self)
 
-    def get(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        if name not in self._cache:
-            s = self.run.series(name)
-            self._cache[name] = (s.steps, s.values)
-        return self._cache[name]
-
-    def match(self, pattern: str) -> list[str]:
-        return [n for n in self.names if fnmatch.fnmatchcase(n, pattern)]
+    def matching(self, pattern: str) -> list[str]:
+        return self.match([pattern])
 
     def triples(self, pattern: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
         prefix = pattern.rstrip("*")
-        names = sorted(self.match(pattern), key=lambda n: (self._rank.get(n[len(prefix):], len(self._rank)),
+        names = sorted(self.matching(pattern), key=lambda n: (self._rank.get(n[len(prefix):], len(self._rank)),
                                                            _natural(n)))
         return [(n, *self.get(n)) for n in names]
 
-    def span(self) -> tuple[int, int]:
-        names = ["loss/train"] if "loss/train" in self.names else self.names
-        bounds = [(int(s[0]), int(s[-1])) for s in (self.get(n)[0] for n in names) if s.size]
-        return (min(b[0] for b in bounds), max(b[1] for b in bounds)) if bounds else (0, 0)
-
     def last_step(self) -> int | None:
-        return self.span()[1] if self.names else None
+        return self.span[1] if self.names else None
 
 
 def _natural(name: str) -> list[Any]:
@@ -222,13 +208,13 @@ def _evidence(i: int, f: Any, check: Any, src: _Series) -> Chart | None:
     names: list[str] = []
     if check is not None and check.pair is not None:
         for p in check.pair:
-            names += src.match(p)[:1]
+            names += src.matching(p)[:1]
     elif f.metric in src.names:
         names.append(f.metric)
         if f.metric == "loss/val" and "loss/train" in src.names:
             names.insert(0, "loss/train")
     if check is not None and check.detector == "spread" and check.metrics:
-        others = [n for n in src.match(check.metrics[0]) if n != f.metric]
+        others = [n for n in src.matching(check.metrics[0]) if n != f.metric]
         if others:  # the series at the other end of the spread at the first flagged step
             def at(n: str) -> float:
                 s, v = src.get(n)
@@ -256,7 +242,7 @@ def _evidence(i: int, f: Any, check: Any, src: _Series) -> Chart | None:
             marks.append((f.first_step, float(mv[j]), "first flagged", colour))
     spans = list(f.spans or [(f.first_step, f.last_step)])
     if check is not None and is_whole_run(check):  # a verdict on the whole run after warm-up: shade all of it
-        spans = [(_warm_start(check, src.span()), f.last_step)]
+        spans = [(_warm_start(check, src.span), f.last_step)]
     log = positive_span([ln.values for ln in lines])
     return line_chart(f"chart-finding-{i}", lines, log_y=log, bands=_bands(spans, colour, spacing),
                       hlines=hlines, marks=marks, height=240)
@@ -299,12 +285,12 @@ def _metadata(meta: dict[str, Any], src: _Series) -> dict[str, Any]:
                                "params": g.get("n_params")})
     trainer = meta.get("trainer") or {}
     exc = meta.get("exception") or None
+    last = src.last_step()
     rows = [
         ("status", meta.get("status", "unknown")),
         ("model", f"{model.get('class', '—')} — {model.get('n_parameters', 0):,} parameters "
                   f"({model.get('n_trainable', 0):,} trainable)" if model else "—"),
-        ("steps recorded", f"{meta.get('start_step', 0)} to {src.last_step()}" if src.last_step() is not None
-         else "none"),
+        ("steps recorded", f"{meta.get('start_step', 0)} to {last}" if last is not None else "none"),
         ("started", _when(meta.get("started"))),
         ("ended", _when(meta.get("ended"))),
         ("duration", _duration(meta.get("duration_s"))),
@@ -423,4 +409,4 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
 
 
 def _fmt_loss(v: float) -> str:
-    return f"{v:.3g}" if np.isfinite(v) else html.escape(str(v))
+    return f"{v:.3g}"  # also spells nan / inf; the template escapes
