@@ -39,8 +39,10 @@ CHECK_IDS = frozenset({
     "non-finite", "loss-divergence", "loss-spike", "exploding-gradients", "vanishing-gradients", "dead-units",
     "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence", "unchanged-parameters",
     "update-too-large", "update-too-small", "edge-of-stability",
+    # added with the calibration corpus (issue 11)
+    "over-regularization", "layers-not-learning", "lr-collapse",
 })
-FAMILIES = ("mlp", "cnn", "resnet", "transformer", "lstm")
+FAMILIES = ("mlp", "cnn", "resnet", "transformer", "lstm", "hf")
 
 #: monitor options of every scenario (runs are short: per-layer and activation statistics every 10 steps;
 #: sharpness only where a scenario turns it on)
@@ -118,26 +120,32 @@ _QUIET = (".*does not have many workers.*", ".*GPU available but not used.*", ".
 
 
 def run_scenario(name: str, out_dir: str | os.PathLike, *, seed: int = 0, progress_bar: bool = False,
-                 monitor_kwargs: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = ()) -> Path:
-    """Train scenario ``name`` with a ``DynamicsMonitor`` writing to ``<out_dir>/<name>`` and return that directory.
+                 monitor_kwargs: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (),
+                 at_defaults: bool = False, run_name: str | None = None) -> Path:
+    """Train scenario ``name`` with a ``DynamicsMonitor`` writing to ``<out_dir>/<run_name or name>`` and return
+    that directory.
 
     ``monitor_kwargs`` override the scenario's monitor options (``Scenario.monitor_kwargs``); ``callbacks`` are
-    appended to the trainer's. CPU, seeded with ``pl.seed_everything(seed)`` before the model and data are built.
-    Runs that go non-finite keep training to the end (Lightning's default) and finish normally."""
+    appended to the trainer's. With ``at_defaults`` the monitor runs at its own defaults (as a user would attach
+    it: per-layer statistics every ``log_every_n_steps`` = 50 steps, sharpness on its time budget), ignoring the
+    scenario's schedule; ``monitor_kwargs`` still apply. CPU, seeded with ``pl.seed_everything(seed)`` before
+    the model and data are built. Runs that go non-finite keep training to the end (Lightning's default) and
+    finish normally."""
     try:
         sc = SCENARIOS[name]
     except KeyError:
         raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None
-    from ._callback import DynamicsMonitor
+    from .._callback import DynamicsMonitor
 
-    run_dir = Path(out_dir) / name
-    kwargs = {**sc.monitor_kwargs, **(monitor_kwargs or {})}
+    run_dir = Path(out_dir) / (run_name or name)
+    kwargs = {**({} if at_defaults else sc.monitor_kwargs), **(monitor_kwargs or {})}
     pl.seed_everything(seed, verbose=False)
     setup = sc.build()
     monitor = DynamicsMonitor(dirpath=run_dir, **kwargs)
+    log_every = kwargs.get("every_n_steps") or (50 if at_defaults else 10)
     opts: dict[str, Any] = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                                 enable_model_summary=False, enable_progress_bar=progress_bar,
-                                num_sanity_val_steps=0, log_every_n_steps=kwargs.get("every_n_steps") or 10,
+                                num_sanity_val_steps=0, log_every_n_steps=log_every,
                                 default_root_dir=str(run_dir), max_epochs=-1)
     opts.update(setup.trainer)
     trainer = pl.Trainer(callbacks=[monitor, *callbacks], **opts)
@@ -732,3 +740,9 @@ def _head_not_in_optimizer() -> Setup:
     module = ScenarioModule(net, lambda params: torch.optim.SGD(backbone, lr=0.1, momentum=0.9, weight_decay=5e-4),
                             schedule=_warmup_cosine(1, steps))
     return Setup(module, train, val, _trainer(steps, len(train)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the calibration corpus (issue 11): more healthy runs and faults, in their own modules
+# ----------------------------------------------------------------------------------------------------------------
+from . import corpus_faults, corpus_healthy  # noqa: E402,F401  (they register into SCENARIOS)

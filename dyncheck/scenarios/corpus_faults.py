@@ -1,0 +1,1 @@
+"""Faulty runs of the calibration corpus (registered into dyncheck.scenarios.SCENARIOS)."""

@@ -1,0 +1,1 @@
+"""Healthy runs of the calibration corpus (registered into dyncheck.scenarios.SCENARIOS)."""
