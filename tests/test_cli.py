@@ -6,6 +6,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from dyncheck.checks.rules import load_rules
+
 from dyncheck.cli import main
 from dyncheck.store import RunWriter
 
@@ -65,7 +67,10 @@ def test_junit_one_case_per_check(warn_run, tmp_path):
     assert main(["check", str(warn_run), "--format", "junit", "-o", str(out), "--fail-on", "warning"]) == 1
     suite = ET.parse(out).getroot()
     cases = {c.get("name"): c for c in suite.iter("testcase")}
-    assert len(cases) == 14 and suite.get("tests") == "14" and suite.get("failures") == "1"
+    n = len(load_rules("default")) + 1  # one case per check, and the diagnoses first
+    assert len(cases) == n and suite.get("tests") == str(n) and suite.get("failures") == "2"
+    assert next(suite.iter("testcase")).get("name") == "diagnoses"
+    assert cases["diagnoses"].find("failure").get("message").startswith("1 diagnosis: dead-units")
     assert cases["dead-units"].find("failure").get("type") == "warning"
     assert cases["train-val-divergence"].find("skipped") is not None
     assert cases["no-progress"].find("failure") is None

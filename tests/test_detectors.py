@@ -181,7 +181,13 @@ def test_each_detector_edge_cases(det, case):
         ("threshold", "huge"): set(range(100)),
         ("no_progress", "constant"): {299},  # a constant loss makes no progress: correct
         ("no_progress", "huge"): {99},
+        ("step_change", "two"): {1},  # 1 -> 100: a step change of 100x
     }.get((det.name, case), set())
+    if det.name == "present":  # "the run recorded this metric": one verdict at the last point of any finite series
+        expected = {values.size - 1} if np.isfinite(values).any() else set()
+    if (det.name, case) == ("trend", "nan-middle"):  # an exponential decay is falling, once two windows exist
+        assert fired and min(fired) >= 2 * params["window"] - 1, sorted(fired)[:5]
+        return
     assert fired == expected, (det.name, case, sorted(fired)[:10])
 
 

@@ -48,7 +48,7 @@ def test_report_sections_verdict_and_self_containment(tmp_path):
     text = path.read_text(encoding="utf-8")
     # verdict: dead units is a warning
     assert re.search(r'class="verdict warn"', text) and ">WARN<" in text
-    assert "0 errors · 1 warning · 0 info" in text
+    assert "WARN</div>" in text and "1 diagnosis (1 warning; 1 finding) from" in text
     # the finding, its hint and its evidence chart
     assert 'id="finding-0"' in text and "dead-units" in text and "What to try:" in text
     assert 'data-chart="chart-finding-0"' in text

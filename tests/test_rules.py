@@ -70,7 +70,7 @@ def test_unknown_key_lists_allowed_keys(tmp_path):
             treshold: 3
     """)
     assert got == [f"{f}:8:5: check 'my-check': unknown key 'treshold'; expected one of: id, summary, severity, "
-                   "metrics, exclude, detector, params, for, warmup, message, hint, enabled"]
+                   "metrics, exclude, detector, params, for, warmup, message, hint, when, unless, explains, enabled"]
 
 
 def test_wrong_types_and_enums(tmp_path):

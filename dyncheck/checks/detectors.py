@@ -20,6 +20,7 @@ import numpy as np
 __all__ = ["DETECTORS", "Detector", "held_for", "rolling_median", "rolling_median_prev"]
 
 
+
 @dataclass(frozen=True)
 class Detector:
     """A generic detector: ``params`` maps each parameter to (JSON schema, default); ``fields`` are the extra
@@ -338,6 +339,79 @@ def plateau(steps, values, *, early=0.35, min_improvement=0.1, min_early_progres
     return mask, out, {"initial": np.full(v.size, start)}
 
 
+def present(steps, values, **_):
+    """The series was recorded with at least one finite value (for conditions: "the run has this metric", e.g. an
+    adaptive optimizer's learning rate ``lr/Adam*``). One verdict, at the last step."""
+    v = np.asarray(values, dtype=float)
+    mask = np.zeros(v.size, bool)
+    if v.size and np.isfinite(v).any():
+        mask[-1] = True
+    return mask, v, {}
+
+
+def step_change(steps, values, *, factor=2.0, direction="both", **_):
+    """The value changes from one point to the next by at least ``factor`` (up, down or ``both``): schedule events
+    such as a step decay, a warm restart or a plateau-triggered cut of the learning rate. Values <= 0 count as a
+    change when the other side is positive (a restart from exactly 0)."""
+    v = np.asarray(values, dtype=float)
+    mask = np.zeros(v.size, bool)
+    if v.size < 2:
+        return mask, v, {}
+    prev, cur = v[:-1], v[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cur / prev
+        up = (r >= factor) | ((prev <= 0) & (cur > 0))
+        down = (r <= 1.0 / factor) | ((cur <= 0) & (prev > 0))
+    sel = {"up": up, "down": down, "both": up | down}[direction]
+    mask[1:] = sel & np.isfinite(cur) & np.isfinite(prev)
+    return mask, v, {}
+
+
+def trend(steps, values, *, direction="falling", window=50, z=3.0, min_change=0.0, log=True, since="window",
+          **_):
+    """Whether the series is significantly ``falling`` or ``rising`` at each point, judged against its own noise.
+
+    The median of the last ``window`` points is compared with the median of a reference: the ``window`` points
+    before them (``since: window``, a trailing trend) or the first ``window`` points of the series
+    (``since: start``, the change since the run began). The change counts when it exceeds ``z`` standard errors
+    (from the robust spread, 1.4826 MAD, of the points' deviations from their rolling median) and ``min_change``
+    (relative; on ``log`` values, a change of log10). With ``log`` the series is taken as log10 (positive values;
+    losses and norms move multiplicatively)."""
+    v = np.asarray(values, dtype=float)
+    n = v.size
+    mask = np.zeros(n, bool)
+    out = np.full(n, np.nan)
+    if n < 2 * window:  # two full windows that do not overlap
+        return mask, out, {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(v > 0, np.log10(v), np.nan) if log else v.copy()
+    recent = rolling_median(x, window)
+    if since == "start":
+        fin = x[:window][np.isfinite(x[:window])]
+        ref = np.full(n, float(np.median(fin)) if fin.size else np.nan)
+    else:
+        ref = np.concatenate([np.full(window, np.nan), recent[:-window]])
+    # noise: deviations from the rolling median, robust spread over the whole series (one scale per run)
+    dev = x - recent
+    dev = dev[np.isfinite(dev)]
+    sigma = 1.4826 * float(np.median(np.abs(dev - np.median(dev)))) if dev.size else float("nan")
+    se = 1.2533 * sigma * np.sqrt(2.0 / window)  # standard error of the difference of two medians of `window`
+    change = recent - ref
+    if not log:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = change / np.abs(ref)
+    else:
+        rel = change
+    with np.errstate(invalid="ignore"):
+        if direction == "falling":
+            mask = (change < -z * se) & (rel < -min_change)
+        else:
+            mask = (change > z * se) & (rel > min_change)
+    mask[: 2 * window - 1] = False
+    mask &= np.isfinite(change)
+    return mask, change, {"reference": ref, "recent": recent}
+
+
 # -- pair ---------------------------------------------------------------------------------------------------------
 def _align(a, b):
     (sa, va), (sb, vb) = a, b
@@ -446,6 +520,15 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
              {"early": (_SHARE, 0.35), "min_improvement": (_NUM, 0.1), "min_early_progress": (_NUM, 0.2),
               "min_level": (_NUM, 0.2), "share": (_SHARE, 0.1), "min_points": (_COUNT, 20)}, ("initial",),
              whole_run=True),
+    Detector("present", "each", present, {}, whole_run=True),
+    Detector("step_change", "each", step_change,
+             {"factor": ({"type": "number", "exclusiveMinimum": 1}, 2.0),
+              "direction": ({"enum": ["up", "down", "both"]}, "both")}),
+    Detector("trend", "each", trend,
+             {"direction": ({"enum": ["falling", "rising"]}, "falling"), "window": (_COUNT, 50),
+              "z": ({"type": "number", "minimum": 0}, 3.0), "min_change": ({"type": "number", "minimum": 0}, 0.0),
+              "log": ({"type": "boolean"}, True), "since": ({"enum": ["window", "start"]}, "window")},
+             ("reference", "recent")),
     Detector("ratio", "pair", ratio, {"above": (_NULLNUM, None), "below": (_NULLNUM, None)}, ("a", "b")),
     Detector("opposite_trends", "pair", opposite_trends,
              {"rise": (_NUM, 0.1), "min_rise": (_NUM, 0.0), "fall": (_NUM, 0.0), "min_points": (_COUNT, 3),

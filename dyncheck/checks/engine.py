@@ -12,9 +12,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .detectors import DETECTORS, held_for
-from .rules import SEVERITIES, Check, RuleSet, load_rules
+from .rules import SEVERITIES, Check, Condition, RuleSet, load_rules
 
-__all__ = ["Finding", "Skipped", "CheckResult", "evaluate", "SeriesSource"]
+__all__ = ["Finding", "Skipped", "Diagnosis", "CheckResult", "diagnose", "evaluate", "SeriesSource"]
 
 _RANK = {s: i for i, s in enumerate(reversed(SEVERITIES))}  # info 0, warning 1, error 2
 
@@ -53,6 +53,85 @@ class Skipped:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Diagnosis:
+    """A root cause and what it explains: the findings of one check (``primary`` first, then the same check on
+    other metrics) and those of the checks it explains (declared with ``explains:`` in the rule files, followed
+    transitively). Its severity is the worst among them."""
+
+    check: str
+    severity: str
+    summary: str
+    findings: tuple[Finding, ...]  # the primary check's own findings, earliest first
+    explained: tuple[Finding, ...] = ()
+
+    @property
+    def primary(self) -> Finding:
+        return self.findings[0]
+
+    @property
+    def explained_checks(self) -> list[str]:
+        return list(dict.fromkeys(f.check for f in self.explained))
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.primary
+        return {"check": self.check, "severity": self.severity, "summary": self.summary, "metric": p.metric,
+                "first_step": p.first_step, "last_step": p.last_step, "value": _json_number(p.value),
+                "message": p.message, "hint": p.hint, "metrics": [f.metric for f in self.findings],
+                "explains": [{"check": f.check, "severity": f.severity, "metric": f.metric,
+                              "first_step": f.first_step, "last_step": f.last_step, "message": f.message}
+                             for f in self.explained]}
+
+
+def diagnose(findings: Sequence[Finding], checks: Mapping[str, Check]) -> list[Diagnosis]:
+    """Group findings under their root causes. A check that fired is a root cause unless a check that also fired
+    explains it (``explains:``, transitively); its diagnosis takes the findings of every check it reaches that
+    no earlier root cause took. Mutual explanations (a cycle) leave the check declared first as the root.
+    Diagnoses are ordered by severity (worst first), then by the step their evidence begins (causes come
+    before their effects), then by how much they explain."""
+    by_check: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_check.setdefault(f.check, []).append(f)
+    fired = list(by_check)
+    order = {cid: i for i, cid in enumerate(checks)}
+    fired.sort(key=lambda c: order.get(c, len(order)))
+
+    def reach(cid: str) -> list[str]:
+        seen, todo = [], [cid]
+        while todo:
+            c = todo.pop(0)
+            for e in (checks[c].explains if c in checks else ()):
+                if e in by_check and e != cid and e not in seen:
+                    seen.append(e)
+                    todo.append(e)
+        return seen
+
+    reaches = {c: reach(c) for c in fired}
+    # a root is not reached from any other fired check, or sits on a cycle with only later-declared checks
+    roots = [c for c in fired if not any(c in reaches[o] and not (o in reaches[c] and order.get(o, 0) >
+                                                                  order.get(c, 0)) for o in fired if o != c)]
+    if not roots:  # unreachable, but never lose findings
+        roots = fired[:1]
+    taken: set[str] = set(roots)
+    groups: list[tuple[str, list[str]]] = []
+    # roots that explain more claim first, so a shared symptom goes to the broader cause
+    for r in sorted(roots, key=lambda c: -len(reaches[c])):
+        mine = [e for e in reaches[r] if e not in taken]
+        taken.update(mine)
+        groups.append((r, mine))
+    leftover = [c for c in fired if c not in taken]  # on cycles without a root: their own diagnoses
+    groups += [(c, []) for c in leftover]
+    out = []
+    for r, mine in groups:
+        own = sorted(by_check[r], key=lambda f: (f.first_step, f.metric))
+        expl = sorted((f for e in mine for f in by_check[e]), key=lambda f: (f.first_step, f.check, f.metric))
+        worst = max((f.severity for f in own + expl), key=lambda s: _RANK[s])
+        summary = checks[r].summary if r in checks else r
+        out.append(Diagnosis(r, worst, summary, tuple(own), tuple(expl)))
+    out.sort(key=lambda d: (-_RANK[d.severity], d.primary.first_step, -len(d.explained), d.check))
+    return out
+
+
 @dataclass
 class CheckResult:
     """Findings, skipped checks and the ids of checks that ran and passed."""
@@ -61,6 +140,11 @@ class CheckResult:
     skipped: list[Skipped] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
     checks: dict[str, Check] = field(default_factory=dict)
+
+    @property
+    def diagnoses(self) -> list[Diagnosis]:
+        """The findings grouped under their root causes, the likeliest cause first (:func:`diagnose`)."""
+        return diagnose(self.findings, self.checks)
 
     @property
     def status(self) -> str:
@@ -79,7 +163,8 @@ class CheckResult:
         return [f for f in self.findings if _RANK[f.severity] >= _RANK[severity]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "findings": [f.to_dict() for f in self.findings],
+        return {"status": self.status, "diagnoses": [d.to_dict() for d in self.diagnoses],
+                "findings": [f.to_dict() for f in self.findings],
                 "skipped": [s.to_dict() for s in self.skipped], "passed": list(self.passed)}
 
     def to_json(self, **kw: Any) -> str:
@@ -128,9 +213,44 @@ def _warm_start(check: Check, run_span: tuple[int, int]) -> int:
     return lo + max(check.warmup_steps, int(math.ceil(check.warmup_share * (hi - lo))))
 
 
-def _fired(check: Check, steps: np.ndarray, mask: np.ndarray, span: tuple[int, int]) -> np.ndarray:
-    """Where the check fires: the condition, outside warm-up, held for ``for`` steps."""
-    return held_for(steps, mask & (steps >= _warm_start(check, span)), check.for_steps)
+def _fired(check: Check, steps: np.ndarray, mask: np.ndarray, span: tuple[int, int],
+           src: "SeriesSource | None" = None) -> np.ndarray:
+    """Where the check fires: the condition, where its ``when`` conditions hold and none of its ``unless`` ones,
+    outside warm-up, held for ``for`` steps."""
+    mask = mask & (steps >= _warm_start(check, span))
+    if src is not None and mask.any():
+        for cond in check.when:
+            mask &= _condition_mask(cond, steps, src, span)
+        for cond in check.unless:
+            if not mask.any():
+                break
+            mask &= ~_condition_mask(cond, steps, src, span)
+    return held_for(steps, mask, check.for_steps)
+
+
+def _condition_mask(cond: Condition, at: np.ndarray, src: "SeriesSource", span: tuple[int, int]) -> np.ndarray:
+    """Whether ``cond`` holds at each of the steps ``at`` (see :class:`~dyncheck.checks.rules.Condition`)."""
+    det = DETECTORS[cond.detector]
+    out = np.zeros(at.size, bool)
+    whole = det.whole_run or cond.params.get("scope") in ("last", "median")
+    for name in src.match(cond.metrics, cond.exclude):
+        s, v = src.get(name)
+        if s.size == 0:
+            continue
+        mask, _, _ = det.fn(s, v, metric=name, **cond.params)
+        if whole:
+            if mask.any():
+                return np.ones(at.size, bool)
+            continue
+        if cond.within > 0:
+            true_steps = s[mask]
+            lo = np.searchsorted(true_steps, at - cond.within, side="left")
+            hi = np.searchsorted(true_steps, at + cond.within, side="right")
+            out |= hi > lo
+        else:
+            idx = np.searchsorted(s, at, side="right") - 1
+            out |= (idx >= 0) & mask[np.maximum(idx, 0)]
+    return out
 
 
 def _cut(steps: np.ndarray, values: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +313,7 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
             return Skipped(check.id, _missing_reason(missing, src.names))
         (a_name,), (b_name,) = found[0][:1], found[1][:1]
         steps, mask, value, extra = det.fn(src.get(a_name), src.get(b_name), **params)
-        f = _finding(check, b_name, steps, _fired(check, steps, mask, span), value, extra)
+        f = _finding(check, b_name, steps, _fired(check, steps, mask, span, src), value, extra)
         return [f] if f else []
     names = src.match(check.metrics, check.exclude)
     if not names:
@@ -204,7 +324,7 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
         if steps.size == 0 and len(series) < params.get("min_series", 1):
             return Skipped(check.id, f"needs at least {params.get('min_series')} series matching "
                                      f"{', '.join(check.metrics)}; found {len(series)}")
-        f = _finding(check, check.metrics[0], steps, _fired(check, steps, mask, span), value, extra, names=names)
+        f = _finding(check, check.metrics[0], steps, _fired(check, steps, mask, span, src), value, extra, names=names)
         return [f] if f else []
     out: list[Finding] = []
     whole = is_whole_run(check)
@@ -215,7 +335,7 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
         if s.size == 0:
             continue
         mask, value, extra = det.fn(s, v, metric=n, **params)
-        f = _finding(check, n, s, _fired(check, s, mask, span), value, extra)
+        f = _finding(check, n, s, _fired(check, s, mask, span, src), value, extra)
         if f:
             out.append(f)
     return out

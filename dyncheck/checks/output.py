@@ -17,25 +17,50 @@ def _steps(f: Any) -> str:
     return f"step {f.first_step}" if f.first_step == f.last_step else f"steps {f.first_step}-{f.last_step}"
 
 
+def _plural(n: int, word: str) -> str:
+    if word.endswith("diagnosis"):
+        return f"{n} {word if n == 1 else word[:-2] + 'es'}"
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def summary_line(result: CheckResult) -> str:
-    c = result.counts()
-    n_checks = len(result.checks)
-    return (f"{result.status.upper()}: {c['error']} error(s), {c['warning']} warning(s), {c['info']} info "
-            f"from {n_checks} checks ({len(result.passed)} passed, {len(result.skipped)} skipped)")
+    """One line: the verdict, the diagnoses by severity, and how many checks ran."""
+    diags = result.diagnoses
+    by = {s: sum(d.severity == s for d in diags) for s in ("error", "warning", "info")}
+    parts = [_plural(by[s], s) for s in ("error", "warning", "info") if by[s]]
+    what = _plural(len(diags), "diagnosis") if diags else "no findings"
+    found = f" ({', '.join(parts)}; {_plural(len(result.findings), 'finding')})" if diags else ""
+    return (f"{result.status.upper()}: {what}{found} from {len(result.checks)} checks "
+            f"({len(result.passed)} passed, {len(result.skipped)} skipped)")
+
+
+def _explained_line(findings: Any) -> str:
+    """``no-progress (loss/train), update-too-small (3 metrics)``: what a diagnosis explains, per check."""
+    by: dict[str, list[str]] = {}
+    for f in findings:
+        by.setdefault(f.check, []).append(f.metric)
+    return ", ".join(f"{c} ({ms[0] if len(ms) == 1 else _plural(len(ms), 'metric')})" for c, ms in by.items())
 
 
 def format_text(result: CheckResult, *, title: str = "", hints: bool = True, width: int = 100,
                 max_findings: int = 20) -> str:
-    """A short, readable summary: verdict line, one block per finding (message, hint), skipped checks."""
+    """A short, readable summary: the verdict line, one block per diagnosis (the root cause's message, what it
+    explains, its hint), then skipped checks. ``max_findings`` bounds the diagnoses shown."""
     lines = [f"dyncheck {title}".rstrip() + f" -- {summary_line(result)}"]
-    shown = result.findings[:max_findings]
-    for f in shown:
-        lines.append(f"  {_LABEL[f.severity]} {f.check:<22} {f.metric}  ({_steps(f)})")
+    diags = result.diagnoses
+    shown = diags[:max_findings]
+    for d in shown:
+        f = d.primary
+        more = f" and {_plural(len(d.findings) - 1, 'more metric')}" if len(d.findings) > 1 else ""
+        lines.append(f"  {_LABEL[d.severity]} {d.check:<22} {f.metric}{more}  ({_steps(f)})")
         lines += textwrap.wrap(f.message, width, initial_indent=" " * 9, subsequent_indent=" " * 9)
+        if d.explained:
+            lines += textwrap.wrap("explains: " + _explained_line(d.explained), width, initial_indent=" " * 9,
+                                   subsequent_indent=" " * 19)
         if hints and f.hint:
             lines += textwrap.wrap("hint: " + f.hint, width, initial_indent=" " * 9, subsequent_indent=" " * 15)
-    if len(result.findings) > len(shown):
-        lines.append(f"  ... and {len(result.findings) - len(shown)} more findings (see findings.json)")
+    if len(diags) > len(shown):
+        lines.append(f"  ... and {_plural(len(diags) - len(shown), 'more diagnosis')} (see findings.json)")
     for s in result.skipped:
         lines += textwrap.wrap(f"skipped {s.check}: {s.reason}", width, initial_indent="  ",
                                subsequent_indent=" " * 10)
@@ -56,6 +81,17 @@ def format_junit(result: CheckResult, *, name: str = "dyncheck") -> str:
     failures = sum(1 for fs in by_check.values() if any(f.severity != "info" for f in fs))
     suite = ET.Element("testsuite", name=name, tests=str(len(result.checks)), failures=str(failures),
                        errors="0", skipped=str(len(skipped)))
+    diags = [d for d in result.diagnoses if d.severity != "info"]
+    suite.set("tests", str(len(result.checks) + 1))
+    suite.set("failures", str(failures + bool(diags)))
+    case = ET.SubElement(suite, "testcase", classname=name, name="diagnoses")
+    if diags:  # the root causes first: what a CI page shows at the top
+        el = ET.SubElement(case, "failure", type=diags[0].severity,
+                           message=f"{_plural(len(diags), 'diagnosis')}: " + "; ".join(f"{d.check}: {d.primary.message}" for d in diags))
+        el.text = "\n\n".join(
+            f"{d.severity}: {d.check} -- {d.primary.metric} ({_steps(d.primary)}): {d.primary.message}"
+            + (f"\nexplains: {_explained_line(d.explained)}" if d.explained else "")
+            + (f"\nhint: {d.primary.hint}" if d.primary.hint else "") for d in diags)
     for cid, check in result.checks.items():
         case = ET.SubElement(suite, "testcase", classname=name, name=cid)
         fs = by_check.get(cid, [])

@@ -14,6 +14,13 @@ A rule file::
         warmup: 5%                         # optional: steps (int) or a share of the run ("10%") not evaluated
         message: "{metric} jumped to {value:.3g} at step {step}"
         hint: What usually causes it, and what to try.
+        unless:                            # optional: conditions on other series that rule the finding out
+          - metrics: lr/*                  #   a companion metric (glob: any matching series)
+            detector: step_change          #   any per-series detector; its condition at the same step
+            params: {factor: 1.5}
+            within: 20                     #   ... or within this many steps of it (default 0: as of that step)
+        when: [...]                        # optional: conditions that must all hold too
+        explains: [update-too-large]       # optional: findings of these checks are symptoms of this one
     disable: [update-too-small]            # switch off checks loaded from an earlier file
 
 Files are layered in order: a later entry whose id is already loaded overrides only the keys it gives (``params``
@@ -34,22 +41,36 @@ from ..errors import ConfigError, RuleError, RuleProblem
 from ..names import METRIC_TEMPLATES, pattern_can_match
 from .detectors import DETECTORS
 
-__all__ = ["Check", "RuleSet", "load_rules", "default_rules_path", "BASE_FIELDS", "SEVERITIES"]
+__all__ = ["Check", "Condition", "RuleSet", "load_rules", "default_rules_path", "BASE_FIELDS", "SEVERITIES"]
 
 SEVERITIES = ("error", "warning", "info")
 #: fields every message template may name
 BASE_FIELDS = ("value", "step", "first_step", "last_step", "metric", "check", "points")
 _CHECK_KEYS = ("id", "summary", "severity", "metrics", "exclude", "detector", "params", "for", "warmup", "message",
-               "hint", "enabled")
+               "hint", "when", "unless", "explains", "enabled")
 _REQUIRED_NEW = ("summary", "severity", "metrics", "detector")
 
 _GLOBS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+_CHECK_ID = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]*$"}
+CONDITION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["metrics", "detector"],
+    "additionalProperties": False,
+    "properties": {
+        "metrics": {"anyOf": [{"type": "string", "minLength": 1}, _GLOBS]},
+        "exclude": {"anyOf": [{"type": "string", "minLength": 1}, _GLOBS]},
+        "detector": {"enum": sorted(DETECTORS)},
+        "params": {"type": "object"},
+        "within": {"type": "integer", "minimum": 0},
+    },
+}
+_CONDITIONS = {"type": "array", "items": CONDITION_SCHEMA}
 CHECK_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["id"],
     "additionalProperties": False,
     "properties": {
-        "id": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]*$"},
+        "id": _CHECK_ID,
         "summary": {"type": "string", "minLength": 1},
         "severity": {"enum": list(SEVERITIES)},
         "metrics": {"anyOf": [
@@ -66,6 +87,9 @@ CHECK_SCHEMA: dict[str, Any] = {
                              {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%\s*$"}]},
         "message": {"type": "string"},
         "hint": {"type": "string"},
+        "when": _CONDITIONS,
+        "unless": _CONDITIONS,
+        "explains": {"type": "array", "items": _CHECK_ID},
         "enabled": {"type": "boolean"},
     },
 }
@@ -88,6 +112,25 @@ _EXPECTED = {
 
 
 @dataclass(frozen=True)
+class Condition:
+    """A condition on companion series: ``detector`` (a per-series one) with ``params`` on each metric matching
+    ``metrics``; it holds at a step of the check when it holds on any matching series as of that step (its latest
+    point at or before it), or with ``within`` at any point within that many steps either side. A detector that
+    gives one verdict for the whole run (no_progress, plateau, present, a median scope) holds everywhere or
+    nowhere."""
+
+    metrics: tuple[str, ...]
+    detector: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    within: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": list(self.metrics), "detector": self.detector, "params": dict(self.params),
+                "exclude": list(self.exclude), "within": self.within}
+
+
+@dataclass(frozen=True)
 class Check:
     """A validated check, with the detector's defaults filled in."""
 
@@ -104,6 +147,9 @@ class Check:
     warmup_share: float = 0.0
     message: str = ""
     hint: str = ""
+    when: tuple[Condition, ...] = ()
+    unless: tuple[Condition, ...] = ()
+    explains: tuple[str, ...] = ()
     source: str = ""  # file:line of the entry that defined it
 
     @property
@@ -115,7 +161,9 @@ class Check:
         return {"id": self.id, "summary": self.summary, "severity": self.severity, "detector": self.detector,
                 "metrics": {"a": self.pair[0], "b": self.pair[1]} if self.pair else list(self.metrics),
                 "exclude": list(self.exclude), "params": dict(self.params), "for": self.for_steps,
-                "warmup": warmup, "message": self.message, "hint": self.hint, "source": self.source}
+                "warmup": warmup, "message": self.message, "hint": self.hint,
+                "when": [c.to_dict() for c in self.when], "unless": [c.to_dict() for c in self.unless],
+                "explains": list(self.explains), "source": self.source}
 
 
 @dataclass
@@ -296,7 +344,8 @@ def _check_entry(doc: _Doc, i: int, entry: dict[str, Any], known: dict[str, Chec
                               "another file, load that file first, e.g. rules: [default, this-file])", cid)
             return None
     merged: dict[str, Any] = prev.to_dict() if prev else {"params": {}, "exclude": [], "for": 1, "warmup": 0,
-                                                          "message": "", "hint": ""}
+                                                          "message": "", "hint": "", "when": [], "unless": [],
+                                                          "explains": []}
     if prev and entry.get("detector", prev.detector) != prev.detector:
         merged["params"] = {}  # another detector: the old parameters do not apply
     for k, v in entry.items():
@@ -330,6 +379,16 @@ def _check_entry(doc: _Doc, i: int, entry: dict[str, Any], known: dict[str, Chec
             families = sorted({t.split("/")[0] + "/" for t in METRIC_TEMPLATES})
             doc.problem(path, f"metric pattern '{pat}' can never match a recorded metric; names start with "
                               f"one of: {', '.join(families)} (see README, 'What is measured')", cid)
+    # conditions on companion series
+    conditions: dict[str, list[Condition]] = {"when": [], "unless": []}
+    for key in ("when", "unless"):
+        for j, cond in enumerate(merged.get(key) or []):
+            c = _condition(doc, base + [key, j], cond, cid) if key in entry else _as_condition(cond)
+            if c is not None:
+                conditions[key].append(c)
+    explains = list(merged.get("explains") or [])
+    if cid in explains:
+        doc.problem(base + ["explains"], "a check cannot explain itself", cid)
     # message template
     if merged.get("message"):
         allowed = list(BASE_FIELDS) + list(det.fields)
@@ -358,8 +417,44 @@ def _check_entry(doc: _Doc, i: int, entry: dict[str, Any], known: dict[str, Chec
         exclude=_as_tuple(merged.get("exclude")), params={**det.defaults(), **merged["params"]},
         for_steps=int(merged.get("for") or 1), warmup_steps=w_steps, warmup_share=w_share,
         message=merged.get("message") or "", hint=(merged.get("hint") or "").strip(),
+        when=tuple(conditions["when"]), unless=tuple(conditions["unless"]), explains=tuple(explains),
         source=f"{doc.file}:{line}",
     )
+
+
+def _as_condition(d: Mapping[str, Any]) -> Condition:
+    """A condition already validated (inherited from an earlier file, in :meth:`Condition.to_dict` form)."""
+    return Condition(tuple(d["metrics"]), d["detector"], dict(d.get("params") or {}), tuple(d.get("exclude") or ()),
+                     int(d.get("within") or 0))
+
+
+def _condition(doc: _Doc, path: list[Any], cond: Mapping[str, Any], cid: str) -> Condition | None:
+    """Validate one schema-valid condition entry (its detector's kind and parameters, its metric patterns)."""
+    n_before = len(doc.problems)
+    det = DETECTORS[cond["detector"]]
+    if det.kind != "each":
+        doc.problem(path + ["detector"], f"a condition needs a detector that reads each series on its own; "
+                                         f"'{det.name}' reads {'two series' if det.kind == 'pair' else 'a group'}",
+                    cid)
+        return None
+    params = dict(cond.get("params") or {})
+    takes = ", ".join(det.params) if det.params else "no parameters"
+    for k in params:
+        if k not in det.params:
+            doc.problem(path + ["params", k], f"unknown parameter '{k}' for detector '{det.name}'; it takes: "
+                                              f"{takes}", cid, key=True)
+    _schema_problems(doc, params, {"type": "object", "properties": {k: s for k, (s, _) in det.params.items()}},
+                     path + ["params"], cid)
+    metrics = _as_tuple(cond["metrics"])
+    for j, pat in enumerate(metrics):
+        if not pattern_can_match(pat):
+            sub = [j] if isinstance(cond["metrics"], list) else []
+            doc.problem(path + ["metrics"] + sub, f"metric pattern '{pat}' can never match a recorded metric "
+                                                  "(see README, 'What is measured')", cid)
+    if len(doc.problems) > n_before:
+        return None
+    return Condition(metrics, det.name, {**det.defaults(), **params}, _as_tuple(cond.get("exclude")),
+                     int(cond.get("within") or 0))
 
 
 def _load_file(path: Path, label: str, rules: RuleSet) -> None:
@@ -397,6 +492,12 @@ def _load_file(path: Path, label: str, rules: RuleSet) -> None:
                 rules.disabled.add(cid)
             elif entry.get("enabled") is True:
                 rules.disabled.discard(cid)
+    for i, entry in enumerate(entries):
+        if isinstance(entry, dict) and isinstance(entry.get("explains"), list) and entry.get("id") in known:
+            for j, other in enumerate(entry["explains"]):
+                if isinstance(other, str) and other not in known:
+                    doc.problem(["checks", i, "explains", j], f"explains unknown check '{other}'; loaded checks: "
+                                                              f"{', '.join(known)}", entry["id"])
     disable = data.get("disable") if isinstance(data.get("disable"), list) else []
     for j, cid in enumerate(disable):
         if cid not in known:

@@ -183,22 +183,23 @@ def _steps_text(first: int, last: int) -> str:
     return f"step {first}" if first == last else f"steps {first}–{last}"
 
 
-def _group_findings(findings: Sequence[Any], checks: dict[str, Any], src: _Series) -> list[dict[str, Any]]:
-    """One entry per check that fired (most severe first, then earliest), with the evidence chart of its first
-    finding and the list of all its findings (a NaN can give one finding per parameter)."""
-    order: dict[str, list[Any]] = {}
-    for f in findings:
-        order.setdefault(f.check, []).append(f)
+def _group_findings(diagnoses: Sequence[Any], checks: dict[str, Any], src: _Series) -> list[dict[str, Any]]:
+    """One entry per diagnosis (root cause first), with the evidence chart of its primary finding, the list of
+    all its findings (a NaN can give one finding per parameter) and the findings it explains."""
     groups = []
-    for i, (cid, fs) in enumerate(order.items()):
+    for i, d in enumerate(diagnoses):
+        cid, fs = d.check, list(d.findings)
         check = checks.get(cid)
         f = fs[0]
         chart = _evidence(i, f, check, src) if i < MAX_FINDING_CHARTS else None
-        groups.append({"check": cid, "severity": f.severity, "first": f, "findings": fs, "chart": chart,
+        groups.append({"check": cid, "severity": d.severity, "first": f, "findings": fs, "chart": chart,
                        "anchor": f"finding-{i}", "summary": check.summary if check else "",
                        "source": check.source if check else "", "hint": f.hint,
                        "steps": _steps_text(min(x.first_step for x in fs), max(x.last_step for x in fs)),
-                       "rows": [(x.metric, _steps_text(x.first_step, x.last_step), x.message) for x in fs]})
+                       "rows": [(x.metric, _steps_text(x.first_step, x.last_step), x.message) for x in fs],
+                       "explained": [(x.check, x.severity, x.metric, _steps_text(x.first_step, x.last_step),
+                                      x.message) for x in d.explained],
+                       "explained_checks": d.explained_checks})
     return groups
 
 
@@ -369,7 +370,7 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
     skipped = {s.check: s.reason for s in result.skipped} if result is not None else {}
     checks = result.checks if result is not None else {}
 
-    groups = _group_findings(result.findings if result is not None else [], checks, src)
+    groups = _group_findings(result.diagnoses if result is not None else [], checks, src)
 
     loss, phases = _loss_section(src, skipped)
     sections = [loss, _lr_section(src), _grad_section(src), _update_section(src), _act_section(src, skipped),
@@ -380,13 +381,11 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
         verdict = {"status": "unchecked", "label": "NOT CHECKED", "line": "no checks were evaluated (rules=None)"}
         counts = {"error": 0, "warning": 0, "info": 0}
     else:
+        from ..checks.output import summary_line
+
         counts = result.counts()
         label = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}[result.status]
-        parts = [f"{counts[k]} {k if counts[k] == 1 else k + 's' if k != 'info' else k}" for k in counts]
-        fired = len({f.check for f in result.findings})
-        verdict = {"status": result.status, "label": label, "line": " · ".join(parts)
-                   + (f" from {fired} check{'s' if fired != 1 else ''}" if fired else "")
-                   + f" — {len(result.checks)} checks: {len(result.passed)} passed, {len(result.skipped)} skipped"}
+        verdict = {"status": result.status, "label": label, "line": summary_line(result).split(": ", 1)[1]}
     status = meta.get("status")
     if status in ("crashed", "interrupted", "running") and verdict["status"] != "fail":
         # a run that did not finish is never a green PASS: the label says how it ended, the line what checks say

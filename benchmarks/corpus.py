@@ -1,0 +1,172 @@
+"""The default pack judged on the calibration corpus: per-check false-alarm rates and recall, tuned and held-out
+seeds reported apart.
+
+    python benchmarks/corpus.py [--runs DIR] [--reuse] [--seeds 0 1 2 3] [--tune-seeds 0 1] [--jobs 2]
+                                [--rules default ...] [--only NAME ...] [--show all|fail]
+
+Every scenario of ``dyncheck/scenarios`` (the original suite plus ``corpus_healthy`` and ``corpus_faults``) is
+trained once per seed with the monitor at its **defaults** (as a user attaches it), into ``DIR/<name>-s<seed>``.
+The rules are then evaluated on every run. Thresholds are meant to be tuned on the ``--tune-seeds`` and judged on
+the others, so the two halves are printed apart; the held-out half is what counts.
+
+- A healthy run has a **false alarm** when any warning or error fires (info findings, e.g. edge-of-stability, are
+  not alarms). The per-check table gives, for each check, the share of healthy runs it fired on.
+- A faulty run is **diagnosed** when one of its ``expected`` ids (its root causes) fired; the **first diagnosis is
+  correct** when the first of ``CheckResult.diagnoses`` is one of them. ``diagnoses`` counts the diagnoses at
+  warning or error (the target is at most two).
+- Recall per check: among faulty runs that expect the id, the share where it fired.
+
+``--reuse`` keeps runs already in DIR (re-evaluates only), which makes tuning rules fast. Training uses one thread
+per process; ``--jobs`` processes train in parallel. Exit status 0 when the held-out half meets the targets (no
+false alarm, every fault diagnosed, the first diagnosis correct for >= 90%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dyncheck.checks.engine import evaluate  # noqa: E402
+from dyncheck.checks.rules import load_rules  # noqa: E402
+from dyncheck.scenarios import SCENARIOS  # noqa: E402
+from dyncheck.store import STORE_FILENAME  # noqa: E402
+
+ALARM = ("error", "warning")
+
+
+def _train(job: tuple[str, int, str]) -> tuple[str, int, float, str]:
+    name, seed, out = job
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    from dyncheck.scenarios import run_scenario
+
+    t = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run_scenario(name, out, seed=seed, at_defaults=True, run_name=f"{name}-s{seed}",
+                         monitor_kwargs={"rules": None, "report": False})
+        err = ""
+    except Exception as e:  # a scenario that cannot train is reported, not fatal for the table
+        err = f"{type(e).__name__}: {e}"
+    return name, seed, time.perf_counter() - t, err
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", help="directory for the runs (default: a temporary one)")
+    ap.add_argument("--reuse", action="store_true", help="keep runs already in --runs; train only missing ones")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--tune-seeds", type=int, nargs="*", default=[0, 1],
+                    help="seeds the rules were tuned on (reported apart from the held-out ones)")
+    ap.add_argument("--jobs", type=int, default=2, help="training processes in parallel")
+    ap.add_argument("--rules", nargs="+", default=["default"])
+    ap.add_argument("--only", nargs="+", default=None, help="only these scenarios")
+    ap.add_argument("--show", choices=["all", "fail"], default="fail", help="which runs to list one per line")
+    args = ap.parse_args()
+    names = args.only or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenarios {unknown}")
+    rules = load_rules(args.rules)
+    tmp = None if args.runs else tempfile.TemporaryDirectory()
+    out = Path(args.runs or tmp.name)  # type: ignore[union-attr]
+    out.mkdir(parents=True, exist_ok=True)
+
+    jobs = [(n, s, str(out)) for n in names for s in args.seeds
+            if not (args.reuse and (out / f"{n}-s{s}" / STORE_FILENAME).exists())]
+    t0 = time.perf_counter()
+    failed: dict[tuple[str, int], str] = {}
+    if jobs:
+        print(f"training {len(jobs)} runs with {args.jobs} processes ...", flush=True)
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for name, seed, secs, err in pool.map(_train, jobs):
+                if err:
+                    failed[(name, seed)] = err
+                    print(f"  {name}-s{seed}: FAILED TO TRAIN: {err}", flush=True)
+    t_train = time.perf_counter() - t0
+
+    rows = []
+    t1 = time.perf_counter()
+    for name in names:
+        sc = SCENARIOS[name]
+        for seed in args.seeds:
+            run_dir = out / f"{name}-s{seed}"
+            if (name, seed) in failed or not (run_dir / STORE_FILENAME).exists():
+                continue
+            res = evaluate(run_dir / STORE_FILENAME, rules)
+            alarms = sorted({f.check for f in res.findings if f.severity in ALARM})
+            found = {f.check for f in res.findings}
+            diags = [d for d in res.diagnoses if d.severity in ALARM] or res.diagnoses
+            rows.append({"name": name, "seed": seed, "sc": sc, "alarms": alarms, "found": found,
+                         "diagnoses": [d.check for d in diags],
+                         "n_diag": sum(d.severity in ALARM for d in res.diagnoses)})
+    t_eval = time.perf_counter() - t1
+
+    ok = True
+    for split, seeds in (("tuned", set(args.tune_seeds)), ("held-out", set(args.seeds) - set(args.tune_seeds))):
+        part = [r for r in rows if r["seed"] in seeds]
+        if not part:
+            continue
+        ok_split = _report(split, part, rules, args.show)
+        if split == "held-out":
+            ok = ok_split
+    print(f"\n{len(rows)} runs; training {t_train:.0f} s, evaluation {t_eval:.1f} s")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0 if ok else 1
+
+
+def _report(split: str, rows: list[dict], rules, show: str) -> bool:
+    healthy = [r for r in rows if r["sc"].healthy]
+    faulty = [r for r in rows if not r["sc"].healthy]
+    print(f"\n=== {split} seeds: {len(healthy)} healthy runs, {len(faulty)} faulty runs ===")
+    for r in rows:
+        sc = r["sc"]
+        if sc.healthy:
+            bad = [a for a in r["alarms"] if a not in sc.allowed]
+            verdict = "FALSE ALARM" if bad else "clean"
+        else:
+            diagnosed = bool(sc.expected & r["found"])
+            first_ok = bool(r["diagnoses"]) and r["diagnoses"][0] in sc.expected
+            verdict = ("MISSED" if not diagnosed else "FIRST WRONG" if not first_ok
+                       else "TOO MANY" if r["n_diag"] > 2 else "diagnosed")
+        r["verdict"] = verdict
+        if show == "all" or verdict not in ("clean", "diagnosed"):
+            print(f"  {r['name'] + '-s' + str(r['seed']):<46} {verdict:<11} expected={sorted(sc.expected)} "
+                  f"diagnoses={r['diagnoses']} alarms={r['alarms']}")
+    # per check
+    ids = [c.id for c in rules]
+    print(f"\n  {'check':<24} {'false alarms (healthy)':>24} {'recall (faults expecting it)':>30}")
+    for cid in ids:
+        fa = sum(cid in r["alarms"] and cid not in r["sc"].allowed for r in healthy)
+        exp = [r for r in faulty if cid in r["sc"].expected]
+        rec = sum(cid in r["found"] for r in exp)
+        rec_s = f"{rec}/{len(exp)} ({rec / len(exp):.0%})" if exp else "-"
+        print(f"  {cid:<24} {f'{fa}/{len(healthy)} ({fa / max(1, len(healthy)):.0%})':>24} {rec_s:>30}")
+    clean = sum(r["verdict"] == "clean" for r in healthy)
+    diagnosed = sum(bool(r["sc"].expected & r["found"]) for r in faulty)
+    first = sum(bool(r["diagnoses"]) and r["diagnoses"][0] in r["sc"].expected for r in faulty)
+    nd = [r["n_diag"] for r in faulty]
+    print(f"\n  healthy runs without a false alarm: {clean}/{len(healthy)}")
+    if faulty:
+        print(f"  faulty runs diagnosed:              {diagnosed}/{len(faulty)}")
+        print(f"  first diagnosis correct:            {first}/{len(faulty)} ({first / len(faulty):.0%})")
+        print(f"  diagnoses per faulty run:           median {statistics.median(nd):g}, max {max(nd)}, "
+              f"<= 2 on {sum(n <= 2 for n in nd)}/{len(nd)}")
+    return clean == len(healthy) and diagnosed == len(faulty) and (not faulty or first >= 0.9 * len(faulty))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

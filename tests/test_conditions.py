@@ -1,0 +1,193 @@
+"""Checks that read more than one signal: ``when:`` / ``unless:`` conditions on companion series, the detectors
+made for them (present, step_change, trend), and their validation in rule files."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from dyncheck.checks.detectors import present, step_change, trend
+from dyncheck.checks.engine import evaluate
+from dyncheck.checks.rules import load_rules
+from dyncheck.errors import RuleError
+
+
+def _rules(tmp_path, body: str):
+    p = tmp_path / "rules.yaml"
+    p.write_text(textwrap.dedent(body))
+    return load_rules([str(p)])
+
+
+SPIKE = """
+    checks:
+      - id: jump
+        summary: a jump
+        severity: warning
+        metrics: loss/train
+        detector: threshold
+        params: {above: 5}
+        message: "{metric} at {step}"
+"""
+
+
+def _loss_with_jump(n=400, at=200):
+    steps = np.arange(n)
+    v = np.ones(n)
+    v[at:at + 3] = 10.0
+    return steps, v
+
+
+# -- detectors against known answers ------------------------------------------------------------------------------
+def test_step_change_finds_schedule_events():
+    steps = np.arange(10)
+    lr = np.array([0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.1, 0.1, 0.0, 0.1])
+    m, _, _ = step_change(steps, lr, factor=2.0)
+    assert np.flatnonzero(m).tolist() == [3, 6, 8, 9]
+    m, _, _ = step_change(steps, lr, factor=2.0, direction="up")
+    assert np.flatnonzero(m).tolist() == [6, 9]  # 0.01 -> 0.1 and the restart from exactly 0
+    m, _, _ = step_change(steps, lr, factor=2.0, direction="down")
+    assert np.flatnonzero(m).tolist() == [3, 8]
+    # a smooth warm-up / cosine never changes by 2x from one step to the next
+    smooth = 0.1 * (np.arange(1, 201) / 200)
+    assert not step_change(np.arange(180), smooth[20:], factor=2.0)[0].any()
+
+
+def test_present_is_one_verdict():
+    assert present(np.arange(3), np.array([np.nan, 1.0, 2.0]))[0].tolist() == [False, False, True]
+    assert not present(np.arange(2), np.array([np.nan, np.nan]))[0].any()
+    assert not present(np.zeros(0, np.int64), np.zeros(0))[0].any()
+
+
+def test_trend_against_brute_force_and_noise():
+    rng = np.random.default_rng(0)
+    n, w = 600, 50
+    steps = np.arange(n)
+    falling = np.exp(-steps / 200) * np.exp(0.1 * rng.standard_normal(n))
+    flat = np.exp(0.3 * rng.standard_normal(n))  # heavy noise, no trend
+    m, change, _ = trend(steps, falling, direction="falling", window=w)
+    # brute force: median of the last w log-values minus the median of the w before them
+    x = np.log10(falling)
+    for i in (2 * w - 1, 300, n - 1):
+        ref = np.median(x[i - 2 * w + 1: i - w + 1])
+        assert change[i] == pytest.approx(np.median(x[i - w + 1: i + 1]) - ref)
+    assert m[2 * w - 1:].mean() > 0.95 and not m[: 2 * w - 1].any()
+    # pure noise is neither falling nor rising at z=3 (allow the rare point: 3 sigma, correlated windows)
+    for d in ("falling", "rising"):
+        assert trend(steps, flat, direction=d, window=w)[0].mean() < 0.02
+    # since=start: the change from the first window
+    m, change, _ = trend(steps, falling, direction="falling", window=w, since="start")
+    assert change[n - 1] == pytest.approx(np.median(x[-w:]) - np.median(x[:w]))
+    # too short for two windows: never holds
+    assert not trend(steps[:99], falling[:99], window=50)[0].any()
+
+
+def test_trend_min_change_and_linear_scale():
+    steps = np.arange(400)
+    v = 1.0 - steps * 1e-5  # falls very slightly but without noise: significant, yet tiny
+    assert trend(steps, v, direction="falling", window=50, log=False)[0][-1]
+    assert not trend(steps, v, direction="falling", window=50, log=False, min_change=0.01)[0].any()
+
+
+# -- conditions in the engine -------------------------------------------------------------------------------------
+def test_unless_rules_out_at_the_same_step(tmp_path):
+    rules = _rules(tmp_path, SPIKE + """
+        unless:
+          - metrics: lr/*
+            detector: step_change
+            params: {factor: 2}
+            within: 5
+    """)
+    steps, loss = _loss_with_jump()
+    lr_event = (steps, np.where(steps < 198, 0.01, 0.1))  # restart two steps before the jump
+    lr_none = (steps, np.full(steps.size, 0.01))
+    assert evaluate({"loss/train": (steps, loss), "lr/SGD/pg0": lr_event}, rules).findings == []
+    (f,) = evaluate({"loss/train": (steps, loss), "lr/SGD/pg0": lr_none}, rules).findings
+    assert f.first_step == 200
+    # an event far from the jump does not excuse it
+    lr_far = (steps, np.where(steps < 100, 0.01, 0.1))
+    assert len(evaluate({"loss/train": (steps, loss), "lr/SGD/pg0": lr_far}, rules).findings) == 1
+    # the companion not recorded: the condition does not hold, the check fires
+    assert len(evaluate({"loss/train": (steps, loss)}, rules).findings) == 1
+
+
+def test_unless_without_within_takes_the_latest_point(tmp_path):
+    rules = _rules(tmp_path, SPIKE + """
+        unless:
+          - metrics: logged/ok
+            detector: threshold
+            params: {above: 0.5}
+    """)
+    steps, loss = _loss_with_jump()
+    # recorded every 100 steps: at 200 the latest point (200) says ok; shifted to 150/250 the one at 150 says not
+    ok_at_200 = (np.array([0, 100, 200, 300]), np.array([0.0, 0.0, 1.0, 0.0]))
+    assert evaluate({"loss/train": (steps, loss), "logged/ok": ok_at_200}, rules).findings == []
+    ok_at_250 = (np.array([0, 150, 250]), np.array([0.0, 0.0, 1.0]))
+    (f,) = evaluate({"loss/train": (steps, loss), "logged/ok": ok_at_250}, rules).findings
+    assert (f.first_step, f.last_step) == (200, 202)
+
+
+def test_when_requires_every_condition(tmp_path):
+    rules = _rules(tmp_path, SPIKE + """
+        when:
+          - {metrics: "lr/Adam*", detector: present}
+          - {metrics: logged/flag, detector: threshold, params: {above: 0}}
+    """)
+    steps, loss = _loss_with_jump()
+    flag = (steps, (steps >= 201).astype(float))
+    base = {"loss/train": (steps, loss), "logged/flag": flag}
+    assert evaluate(base, rules).findings == []  # no Adam: the whole-run condition fails everywhere
+    (f,) = evaluate({**base, "lr/Adam/pg0": (steps, np.full(steps.size, 1e-3))}, rules).findings
+    assert (f.first_step, f.last_step) == (201, 202)  # where the flag holds too
+
+
+def test_conditions_combine_with_for_and_warmup(tmp_path):
+    rules = _rules(tmp_path, SPIKE.replace("        message:", "        for: 3\n        message:") + """
+        unless:
+          - {metrics: logged/excuse, detector: threshold, params: {above: 0}}
+    """)
+    steps, loss = _loss_with_jump()
+    excuse = (steps, (steps == 201).astype(float))  # breaks the 3-step run in the middle
+    assert evaluate({"loss/train": (steps, loss), "logged/excuse": excuse}, rules).findings == []
+
+
+# -- validation ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cond, expected", [
+    ("{metrics: lr/*, detector: nope}", "expected one of"),
+    ("{metrics: lr/*, detector: spread}", "a condition needs a detector that reads each series on its own"),
+    ("{metrics: lr/*, detector: step_change, params: {factr: 2}}", "unknown parameter 'factr' for detector "
+                                                                   "'step_change'; it takes: factor, direction"),
+    ("{metrics: lr/*, detector: step_change, params: {factor: 0.5}}", "expected a number > 1"),
+    ("{metrics: nonsense/x, detector: present}", "metric pattern 'nonsense/x' can never match"),
+    ("{detector: present}", "missing required key 'metrics'"),
+    ("{metrics: lr/*, detector: present, within: -1}", "'within': expected an integer >= 0"),
+    ("{metrics: lr/*, detector: present, wihtin: 3}", "unknown key 'wihtin'"),
+])
+def test_bad_conditions_are_named(tmp_path, cond, expected):
+    with pytest.raises(RuleError) as e:
+        _rules(tmp_path, SPIKE + f"        unless: [{cond}]\n")
+    assert expected in str(e.value) and "rules.yaml:" in str(e.value) and "check 'jump'" in str(e.value)
+
+
+def test_explains_unknown_and_self(tmp_path):
+    with pytest.raises(RuleError, match="explains unknown check 'nope'"):
+        _rules(tmp_path, SPIKE + "        explains: [nope]\n")
+    with pytest.raises(RuleError, match="a check cannot explain itself"):
+        _rules(tmp_path, SPIKE + "        explains: [jump]\n")
+
+
+def test_override_keeps_conditions_of_the_earlier_file(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(textwrap.dedent(SPIKE + """
+        unless:
+          - {metrics: logged/excuse, detector: threshold, params: {above: 0}}
+    """))
+    over = tmp_path / "over.yaml"
+    over.write_text("checks:\n  - id: jump\n    severity: error\n")
+    rules = load_rules([str(base), str(over)])
+    c = rules["jump"]
+    assert c.severity == "error" and len(c.unless) == 1 and c.unless[0].params["above"] == 0
+    steps, loss = _loss_with_jump()
+    assert evaluate({"loss/train": (steps, loss), "logged/excuse": (steps, np.ones(steps.size))}, rules
+                    ).findings == []
