@@ -191,3 +191,19 @@ def test_override_keeps_conditions_of_the_earlier_file(tmp_path):
     steps, loss = _loss_with_jump()
     assert evaluate({"loss/train": (steps, loss), "logged/excuse": (steps, np.ones(steps.size))}, rules
                     ).findings == []
+
+
+def test_all_of_is_a_conjunction(tmp_path):
+    rules = _rules(tmp_path, SPIKE + """
+        unless:
+          - all:
+              - {metrics: logged/a, detector: threshold, params: {above: 0}}
+              - {metrics: logged/b, detector: threshold, params: {above: 0}}
+    """)
+    steps, loss = _loss_with_jump()
+    on, off = (steps, np.ones(steps.size)), (steps, np.zeros(steps.size))
+    assert evaluate({"loss/train": (steps, loss), "logged/a": on, "logged/b": on}, rules).findings == []
+    assert len(evaluate({"loss/train": (steps, loss), "logged/a": on, "logged/b": off}, rules).findings) == 1
+    with pytest.raises(RuleError, match="unknown parameter 'abve'"):
+        _rules(tmp_path, SPIKE + "        unless: [{all: [{metrics: logged/a, detector: threshold, "
+                                 "params: {abve: 0}}]}]\n")

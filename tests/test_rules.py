@@ -9,7 +9,8 @@ from dyncheck.errors import ConfigError, RuleError
 
 DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "exploding-gradients", "vanishing-gradients",
                "dead-units", "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence",
-               "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability"]
+               "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability", "lr-collapse",
+               "layers-not-learning"]
 
 
 def write(tmp_path, text, name="rules.yaml"):
@@ -107,9 +108,9 @@ def test_unknown_detector_and_parameter(tmp_path):
             detector: spike
             params: {factr: 2, window: 0}
     """)
-    assert got[0].startswith(f"{f}:7:15: check 'c1': 'detector': expected one of divergence, growth, no_progress")
+    assert got[0].startswith(f"{f}:7:15: check 'c1': 'detector': expected one of collapse, divergence, growth, improves_later, no_progress")
     assert got[1] == (f"{f}:13:14: check 'c2': unknown parameter 'factr' for detector 'spike'; it takes: window, "
-                      "factor, min_jump, robust_z, max_duration, min_history")
+                      "factor, min_jump, robust_z, max_duration, min_history, tail, tail_quantile")
     assert got[2] == (f"{f}:13:32: check 'c2': 'window': expected an integer >= 1, got 0")
 
 
@@ -150,7 +151,7 @@ def test_message_fields_are_checked(tmp_path):
             message: "{value:.2f} at {stepp}"
     """)
     assert got == [f"{f}:8:14: check 'c1': message names {{stepp}}; fields available here: value, step, "
-                   "first_step, last_step, metric, check, points, level, ratio"]
+                   "first_step, last_step, steps, metric, check, points, level, ratio"]
 
 
 def test_new_check_missing_keys_and_duplicates(tmp_path):
@@ -193,3 +194,19 @@ def test_missing_file_and_bad_source_type(tmp_path):
         load_rules(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="expected 'default' or a path"):
         load_rules([3])
+
+
+def test_readme_rule_example_is_valid(tmp_path):
+    """The rule file shown in README ("Rule files") loads on top of the default pack as shown."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Rule files"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    p = tmp_path / "readme.yaml"
+    p.write_text(block)
+    rules = load_rules(["default", str(p)])
+    c = rules["loss-spike"]
+    assert c.unless and c.unless[0].detector == "step_change" and c.explains == ("update-too-large",)
+    assert "update-too-small" in rules.disabled

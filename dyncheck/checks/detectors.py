@@ -183,12 +183,15 @@ def nonfinite(steps, values, *, metric="", **_):
     return mask, v, {}
 
 
-def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, max_duration=10, min_history=5, **_):
+def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, max_duration=10, min_history=5,
+          tail=0.0, tail_quantile=0.99, **_):
     """A jump to more than ``factor`` times the median of the previous ``window`` values (the recent level) that
     falls back under that within ``max_duration`` points -- longer excursions are divergence, not spikes. The jump must also
     exceed ``min_jump`` times the series' initial level (so tiny absolute wiggles of a loss near zero do not count)
     and ``robust_z`` robust standard deviations (1.4826 MAD) of the recent values (so batch-to-batch noise does
-    not count)."""
+    not count). With ``tail`` > 0 the jump must also stand out of the run's own heavy tail: its log-ratio to the
+    recent level must exceed ``tail`` times the ``tail_quantile`` of all the run's log-ratios (a batch-2 SGD run
+    whose per-batch loss often jumps 20x must jump far beyond that; a clean run's 99th percentile is ~2x)."""
     v = np.asarray(values, dtype=float)
     # v > factor x median(window) implies v > factor x min(window): medians are needed only at those points
     low = _rolling(v, window, np.min, include_current=False)
@@ -208,6 +211,8 @@ def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, m
             mad = np.full(v.size, np.nan)
             mad[idx] = _rolling_mad(v, window, idx)
             above &= jump > robust_z * 1.4826 * mad
+        if tail > 0 and above.any():
+            above &= _log_ratio(v, window) > tail * _tail_level(v, window, tail_quantile)
     mask = np.zeros_like(above)
     for s, _ in _runs(above):
         # the excursion lasts until the value falls back under factor x the level from before the jump; the
@@ -219,6 +224,20 @@ def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, m
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = v / level
     return mask, v, {"level": level, "ratio": ratio}
+
+
+def _log_ratio(v: np.ndarray, window: int) -> np.ndarray:
+    """log10 of each value over the median of the ``window`` values before it (NaN where undefined)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.log10(v / rolling_median_prev(v, window))
+
+
+def _tail_level(v: np.ndarray, window: int, q: float) -> float:
+    """The ``q`` quantile of the run's upward log-ratios to their recent level (its ordinary excursions), at least
+    log10(2) so that a nearly noise-free run does not make every small bump look extreme."""
+    r = _log_ratio(v, window)
+    r = r[np.isfinite(r)]
+    return max(float(np.quantile(r, q)) if r.size else 0.0, float(np.log10(2.0)))
 
 
 def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, min_points=10, **_):
@@ -282,7 +301,8 @@ def growth(steps, values, *, factor=100.0, bound=None, window=1, peak_factor=Non
         if bound is not None:
             mask |= sm > bound
         ratio = sm / base if base > 0 else np.full(n, np.nan)
-    return mask, sm, {"baseline": np.full(n, base), "ratio": ratio}
+    shown = np.where(np.isnan(sm), v, sm)  # a point that fired as infinite (or a raw peak) shows its own value
+    return mask, shown, {"baseline": np.full(n, base), "ratio": ratio}
 
 
 def no_progress(steps, values, *, min_improvement=0.1, share=0.1, min_points=10, **_):
@@ -337,6 +357,46 @@ def plateau(steps, values, *, early=0.35, min_improvement=0.1, min_early_progres
         mask[i] = True
         out[i] = level
     return mask, out, {"initial": np.full(v.size, start)}
+
+
+def collapse(steps, values, *, below=1e-3, early=0.5, **_):
+    """The value falls below ``below`` times its running maximum before the first ``early`` share of the run's
+    steps and stays below it to the end (a learning rate that a mis-stepped schedule drove to ~0; a cosine that
+    reaches 0 at the end, or a warm restart's dip, does not count). Reported at the step it first fell."""
+    v = np.asarray(values, dtype=float)
+    s = np.asarray(steps)
+    mask = np.zeros(v.size, bool)
+    out = np.full(v.size, np.nan)
+    if v.size < 3:
+        return mask, out, {}
+    peak = np.maximum.accumulate(np.where(np.isfinite(v), v, -np.inf))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low = (v < below * peak) & (peak > 0)
+        rel = v / peak
+    # stays low to the end: the last point that is not low
+    not_low = np.flatnonzero(~low)
+    first = int(not_low[-1]) + 1 if not_low.size else 0
+    if first < v.size and s[first] - s[0] <= early * (s[-1] - s[0]):
+        mask[first:] = True
+    out[:] = rel
+    return mask, out, {"peak": peak}
+
+
+def improves_later(steps, values, *, min_improvement=0.1, min_points=4, **_):
+    """At each point: the series later gets lower than it is there by more than ``min_improvement`` of the
+    progress it made up to there (from its first value), and by more than 1% of its value -- it is still
+    improving after that point (e.g. a validation loss that keeps falling while the training loss looks flat)."""
+    v = np.asarray(values, dtype=float)
+    mask = np.zeros(v.size, bool)
+    if np.isfinite(v).sum() < min_points:
+        return mask, v, {}
+    w = np.where(np.isfinite(v), v, np.inf)
+    later_best = np.concatenate([np.minimum.accumulate(w[::-1])[::-1][1:], [np.inf]])
+    start = float(v[np.isfinite(v)][0])
+    with np.errstate(invalid="ignore"):
+        gain = v - later_best
+        mask = (gain > min_improvement * np.maximum(start - v, 0)) & (gain > 0.01 * np.abs(v)) & np.isfinite(v)
+    return mask, gain, {}
 
 
 def present(steps, values, **_):
@@ -469,9 +529,11 @@ def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, min
 
 
 # -- group --------------------------------------------------------------------------------------------------------
-def spread(series, *, below=1e-3, min_series=2, **_):
-    """Across the matched series at each common step: the smallest positive value over the largest is below
-    ``below`` (orders of magnitude apart). Zeros are left out: parameters without gradient are another check."""
+def spread(series, *, below=1e-3, min_series=2, reference="max", min_share=0.0, **_):
+    """Across the matched series at each common step: the smallest positive value over the ``reference`` (the
+    largest, or the ``median`` of the series) is below ``below`` (orders of magnitude apart), and at least
+    ``min_share`` of the series are that far below it (one odd parameter is not a pattern of the network). Zeros
+    are left out: parameters without gradient are another check."""
     if len(series) < min_series:
         return np.array([], dtype=np.int64), np.zeros(0, bool), np.zeros(0), {}
     steps = np.asarray(series[0][1])
@@ -486,8 +548,17 @@ def spread(series, *, below=1e-3, min_series=2, **_):
     cols = np.arange(mat.shape[1])
     lo, hi = mat[lo_idx, cols], mat[hi_idx, cols]
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = lo / hi
-        mask = (r < below) & (ok.sum(axis=0) >= min_series)
+        if reference == "median":
+            with _quiet():
+                ref = np.nanmedian(np.where(ok, mat, np.nan), axis=0)
+        else:
+            ref = hi
+        r = lo / ref
+        n_ok = ok.sum(axis=0)
+        mask = (r < below) & (n_ok >= min_series)
+        if min_share > 0:
+            n_low = (ok & (mat < below * ref)).sum(axis=0)
+            mask &= n_low >= np.maximum(1, np.ceil(min_share * n_ok))
     return steps, mask, r, {"lowest": lo_idx, "highest": hi_idx}
 
 
@@ -505,7 +576,8 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
     Detector("spike", "each", spike,
              {"window": (_COUNT, 20), "factor": (_POS, 3.0), "min_jump": ({"type": "number", "minimum": 0}, 0.0),
               "robust_z": ({"type": "number", "minimum": 0}, 0.0), "max_duration": (_COUNT, 10),
-              "min_history": (_COUNT, 5)}, ("level", "ratio")),
+              "min_history": (_COUNT, 5), "tail": ({"type": "number", "minimum": 0}, 0.0),
+              "tail_quantile": ({"type": "number", "minimum": 0.5, "maximum": 1}, 0.99)}, ("level", "ratio")),
     Detector("divergence", "each", divergence,
              {"window": (_COUNT, 10), "factor": (_POS, 2.0), "lost": (_SHARE, 0.5),
               "at_end": ({"type": "boolean"}, True), "min_points": (_COUNT, 10)},
@@ -520,6 +592,9 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
              {"early": (_SHARE, 0.35), "min_improvement": (_NUM, 0.1), "min_early_progress": (_NUM, 0.2),
               "min_level": (_NUM, 0.2), "share": (_SHARE, 0.1), "min_points": (_COUNT, 20)}, ("initial",),
              whole_run=True),
+    Detector("collapse", "each", collapse, {"below": (_POS, 1e-3), "early": (_SHARE, 0.5)}, ("peak",)),
+    Detector("improves_later", "each", improves_later,
+             {"min_improvement": ({"type": "number", "minimum": 0}, 0.1), "min_points": (_COUNT, 4)}),
     Detector("present", "each", present, {}, whole_run=True),
     Detector("step_change", "each", step_change,
              {"factor": ({"type": "number", "exclusiveMinimum": 1}, 2.0),
@@ -534,6 +609,8 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
              {"rise": (_NUM, 0.1), "min_rise": (_NUM, 0.0), "fall": (_NUM, 0.0), "min_points": (_COUNT, 3),
               "min_run": (_COUNT, 1), "at_end": ({"type": "boolean"}, False)},
              ("b_min", "a", "rise")),
-    Detector("spread", "group", spread, {"below": (_POS, 1e-3), "min_series": (_COUNT, 2)},
+    Detector("spread", "group", spread, {"below": (_POS, 1e-3), "min_series": (_COUNT, 2),
+                                         "reference": ({"enum": ["max", "median"]}, "max"),
+                                         "min_share": (_SHARE, 0.0)},
              ("lowest", "highest")),
 ]}

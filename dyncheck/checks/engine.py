@@ -230,6 +230,11 @@ def _fired(check: Check, steps: np.ndarray, mask: np.ndarray, span: tuple[int, i
 
 def _condition_mask(cond: Condition, at: np.ndarray, src: "SeriesSource", span: tuple[int, int]) -> np.ndarray:
     """Whether ``cond`` holds at each of the steps ``at`` (see :class:`~dyncheck.checks.rules.Condition`)."""
+    if cond.all:
+        out = np.ones(at.size, bool)
+        for part in cond.all:
+            out &= _condition_mask(part, at, src, span)
+        return out
     det = DETECTORS[cond.detector]
     out = np.zeros(at.size, bool)
     whole = det.whole_run or cond.params.get("scope") in ("last", "median")
@@ -279,9 +284,10 @@ def _finding(check: Check, metric: str, steps: np.ndarray, fired: np.ndarray, va
         return None
     i = int(idx[0])
     v = float(value[i]) if value.size else float("nan")
-    fields: dict[str, Any] = {"value": v, "step": int(steps[i]), "first_step": int(steps[i]),
-                              "last_step": int(steps[idx[-1]]), "metric": metric, "check": check.id,
-                              "points": int(idx.size)}
+    first, last = int(steps[i]), int(steps[idx[-1]])
+    fields: dict[str, Any] = {"value": v, "step": first, "first_step": first, "last_step": last,
+                              "steps": f"step {first}" if first == last else f"steps {first}-{last}",
+                              "metric": metric, "check": check.id, "points": int(idx.size)}
     for k, arr in extra.items():
         a = np.asarray(arr)
         if names is not None and k in ("lowest", "highest"):

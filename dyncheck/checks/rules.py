@@ -45,7 +45,7 @@ __all__ = ["Check", "Condition", "RuleSet", "load_rules", "default_rules_path", 
 
 SEVERITIES = ("error", "warning", "info")
 #: fields every message template may name
-BASE_FIELDS = ("value", "step", "first_step", "last_step", "metric", "check", "points")
+BASE_FIELDS = ("value", "step", "first_step", "last_step", "steps", "metric", "check", "points")
 _CHECK_KEYS = ("id", "summary", "severity", "metrics", "exclude", "detector", "params", "for", "warmup", "message",
                "hint", "when", "unless", "explains", "enabled")
 _REQUIRED_NEW = ("summary", "severity", "metrics", "detector")
@@ -64,7 +64,10 @@ CONDITION_SCHEMA: dict[str, Any] = {
         "within": {"type": "integer", "minimum": 0},
     },
 }
-_CONDITIONS = {"type": "array", "items": CONDITION_SCHEMA}
+_ALL_OF = {"type": "object", "required": ["all"], "additionalProperties": False,
+           "properties": {"all": {"type": "array", "items": {"type": "object"}, "minItems": 1}}}
+# each item is validated on its own (CONDITION_SCHEMA, or _ALL_OF for {all: [...]}), for precise messages
+_CONDITIONS = {"type": "array", "items": {"type": "object"}}
 CHECK_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["id"],
@@ -79,7 +82,7 @@ CHECK_SCHEMA: dict[str, Any] = {
             {"type": "object", "required": ["a", "b"], "additionalProperties": False,
              "properties": {"a": {"type": "string", "minLength": 1}, "b": {"type": "string", "minLength": 1}}},
         ]},
-        "exclude": {"anyOf": [{"type": "string", "minLength": 1}, _GLOBS]},
+        "exclude": {"anyOf": [{"type": "string", "minLength": 1}, {**_GLOBS, "minItems": 0}]},
         "detector": {"enum": sorted(DETECTORS)},
         "params": {"type": "object"},
         "for": {"type": "integer", "minimum": 1},
@@ -124,8 +127,12 @@ class Condition:
     params: Mapping[str, Any] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
     within: int = 0
+    #: ``{all: [...]}``: a conjunction -- holds where every one of these holds (``metrics`` is then empty)
+    all: tuple["Condition", ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        if self.all:
+            return {"all": [c.to_dict() for c in self.all]}
         return {"metrics": list(self.metrics), "detector": self.detector, "params": dict(self.params),
                 "exclude": list(self.exclude), "within": self.within}
 
@@ -397,7 +404,8 @@ def _check_entry(doc: _Doc, i: int, entry: dict[str, Any], known: dict[str, Chec
             doc.problem(base + ["message"], f"message names {', '.join('{' + b + '}' for b in bad)}; "
                                             f"fields available here: {', '.join(allowed)}", cid)
         else:
-            sample = {f: 1.0 for f in allowed} | {"metric": "m", "check": cid, "lowest": "m", "highest": "m"}
+            sample = {f: 1.0 for f in allowed} | {"metric": "m", "check": cid, "lowest": "m", "highest": "m",
+                                                  "steps": "steps 1-2"}
             try:
                 merged["message"].format(**sample)
             except (ValueError, IndexError, KeyError) as e:
@@ -424,13 +432,21 @@ def _check_entry(doc: _Doc, i: int, entry: dict[str, Any], known: dict[str, Chec
 
 def _as_condition(d: Mapping[str, Any]) -> Condition:
     """A condition already validated (inherited from an earlier file, in :meth:`Condition.to_dict` form)."""
+    if "all" in d:
+        return Condition((), "", all=tuple(_as_condition(c) for c in d["all"]))
     return Condition(tuple(d["metrics"]), d["detector"], dict(d.get("params") or {}), tuple(d.get("exclude") or ()),
                      int(d.get("within") or 0))
 
 
 def _condition(doc: _Doc, path: list[Any], cond: Mapping[str, Any], cid: str) -> Condition | None:
-    """Validate one schema-valid condition entry (its detector's kind and parameters, its metric patterns)."""
+    """Validate one condition entry (its schema, its detector's kind and parameters, its metric patterns)."""
     n_before = len(doc.problems)
+    _schema_problems(doc, cond, _ALL_OF if "all" in cond else CONDITION_SCHEMA, path, cid)
+    if len(doc.problems) > n_before:
+        return None
+    if "all" in cond:
+        parts = [_condition(doc, path + ["all", j], c, cid) for j, c in enumerate(cond["all"])]
+        return None if any(p is None for p in parts) else Condition((), "", all=tuple(parts))  # type: ignore
     det = DETECTORS[cond["detector"]]
     if det.kind != "each":
         doc.problem(path + ["detector"], f"a condition needs a detector that reads each series on its own; "

@@ -642,7 +642,7 @@ def _random_labels() -> Setup:
 
 @_scenario("premature-plateau-lr-collapse", "cnn",
            "a schedule bug cuts the lr by 1e-4 after 15% of the run: the loss freezes far above where it would go",
-           expected={"premature-plateau"}, allowed={"update-too-small"})
+           expected={"premature-plateau", "lr-collapse"}, allowed={"update-too-small"})
 def _plateau() -> Setup:
     train, val = digits(shape="image", batch_size=32)
     steps = 400
