@@ -16,7 +16,8 @@ the others, so the two halves are printed apart; the held-out half is what count
   warning or error (the target is at most two).
 - Recall per check: among faulty runs that expect the id, the share where it fired.
 
-``--reuse`` keeps runs already in DIR (re-evaluates only), which makes tuning rules fast. Training uses one thread
+``--reuse`` keeps runs already in DIR whose scenario code has not changed since (re-evaluates only), which makes
+tuning rules fast. Training uses one thread
 per process; ``--jobs`` processes train in parallel. Exit status 0 when the held-out half meets the targets (no
 false alarm, every fault diagnosed, the first diagnosis correct for >= 90%).
 """
@@ -40,6 +41,21 @@ from dyncheck.scenarios import SCENARIOS  # noqa: E402
 from dyncheck.store import STORE_FILENAME  # noqa: E402
 
 ALARM = ("error", "warning")
+STAMP = "scenario.sha"  # beside each run: a hash of its scenario's source, so --reuse retrains changed ones
+
+
+def _stamp(name: str) -> str:
+    import hashlib
+    import inspect
+
+    sc = SCENARIOS[name]
+    src = inspect.getsource(sc.build) + repr((sorted(sc.expected), sorted(sc.allowed), sorted(sc.monitor.items())))
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
+def _fresh(run_dir: Path, name: str) -> bool:
+    stamp = run_dir / STAMP
+    return (run_dir / STORE_FILENAME).exists() and stamp.exists() and stamp.read_text().strip() == _stamp(name)
 
 
 def _train(job: tuple[str, int, str]) -> tuple[str, int, float, str]:
@@ -55,8 +71,9 @@ def _train(job: tuple[str, int, str]) -> tuple[str, int, float, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            run_scenario(name, out, seed=seed, at_defaults=True, run_name=f"{name}-s{seed}",
-                         monitor_kwargs={"rules": None, "report": False})
+            run_dir = run_scenario(name, out, seed=seed, at_defaults=True, run_name=f"{name}-s{seed}",
+                                   monitor_kwargs={"rules": None, "report": False})
+        (run_dir / STAMP).write_text(_stamp(name))
         err = ""
     except Exception as e:  # a scenario that cannot train is reported, not fatal for the table
         err = f"{type(e).__name__}: {e}"
@@ -85,7 +102,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     jobs = [(n, s, str(out)) for n in names for s in args.seeds
-            if not (args.reuse and (out / f"{n}-s{s}" / STORE_FILENAME).exists())]
+            if not (args.reuse and _fresh(out / f"{n}-s{s}", n))]
     t0 = time.perf_counter()
     failed: dict[tuple[str, int], str] = {}
     if jobs:

@@ -131,11 +131,17 @@ class DyncheckFixture:
         result = self._result()
         bad = result.at_or_above(fail_on)
         if bad:
-            lines = [f"dyncheck: the run is unhealthy ({len(bad)} finding(s) at or above {fail_on}):"]
-            for f in bad:
-                steps = f"step {f.first_step}" if f.first_step == f.last_step else \
-                    f"steps {f.first_step}-{f.last_step}"
-                lines.append(f"  {f.severity.upper():7} {f.check} ({f.metric}, {steps}): {f.message}")
+            from .checks.output import explained_line, steps_text
+
+            rank = {"info": 0, "warning": 1, "error": 2}
+            diags = [d for d in result.diagnoses if rank[d.severity] >= rank[fail_on]]
+            lines = [f"dyncheck: the run is unhealthy ({len(diags)} diagnos{'i' if len(diags) == 1 else 'e'}s at or "
+                     f"above {fail_on}, from {len(bad)} finding{'' if len(bad) == 1 else 's'}):"]
+            for d in diags:
+                f = d.primary
+                lines.append(f"  {d.severity.upper():7} {d.check} ({f.metric}, {steps_text(f)}): {f.message}")
+                if d.explained:
+                    lines.append(f"          explains: {explained_line(d.explained)}")
                 if f.hint:
                     lines.append(f"          hint: {f.hint}")
             lines.append(f"  report: {self._report()}")

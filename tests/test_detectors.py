@@ -188,6 +188,9 @@ def test_each_detector_edge_cases(det, case):
     if (det.name, case) == ("trend", "nan-middle"):  # an exponential decay is falling, once two windows exist
         assert fired and min(fired) >= 2 * params["window"] - 1, sorted(fired)[:5]
         return
+    if det.name == "improves_later" and case in ("nan-middle", "gaps"):  # falling series: improves after each point
+        assert fired and values.size - 1 not in fired
+        return
     assert fired == expected, (det.name, case, sorted(fired)[:10])
 
 
@@ -230,3 +233,68 @@ def test_growth_smoothed_matches_full_rolling_median():
     expected[:50] = expected[:50] & (ref[:50] > 100.0)
     assert mask.tolist() == expected.tolist() and mask[320:400].all() and not mask[:300].any()
     assert np.allclose(sm[mask], ref[mask])
+
+
+# -- detectors added with the calibration corpus ------------------------------------------------------------------
+def test_spike_tail_judges_the_jump_against_the_runs_own_noise():
+    from dyncheck.checks.detectors import spike
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    steps = np.arange(n)
+    # a heavy-tailed batch-2 loss: mostly easy batches, and 5% that hold a hard sample (5-40x the level)
+    noisy = 0.05 * np.exp(0.3 * rng.standard_normal(n)) * np.where(rng.random(n) < 0.05, rng.uniform(5, 40, n), 1)
+    kw = dict(window=50, factor=5.0, min_jump=0.0, robust_z=0.0, max_duration=50, min_history=10)
+    assert spike(steps, noisy, **kw)[0].any()  # without the tail rule its excursions look like spikes
+    assert not spike(steps, noisy, tail=1.6, **kw)[0].any()
+    # a clean run (5% noise) with one 100x bad batch: caught with the tail rule too, exactly there
+    clean = 0.1 * np.exp(0.05 * rng.standard_normal(n))
+    clean[1200] *= 100
+    m = spike(steps, clean, tail=1.6, **kw)[0]
+    assert np.flatnonzero(m).tolist() == [1200]
+    # the same bad batch inside the heavy noise stands out only when it is far beyond it (1000x here)
+    noisy2 = noisy.copy()
+    noisy2[1200] = np.median(noisy) * 3000
+    assert 1200 in np.flatnonzero(spike(steps, noisy2, tail=1.6, **kw)[0])
+
+
+def test_collapse_only_when_it_stays_low_from_early_on():
+    from dyncheck.checks.detectors import collapse
+
+    steps = np.arange(1000)
+    bug = np.where(steps < 150, 0.1, 1e-6)  # a schedule stepped per batch: 1e-5 of the peak after 15%
+    m, rel, extra = collapse(steps, bug, below=1e-3, early=0.5)
+    assert np.flatnonzero(m)[0] == 150 and m[150:].all() and rel[500] == pytest.approx(1e-5)
+    cosine = 0.1 * 0.5 * (1 + np.cos(np.pi * steps / 999))  # reaches 0 only at the very end
+    assert not collapse(steps, cosine, below=1e-3, early=0.5)[0].any()
+    restarts = 0.1 * 0.5 * (1 + np.cos(np.pi * (steps % 250) / 250))  # dips to ~0 at each restart, comes back
+    assert not collapse(steps, restarts, below=1e-3, early=0.5)[0].any()
+    late = np.where(steps < 700, 0.1, 1e-6)  # a late cut (fine-tuning tail) is not early
+    assert not collapse(steps, late, below=1e-3, early=0.5)[0].any()
+
+
+def test_improves_later_against_brute_force():
+    from dyncheck.checks.detectors import improves_later
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        v = np.cumsum(rng.normal(-0.01, 0.05, 20)) + 2.0
+        m, _, _ = improves_later(np.arange(20), v, min_improvement=0.1)
+        for i in range(20):
+            later = v[i + 1:].min() if i < 19 else np.inf
+            gain = v[i] - later
+            want = gain > 0.1 * max(v[0] - v[i], 0) and gain > 0.01 * abs(v[i])
+            assert m[i] == want, (i, v)
+
+
+def test_spread_min_share_and_median_reference():
+    base = np.arange(10)
+    one_odd = [("a", base, np.full(10, 1e-6))] + [(f"b{i}", base, np.full(10, 1.0)) for i in range(9)]
+    assert spread(one_odd, below=1e-4)[1].all()  # the smallest against the largest
+    assert not spread(one_odd, below=1e-4, min_share=0.25)[1].any()  # one odd parameter of ten is no pattern
+    half = [(f"a{i}", base, np.full(10, 1e-6)) for i in range(5)] + [(f"b{i}", base, np.full(10, 1.0))
+                                                                    for i in range(5)]
+    assert spread(half, below=1e-4, min_share=0.25)[1].all()
+    # against the median: a single fast head does not make the others look slow
+    head = [(f"a{i}", base, np.full(10, 1e-3)) for i in range(5)] + [("head", base, np.full(10, 10.0))]
+    assert spread(head, below=1e-3)[1].all() and not spread(head, below=1e-3, reference="median")[1].any()

@@ -8,12 +8,13 @@ from typing import Any
 
 from .engine import CheckResult
 
-__all__ = ["format_text", "format_json", "format_junit"]
+__all__ = ["format_text", "format_json", "format_junit", "summary_line", "steps_text", "explained_line"]
 
 _LABEL = {"error": "ERROR", "warning": "WARN ", "info": "INFO "}
 
 
-def _steps(f: Any) -> str:
+def steps_text(f: Any) -> str:
+    """``step 5`` or ``steps 5-9`` for a finding."""
     return f"step {f.first_step}" if f.first_step == f.last_step else f"steps {f.first_step}-{f.last_step}"
 
 
@@ -34,7 +35,7 @@ def summary_line(result: CheckResult) -> str:
             f"({len(result.passed)} passed, {len(result.skipped)} skipped)")
 
 
-def _explained_line(findings: Any) -> str:
+def explained_line(findings: Any) -> str:
     """``no-progress (loss/train), update-too-small (3 metrics)``: what a diagnosis explains, per check."""
     by: dict[str, list[str]] = {}
     for f in findings:
@@ -52,10 +53,10 @@ def format_text(result: CheckResult, *, title: str = "", hints: bool = True, wid
     for d in shown:
         f = d.primary
         more = f" and {_plural(len(d.findings) - 1, 'more metric')}" if len(d.findings) > 1 else ""
-        lines.append(f"  {_LABEL[d.severity]} {d.check:<22} {f.metric}{more}  ({_steps(f)})")
+        lines.append(f"  {_LABEL[d.severity]} {d.check:<22} {f.metric}{more}  ({steps_text(f)})")
         lines += textwrap.wrap(f.message, width, initial_indent=" " * 9, subsequent_indent=" " * 9)
         if d.explained:
-            lines += textwrap.wrap("explains: " + _explained_line(d.explained), width, initial_indent=" " * 9,
+            lines += textwrap.wrap("explains: " + explained_line(d.explained), width, initial_indent=" " * 9,
                                    subsequent_indent=" " * 19)
         if hints and f.hint:
             lines += textwrap.wrap("hint: " + f.hint, width, initial_indent=" " * 9, subsequent_indent=" " * 15)
@@ -89,13 +90,13 @@ def format_junit(result: CheckResult, *, name: str = "dyncheck") -> str:
         el = ET.SubElement(case, "failure", type=diags[0].severity,
                            message=f"{_plural(len(diags), 'diagnosis')}: " + "; ".join(f"{d.check}: {d.primary.message}" for d in diags))
         el.text = "\n\n".join(
-            f"{d.severity}: {d.check} -- {d.primary.metric} ({_steps(d.primary)}): {d.primary.message}"
-            + (f"\nexplains: {_explained_line(d.explained)}" if d.explained else "")
+            f"{d.severity}: {d.check} -- {d.primary.metric} ({steps_text(d.primary)}): {d.primary.message}"
+            + (f"\nexplains: {explained_line(d.explained)}" if d.explained else "")
             + (f"\nhint: {d.primary.hint}" if d.primary.hint else "") for d in diags)
     for cid, check in result.checks.items():
         case = ET.SubElement(suite, "testcase", classname=name, name=cid)
         fs = by_check.get(cid, [])
-        body = "\n".join(f"{f.metric} ({_steps(f)}): {f.message}" for f in fs)
+        body = "\n".join(f"{f.metric} ({steps_text(f)}): {f.message}" for f in fs)
         if cid in skipped:
             ET.SubElement(case, "skipped", message=skipped[cid])
         elif any(f.severity != "info" for f in fs):
