@@ -91,6 +91,7 @@ def main() -> int:
     ap.add_argument("--rules", nargs="+", default=["default"])
     ap.add_argument("--only", nargs="+", default=None, help="only these scenarios")
     ap.add_argument("--show", choices=["all", "fail"], default="fail", help="which runs to list one per line")
+    ap.add_argument("--no-train", action="store_true", help="evaluate only the runs already in --runs")
     args = ap.parse_args()
     names = args.only or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -105,6 +106,8 @@ def main() -> int:
             if not (args.reuse and _fresh(out / f"{n}-s{s}", n))]
     t0 = time.perf_counter()
     failed: dict[tuple[str, int], str] = {}
+    if args.no_train:
+        jobs = []
     if jobs:
         print(f"training {len(jobs)} runs with {args.jobs} processes ...", flush=True)
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
