@@ -104,7 +104,7 @@ def test_rules_list_validate_detectors(tmp_path, capsys):
     assert main(["rules", "list", "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == len(load_rules("default"))
     assert main(["rules", "validate", "default"]) == 0
-    assert "ok: 14 checks" in capsys.readouterr().out
+    assert f"ok: {len(load_rules('default'))} checks" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("checks:\n  - id: x\n    summary: s\n    severity: info\n    metrics: lose/train\n"
                    "    detector: threshold\n")
