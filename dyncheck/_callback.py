@@ -8,6 +8,7 @@ The hook logic lives in :class:`DynamicsMonitorHooks`, which uses only what ``li
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import warnings
@@ -53,6 +54,18 @@ def default_probe_loss(module: nn.Module, batch: Any) -> Tensor:
     return out
 
 
+def _planned_steps(trainer: Any) -> int | None:
+    """Optimizer steps this fit will still take (for the sharpness schedule), None when unknown (infinite epochs,
+    iterable datasets without ``max_steps``)."""
+    try:
+        total = trainer.estimated_stepping_batches
+    except Exception:  # e.g. accumulate_grad_batches changing between epochs
+        total = trainer.max_steps
+    if not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
+        return None
+    return max(int(total) - int(trainer.global_step), 0) or None
+
+
 def _load_rules_option(owner: str, rules: Any) -> Any:
     if rules is None or rules is False:
         return None
@@ -93,9 +106,12 @@ class DynamicsMonitorHooks:
         flush_every_n_steps: copy buffered values to the host and the store every this many steps (100); also at
             every validation, checkpoint and the end of the fit. Bounds the monitor's memory.
         sharpness_budget: share of training wall time that sharpness probes may take (0.02); 0 turns them off
-            unless ``sharpness_every_n_steps`` is set.
-        sharpness_every_n_steps: probe sharpness on this fixed schedule instead of the time budget; 0 turns
-            sharpness off.
+            unless ``sharpness_every_n_steps`` is set. Probes are spread evenly over the planned run
+            (``trainer.estimated_stepping_batches``), the first at 1% of it; runs of 200 to 3000 steps may take
+            the budget of a 3000-step run (at most 8 probes' worth, at most 2 s; README: "Sharpness schedule").
+            The value at step s is the Hessian at the weights step s's loss was computed with.
+        sharpness_every_n_steps: probe sharpness on this fixed schedule (steps that are multiples of it) instead
+            of the time budget; 0 turns sharpness off.
         sharpness_max_iter: Hessian-vector products per probe at most (20).
         sharpness_tol: relative residual at which Lanczos stops (1e-4; see ``lanczos_top_eig``).
         sharpness_loss_fn: ``fn(module, batch) -> loss`` for the probe; default ``training_step(batch, 0)`` with
@@ -232,6 +248,8 @@ class DynamicsMonitorHooks:
             probe_loss=probe,
             resume=self._resume,
             append=same_dir,
+            planned_steps=_planned_steps(trainer),
+            start_step=int(trainer.global_step),
         )
         self._resume = None
         self._running = True

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .measure.activations import ActivationRecorder, select_modules
-from .measure.sharpness import hvp_operator, lanczos_top_eig, preserved_training_state, stability_threshold
+from .measure.sharpness import (SharpnessSchedule, hvp_operator, lanczos_top_eig, preserved_training_state,
+                                stability_threshold)
 from .measure.tensors import nonfinite_counts, tensor_norms, update_ratios
 from .store import RunWriter
 
@@ -151,7 +152,7 @@ class Monitor:
         self._sharp_gen = torch.Generator().manual_seed(0)
         self._sharp_time = 0.0
         self._sharp_count = 0
-        self._last_probe_cost: float | None = None
+        self._sched: SharpnessSchedule | None = None
         self._t0 = 0.0
         self._steps_seen = 0
         self._steps_since_flush = 0
@@ -181,9 +182,13 @@ class Monitor:
         probe_loss: Callable[[nn.Module, Any], Tensor] | None = None,
         resume: Mapping[str, Any] | None = None,
         append: bool = False,
+        planned_steps: int | None = None,
+        start_step: int | None = None,
     ) -> None:
         """Begin (or continue) monitoring a fit. ``store_path`` is None on processes that do not write.
-        ``resume`` is a state from :meth:`state_dict`: the store is truncated to what it held at that checkpoint."""
+        ``resume`` is a state from :meth:`state_dict`: the store is truncated to what it held at that checkpoint.
+        ``planned_steps``: the optimizer steps this fit will take from ``start_step`` (default
+        ``meta["start_step"]`` or 0), None if unknown; the sharpness schedule is planned over them."""
         self.every_n = every_n_steps
         self._reduce = reduce or _no_reduce
         self._module = module
@@ -214,7 +219,15 @@ class Monitor:
         self._probe_batch = None
         self._t0 = time.perf_counter()
         self._sharp_time = 0.0
+        self._sharp_count = 0
+        self._eigvec = None
         self._steps_seen = 0
+        cfg = self.config
+        self._sched = SharpnessSchedule(
+            budget=cfg.sharpness_budget if cfg.sharpness_enabled else 0.0,
+            every_n=cfg.sharpness_every_n_steps if cfg.sharpness_enabled else 0,
+            total_steps=planned_steps, max_iter=cfg.sharpness_max_iter,
+            start_step=int(start_step if start_step is not None else meta.get("start_step", 0) or 0))
         if resume is not None:
             self._last_bucket = resume.get("last_bucket")
             self._last_seq = int(resume.get("seq", 0))
@@ -245,6 +258,8 @@ class Monitor:
                                         sorted(n for n, u in self._unchanged.items() if u)}
                 info["sharpness_time_s"] = round(self._sharp_time, 6)
                 info["sharpness_probes"] = self._sharp_count
+                if self._sched is not None:
+                    info["sharpness_schedule"] = self._sched.facts()
                 info["duration_s"] = round(time.perf_counter() - self._t0, 6)
                 if error is not None:
                     info["exception"] = {"type": type(error).__name__, "message": str(error)[:2000]}
@@ -262,9 +277,25 @@ class Monitor:
         return every > 0 and step // every != last
 
     def batch_start(self, step: int, batch: Any) -> None:
-        if self._step != step:  # a new optimizer step begins (several batches share one with accumulation)
+        new_step = self._step != step  # a new optimizer step begins (several batches share one with accumulation)
+        if self._probe_batch is None and self.config.sharpness_enabled and self._probe_fn is not None:
+            self._probe_batch = _clone_batch(batch)
+        if new_step:
             self._reset_step_state()
             self._step = step
+            sched = self._sched
+            if sched is not None and step >= sched.next_step and self._probe_batch is not None and \
+                    self._probe_fn is not None and self.store is not None:
+                # before this step's forward, so at the weights its loss is computed with, and before the
+                # activation hooks are attached (the probe's forward must not count as this step's)
+                try:
+                    limit = sched.admit(step, time.perf_counter() - self._t0 - self._sharp_time)
+                    if limit is not None:
+                        self._measure_sharpness(step, limit)
+                except Exception as exc:  # never break the training it observes
+                    self._warn("sharpness", f"dyncheck: sharpness scheduling failed and is turned off for this "
+                                            f"fit ({type(exc).__name__}: {exc})")
+                    self._probe_fn = None
             self._measuring = self._due(step, self.every_n, self._last_bucket)
             if self._recorder is not None and self._due(step, self._act_every, self._last_act_bucket):
                 self._measuring_acts = True
@@ -275,8 +306,6 @@ class Monitor:
                     self._lr_names = _interned(tuple(f"lr/{oname}/pg{j}" for opt, oname in self._opt_names
                                                      for j in range(len(opt.param_groups))))
                 self._host.append((step, self._lr_names, lrs))
-        if self._probe_batch is None and self.config.sharpness_enabled and self._probe_fn is not None:
-            self._probe_batch = _clone_batch(batch)
 
     def before_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are final here (after accumulation, all-reduce and AMP unscaling, before clipping)."""
@@ -318,8 +347,6 @@ class Monitor:
             self._measure_layers(step)
         if self._measuring_acts:
             self._collect_activations(step)
-        if self.config.sharpness_enabled and self._sharpness_due(step):
-            self._measure_sharpness(step)
         self._steps_since_flush += 1
         if self._steps_since_flush >= self.config.flush_every_n_steps:
             self.flush()
@@ -361,49 +388,53 @@ class Monitor:
         self._host.append((step, _interned(tuple(f"weight_unchanged/{n}" for n, _ in params)), flags))
 
     # -- sharpness ---------------------------------------------------------------------------------------------
-    def _sharpness_due(self, step: int) -> bool:
-        if self._probe_batch is None or self._probe_fn is None or self.store is None:
-            return False
-        if self.config.sharpness_every_n_steps:
-            return step % self.config.sharpness_every_n_steps == 0
-        # budget: spend at most `budget` of the time training has taken so far
-        elapsed = time.perf_counter() - self._t0 - self._sharp_time
-        cost = self._last_probe_cost
-        if cost is None:  # before the first probe: about (max_iter + 2) training steps
-            if self._steps_seen < 2:
-                return False
-            cost = (self.config.sharpness_max_iter + 2) * elapsed / self._steps_seen
-        return self._sharp_time + cost <= self.config.sharpness_budget * elapsed
-
-    def _measure_sharpness(self, step: int) -> None:
-        module = self._module
-        if module is None or self._probe_fn is None or self.store is None:
+    def _measure_sharpness(self, step: int, limit: float) -> None:
+        """Probe at the current weights (those of step ``step``'s forward) and label the value ``step``. A finite
+        ``limit`` (no probe measured yet): stop after the second product when ``max_iter`` of them would cost
+        more than ``limit`` seconds in all, and let the schedule plan with the measured costs."""
+        module, sched = self._module, self._sched
+        if module is None or self._probe_fn is None or self.store is None or sched is None:
             return
         params = [p for p in module.parameters() if p.requires_grad]
+        max_iter = self.config.sharpness_max_iter
+        cold = self._eigvec is None
         t = time.perf_counter()
+        graph_s = 0.0
+        res = timed = None
         try:
             with preserved_training_state(module, params), torch.enable_grad():
                 loss = self._probe_fn(module, self._probe_batch)
                 matvec, n = hvp_operator(loss, params)
-                size = n * self.config.sharpness_max_iter
-                res = lanczos_top_eig(matvec, n, max_iter=self.config.sharpness_max_iter,
+                graph_s = time.perf_counter() - t
+                timed = _TimedMatvec(matvec, graph_s, limit, max_iter)
+                size = n * max_iter
+                res = lanczos_top_eig(timed, n, max_iter=max_iter,
                                       tol=self.config.sharpness_tol, v0=self._eigvec, generator=self._sharp_gen,
                                       reorthogonalize=size <= _REORTH_MAX,
                                       basis_device="cpu" if size <= _HOST_BASIS_MAX else None)
                 del matvec, loss
+        except _OverLimit:
+            pass
         except Exception as exc:  # a measurement must never end the training it observes
             self._warn("sharpness", f"dyncheck: sharpness measurement failed and is turned off for this fit "
                                     f"({type(exc).__name__}: {exc})")
             self._probe_fn = None
             return
         finally:
+            if timed is not None:
+                timed.matvec = None  # type: ignore[assignment]  # free the gradient graph
             cost = time.perf_counter() - t
             self._sharp_time += cost
-            self._last_probe_cost = cost
+        assert timed is not None
+        if res is None:
+            sched.record_abort(step, cost, graph_s=graph_s, hvp_s=timed.hvp_s)
+            return
+        sched.record(step, cost, n_hvp=res.n_hvp, graph_s=graph_s, cold=cold, hvp_s=timed.hvp_s,
+                     products_s=sum(timed.times))
         self._sharp_count += 1
         self._eigvec = res.vector
         opts = [opt for opt, _ in self._opt_names]
-        thr = stability_threshold(opts[0]) if opts else None
+        thr = stability_threshold(opts[0]) if opts else None  # this step's learning rate: not stepped yet
         names, vals = ["sharpness/top_eig", "sharpness/n_hvp"], [res.value, float(res.n_hvp)]
         if thr is not None:
             names.append("sharpness/threshold")
@@ -511,6 +542,38 @@ _HOST_BASIS_MAX = 256_000_000
 _INTERNED: dict[tuple[str, ...], tuple[str, ...]] = {}
 _LOSS = ("loss/train",)
 _GRAD_TOTAL = ("grad_norm/total",)
+
+
+class _OverLimit(Exception):
+    pass
+
+
+class _TimedMatvec:
+    """``matvec`` that times its products; with a finite ``limit``, raises :class:`_OverLimit` after the second
+    product (the first may pay one-time initialisation) if ``max_iter`` products after the graph build
+    (``graph_s``) would take more than ``limit`` seconds."""
+
+    def __init__(self, matvec: Callable[[Tensor], Tensor], graph_s: float, limit: float, max_iter: int) -> None:
+        self.matvec, self.graph_s, self.limit, self.max_iter = matvec, graph_s, limit, max_iter
+        self.device = getattr(matvec, "device", "cpu")
+        self.times: list[float] = []
+
+    def __call__(self, v: Tensor) -> Tensor:
+        t = time.perf_counter()
+        out = self.matvec(v)
+        self.times.append(time.perf_counter() - t)
+        k = len(self.times)
+        if k == min(2, self.max_iter) and math.isfinite(self.limit):
+            if self.graph_s + sum(self.times) + self.hvp_s * (self.max_iter - k) > self.limit:
+                raise _OverLimit()
+        return out
+
+    @property
+    def hvp_s(self) -> float:
+        """Typical seconds per product: the median (the first may pay one-time initialisation: it counts only
+        when it is all there is)."""
+        times = self.times[1:] or self.times
+        return float(np.median(times)) if times else 0.0
 
 
 def _interned(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import MeasureError
 
 __all__ = ["EigResult", "hvp_operator", "lanczos_top_eig", "power_iteration_top_eig", "stability_threshold",
-           "preserved_training_state"]
+           "preserved_training_state", "SharpnessSchedule"]
 
 
 @dataclass
@@ -241,3 +241,350 @@ def preserved_training_state(module: nn.Module, params: Sequence[Tensor] = ()) -
                 setattr(m, k, v)
             m._update_count = st["_update_count"]
             m._computed = st["_computed"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# when to probe
+# ----------------------------------------------------------------------------------------------------------------
+#: The budget schedule's rules (README, "Sharpness schedule"). The first probe comes at 1% of a planned run, but at
+#: least 3 steps in (two step times measured to plan with) and at most 20 steps in; open-ended runs (length
+#: unknown) try at step 10. Probes are at least MIN_SPACING steps apart.
+FIRST_PROBE_SHARE = 0.01
+FIRST_PROBE_MIN, FIRST_PROBE_MAX, FIRST_PROBE_OPEN = 3, 20, 10
+MIN_SPACING = 4
+#: The floor for short runs: a run of at least FLOOR_MIN_STEPS steps may spend more than the budget, as much as
+#: FLOOR_PROBES probes cost in all, but never more than the budget of a FLOOR_RUN_STEPS-step run (the time of
+#: budget x 3000 training steps: at the default 2%, 60 steps, 20% of a 300-step run) nor FLOOR_SECONDS. (A cold
+#: probe costs about 20 training steps of a small CNN, a warm one about 10: a run of a few hundred steps gets 4-6
+#: values, for at most 2 s.)
+FLOOR_PROBES = 8
+FLOOR_MIN_STEPS = 200
+FLOOR_RUN_STEPS = 3000
+FLOOR_SECONDS = 2.0
+#: Before any probe was measured, one is attempted only when the allowance left covers this many training steps
+#: per product (``max_iter`` of them); the attempt stops after its second product if ``max_iter`` would not fit
+PRECHECK_STEPS_PER_ITER = 0.25
+#: A warm start (from the previous eigenvector) is assumed to need this share of the products the cold start
+#: needed, until one was measured; then the measured ones, smoothed (weight of the newest)
+WARM_SHARE_PRIOR = 0.4
+WARM_WEIGHT = 0.5
+#: Smoothing of the measured probe costs (in log space, weight of the newest measurement, each measurement
+#: moving the estimate by at most a factor 2 ** EMA_WEIGHT) and of the step time (see ``_observe``)
+EMA_WEIGHT = 0.3
+STEP_TIME_WINDOW_MIN, STEP_TIME_WINDOW_SHARE = 50, 0.2
+#: Re-planning makes the spacing at most this much denser than the last gap (sparser at once, for the budget;
+#: the first gap, planned before a warm start was measured, does not count);
+#: between two probes the plan is re-made this many times with the step time measured since
+SHRINK_LIMIT = 0.85
+LOOKS_PER_GAP = 4
+#: The first probe of a fit also pays one-time initialisation (kernels, allocations) in its graph build: until
+#: the second probe's replaces it, the graph build is assumed to cost at most this many products
+FIRST_GRAPH_MAX_HVPS = 2.0
+
+
+class SharpnessSchedule:
+    """Which optimizer steps take a sharpness probe: the budget schedule, or a fixed one. Pure bookkeeping --
+    the caller passes its clock (training seconds so far, probe time excluded) -- so it is tested with fake ones.
+
+    Per step ``step`` the caller asks :meth:`due` (one comparison); only then ``limit = admit(step, train_s)``:
+    ``None`` means not now (``next_step`` has moved on), else probe and report with :meth:`record`, or with
+    :meth:`record_abort` when the probe stopped after its first products because ``max_iter`` of them would have
+    cost more than ``limit`` seconds (``limit`` is finite only while no probe has been measured).
+
+    Budget schedule (``every_n`` None): probes may take ``budget`` of the training time -- the planned training
+    time of the run when its length ``total_steps`` is known (time so far + step time x steps left), the time so
+    far when not -- raised for runs of at least ``FLOOR_MIN_STEPS`` steps to what ``FLOOR_PROBES`` probes cost,
+    but at most the budget of a ``FLOOR_RUN_STEPS``-step run and ``FLOOR_SECONDS``. Costs are measured: the step
+    time (smoothed, re-measured a few times between probes) and the probe cost, modelled as graph build + products
+    x time per product (the median product, smoothed), with the number of products a warm start needs.
+
+    With a known length the first probe comes at 1% of the run; after it, the probes the allowance left pays for
+    are spread evenly over the steps left (spacing ``steps left / floor(allowance left / predicted cost)``, at
+    most 15% denser than the last gap, sparser at once): while costs hold still the spacing does too, and the last
+    probe lands near the end. With an unknown length the spacing is the steady-state one, ``cost / (share x step
+    time)``, and a probe waits until the allowance covers it, so savings never turn into bursts.
+
+    Fixed schedule (``every_n`` N > 0): every step that is a multiple of N. ``every_n`` 0, or a zero budget
+    without ``every_n``: no probes.
+    """
+
+    def __init__(self, *, budget: float, every_n: int | None = None, total_steps: int | None = None,
+                 start_step: int = 0, max_iter: int = 20) -> None:
+        self.budget = float(budget)
+        self.every_n = every_n
+        self.total = int(total_steps) if total_steps is not None and total_steps > 0 else None
+        self.start = int(start_step)
+        self.max_iter = int(max_iter)
+        if every_n == 0 or (not every_n and self.budget <= 0):
+            self.mode = "off"
+        elif every_n:
+            self.mode = "fixed"
+        else:
+            self.mode = "planned" if self.total is not None else "open"
+        if self.total is not None:
+            offset = min(max(round(FIRST_PROBE_SHARE * self.total), FIRST_PROBE_MIN), FIRST_PROBE_MAX)
+        else:
+            offset = FIRST_PROBE_OPEN
+        self.first_step = self.start + offset
+        self.next_step: float
+        if self.mode == "off":
+            self.next_step = math.inf
+        elif self.mode == "fixed":
+            assert every_n is not None
+            self.next_step = -(-self.start // every_n) * every_n
+        else:
+            self.next_step = self.start + 1  # calibration: step times are measured from here
+        self.spent = 0.0  # seconds all probes (and stopped attempts) took
+        self.steps: list[int] = []
+        self.costs: list[float] = []
+        self.n_hvps: list[int] = []
+        self.aborted = 0
+        self._waste = 0.0  # seconds of stopped attempts
+        self.spacing: float | None = None  # the last planned spacing
+        self.floor_used = False  # the floor raised the allowance above the budget (at the last look)
+        self.allowance_s: float | None = None  # the allowance at the last look
+        self._clock: tuple[int, float] | None = None  # (step, train seconds) at the last admit
+        self._tau: float | None = None  # smoothed training seconds per step
+        self._graph: float | None = None  # smoothed seconds of the graph build (forward + backward, create_graph)
+        self._hvp: float | None = None  # smoothed seconds per Hessian-vector product
+        self._n_cold: int | None = None
+        self._n_warm: float | None = None
+
+    # -- cost model --------------------------------------------------------------------------------------------
+    @property
+    def step_time(self) -> float | None:
+        """Smoothed training seconds per step (None before two steps were timed)."""
+        return self._tau
+
+    def _observe(self, step: int, train_s: float) -> None:
+        if self._clock is not None and step > self._clock[0]:
+            n = step - self._clock[0]
+            rate = max((train_s - self._clock[1]) / n, 1e-12)
+            # weighted by the steps it covers, against a window of a fifth of the run so far (at least 50 steps):
+            # a running mean early on, following lasting changes later
+            w = min(1.0, n / max(STEP_TIME_WINDOW_MIN, STEP_TIME_WINDOW_SHARE * (step - self.start)))
+            self._tau = rate if self._tau is None else (1 - w) * self._tau + w * rate
+        self._clock = (step, train_s)
+
+    def probe_cost(self, cold: bool = False) -> float | None:
+        """Predicted seconds of the next probe (warm-started unless ``cold``); None before one was measured."""
+        if self._graph is None or self._hvp is None:
+            return None
+        if cold or self._n_cold is None:
+            n = float(self.max_iter)
+        elif self._n_warm is not None:
+            n = self._n_warm
+        else:
+            n = max(1.0, WARM_SHARE_PRIOR * self._n_cold)
+        return self._graph + self._hvp * min(n, self.max_iter)
+
+    def allowance(self, train_s: float, steps: int) -> float:
+        """Seconds all probes may take in ``train_s`` seconds of training over ``steps`` steps."""
+        a = self.budget * train_s
+        self.floor_used = False
+        if steps >= FLOOR_MIN_STEPS:
+            floor = self._floor()
+            if floor > a:
+                a, self.floor_used = floor, True
+        self.allowance_s = a
+        return a
+
+    def _floor(self) -> float:
+        """The floor's allowance (for runs of at least FLOOR_MIN_STEPS steps)."""
+        tau = self._tau if self._tau is not None else 0.0
+        return min(self.budget * FLOOR_RUN_STEPS * tau, FLOOR_SECONDS, self._floor_need())
+
+    def _floor_need(self) -> float:
+        """What the first FLOOR_PROBES probes cost (measured, and predicted for those not taken yet), with the
+        attempts that were stopped."""
+        c = self.probe_cost()
+        if c is None:
+            return math.inf
+        return self._waste + sum(self.costs[:FLOOR_PROBES]) + max(0, FLOOR_PROBES - len(self.steps)) * c
+
+    def _left(self, step: int, train_s: float) -> float:
+        """Seconds the allowance has left: of the planned run, or of the time so far."""
+        assert self._tau is not None
+        if self.mode == "planned":
+            assert self.total is not None
+            planned = train_s + self._tau * (self.start + self.total - step)
+            return self.allowance(planned, self.total) - self.spent
+        return self.allowance(train_s, step - self.start) - self.spent
+
+    # -- the schedule ------------------------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def admit(self, step: int, train_s: float) -> float | None:
+        """At a due step: ``None`` (not now; ``next_step`` moved on) or the seconds the probe's worst case
+        (``max_iter`` products) may cost (``inf``: no limit). Between probes the schedule looks a few times
+        (``LOOKS_PER_GAP``) to re-plan with the step time measured since."""
+        if self.mode == "off":
+            self.next_step = math.inf
+            return None
+        if self.mode == "fixed":
+            assert self.every_n
+            self.next_step = (step // self.every_n + 1) * self.every_n
+            return None if step % self.every_n else math.inf
+        self._observe(step, train_s)
+        if self._tau is None:  # the calibration step
+            self.next_step = max(self.first_step, step + 2)
+            return None
+        left = self._left(step, train_s)
+        c = self.probe_cost(cold=not self.steps)
+        if c is None:  # nothing measured yet
+            need = PRECHECK_STEPS_PER_ITER * self.max_iter * self._tau
+            if left >= need:
+                self.next_step = math.inf  # record / record_abort plan the next one
+                return left
+            return self._wait(step, train_s, self.spent + need)
+        if self.steps:
+            target = self._target(left, c)
+            if target is None:
+                self.next_step = math.inf
+                return None
+            if step < target:  # a look between probes: the plan is re-made, the probe waits
+                self._schedule(step, target)
+                return None
+        if c <= left * (1 + 1e-9):
+            self.next_step = math.inf
+            return math.inf
+        return self._wait(step, train_s, self.spent + c)
+
+    def _wait(self, step: int, train_s: float, need: float) -> None:
+        """Not now: move ``next_step`` to where the allowance may cover ``need`` seconds in all."""
+        if self.mode == "planned":  # costs rose above what the run's allowance can pay
+            self.next_step = math.inf
+            return None
+        tau = self._tau
+        assert tau is not None
+        train_need = need / self.budget if self.budget > 0 else math.inf  # training seconds the budget needs
+        at = step + (train_need - train_s) / tau
+        if need <= self._floor():  # the floor pays for it once the run is long enough
+            at = min(at, self.start + FLOOR_MIN_STEPS)
+        self.next_step = max(step + 1, math.ceil(at)) if math.isfinite(at) else math.inf
+        return None
+
+    def record(self, step: int, cost: float, *, n_hvp: int, graph_s: float, cold: bool,
+               hvp_s: float | None = None, products_s: float | None = None) -> None:
+        """A probe at ``step`` took ``cost`` seconds, ``graph_s`` of them building the gradient graph, and
+        ``n_hvp`` Hessian-vector products (``cold``: from a random start vector). ``hvp_s``: the typical
+        (median) product's seconds, ``products_s`` all products' (by default, the rest of ``cost`` spread evenly):
+        a product slowed by one-time initialisation or another process does not count as typical."""
+        self.spent += cost
+        self.steps.append(step)
+        self.costs.append(cost)
+        self.n_hvps.append(n_hvp)
+        n = max(n_hvp, 1)
+        rest = max(cost - graph_s, 0.0)
+        if hvp_s is None or products_s is None:
+            hvp_s = rest / n
+        else:  # the typical product, plus the per-iteration bookkeeping outside the products
+            hvp_s += max(rest - products_s, 0.0) / n
+        if len(self.steps) == 1:
+            graph_s = min(graph_s, FIRST_GRAPH_MAX_HVPS * hvp_s)
+        self._learn(graph_s, hvp_s, first_graph=len(self.steps) == 2)
+        if cold:
+            self._n_cold = n_hvp
+        else:  # products are not clock noise: followed faster than times
+            self._n_warm = float(n_hvp) if self._n_warm is None else \
+                (1 - WARM_WEIGHT) * self._n_warm + WARM_WEIGHT * n_hvp
+        self._plan(step)
+
+    def record_abort(self, step: int, cost: float, *, graph_s: float, hvp_s: float) -> None:
+        """A probe stopped early (after ``graph_s`` seconds of graph build and products of ``hvp_s`` seconds):
+        ``max_iter`` products would have cost more than allowed."""
+        self.spent += cost
+        self._waste += cost
+        self.aborted += 1
+        self._learn(graph_s, hvp_s)
+        if self.mode == "fixed":
+            return
+        assert self._clock is not None
+        train_s = self._clock[1]
+        c = self.probe_cost(cold=True)
+        assert c is not None
+        if self._left(step, train_s) >= c:
+            self.next_step = step + MIN_SPACING
+        else:
+            self._wait(step, train_s, self.spent + c)
+
+    def _learn(self, graph_s: float, hvp_s: float, first_graph: bool = False) -> None:
+        """``first_graph``: the first graph build that did not pay initialisation; it replaces the guess."""
+        self._graph = graph_s if self._graph is None or first_graph else _ema(self._graph, graph_s)
+        self._hvp = hvp_s if self._hvp is None else _ema(self._hvp, hvp_s)
+
+    def _plan(self, step: int) -> None:
+        """After a probe at ``step``: where the next one goes."""
+        if self.mode in ("off", "fixed"):
+            return
+        assert self._clock is not None
+        c = self.probe_cost()
+        assert c is not None
+        target = self._target(self._left(step, self._clock[1]), c)
+        if target is None:
+            self.next_step = math.inf
+        else:
+            self._schedule(step, target)
+
+    def _target(self, left: float, c: float) -> int | None:
+        """The step of the next probe after the last one, with ``left`` seconds of allowance and probes of ``c``
+        seconds; None: no more probes (planned runs)."""
+        last = self.steps[-1]
+        assert self._tau is not None
+        if self.mode == "planned":
+            assert self.total is not None
+            remaining = self.start + self.total - 1 - last  # steps after the last probe, up to the last step
+            k = math.floor(left / c * (1 + 1e-9))  # probes the allowance left pays for
+            if k < 1 or remaining < MIN_SPACING:
+                self.spacing = None
+                return None
+            d = remaining / k  # spread evenly, the last near the end of the run
+        else:
+            share = max((left + self.spent) / max(self._clock[1] if self._clock else 0.0, 1e-12), 1e-12)
+            d = c / (share * self._tau)  # the spacing at which probes spend exactly the share
+            if not math.isfinite(d):
+                self.spacing = None
+                return None
+        if len(self.steps) > 2:  # denser only gradually (noisy costs), sparser at once (the budget); the first
+            d = max(d, SHRINK_LIMIT * (last - self.steps[-2]))  # gap, planned on the warm-cost prior, is free
+            if self.mode == "planned":
+                d = min(d, remaining)  # but a probe the allowance pays for still comes, at the last step
+        self.spacing = max(float(MIN_SPACING), d)
+        return last + max(MIN_SPACING, round(d))
+
+    def _schedule(self, step: int, target: int) -> None:
+        assert self.spacing is not None
+        self.next_step = min(target, step + max(MIN_SPACING, math.ceil(self.spacing / LOOKS_PER_GAP)))
+
+    def facts(self) -> dict:
+        """What the run's metadata records about the schedule."""
+        gaps = np.diff(self.steps) if len(self.steps) > 1 else np.zeros(0, dtype=int)
+        out: dict = {"mode": self.mode, "planned_steps": self.total, "probes": len(self.steps),
+                     "first_step": self.steps[0] if self.steps else None, "time_s": round(self.spent, 6)}
+        if self.mode == "fixed":
+            out["every_n_steps"] = self.every_n
+        if self.mode in ("planned", "open"):
+            c = self.probe_cost()
+            out.update({
+                "spacing_mean": round(float(gaps.mean()), 3) if len(gaps) else None,
+                "spacing_min": int(gaps.min()) if len(gaps) else None,
+                "spacing_max": int(gaps.max()) if len(gaps) else None,
+                "spacing_planned": round(self.spacing, 3) if self.spacing is not None else None,
+                "step_time_s": round(self._tau, 9) if self._tau is not None else None,
+                "probe_cost_s": round(c, 6) if c is not None else None,
+                "first_probe_s": round(self.costs[0], 6) if self.costs else None,
+                "n_hvp_mean": round(float(np.mean(self.n_hvps)), 3) if self.n_hvps else None,
+                "allowance_s": round(self.allowance_s, 6) if self.allowance_s is not None else None,
+                "floor_used": self.floor_used, "aborted": self.aborted,
+            })
+        return out
+
+
+def _ema(old: float, new: float) -> float:
+    """Exponential smoothing in log space with the step clipped to a factor 2: a spike (another process on the
+    machine) moves the estimate by at most 2 ** EMA_WEIGHT, a lasting change is followed in a few measurements."""
+    if old <= 0 or new <= 0:
+        return (1 - EMA_WEIGHT) * old + EMA_WEIGHT * new
+    step = min(max(math.log(new / old), -math.log(2)), math.log(2))
+    return old * math.exp(EMA_WEIGHT * step)
