@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from dyncheck.checks.detectors import present, step_change, trend
+from dyncheck.checks.detectors import present, ratio, step_change, trend
 from dyncheck.checks.engine import evaluate
 from dyncheck.checks.rules import load_rules
 from dyncheck.errors import RuleError
@@ -156,6 +156,11 @@ def test_conditions_combine_with_for_and_warmup(tmp_path):
 @pytest.mark.parametrize("cond, expected", [
     ("{metrics: lr/*, detector: nope}", "expected one of"),
     ("{metrics: lr/*, detector: spread}", "a condition needs a detector that reads each series on its own"),
+    ("{metrics: lr/*, detector: ratio}", "detector 'ratio' reads two series: give metrics as {a: ..., b: ...}"),
+    ("{metrics: {a: loss/train, b: loss/val}, detector: trend}", "detector 'trend' reads each series on its own"),
+    ("{metrics: {a: loss/train, b: nonsense/x}, detector: ratio}", "metric pattern 'nonsense/x' can never match"),
+    ("{metrics: {a: loss/train}, detector: ratio}", "metrics"),
+    ("{any: []}", "any"),
     ("{metrics: lr/*, detector: step_change, params: {factr: 2}}", "unknown parameter 'factr' for detector "
                                                                    "'step_change'; it takes: factor, direction"),
     ("{metrics: lr/*, detector: step_change, params: {factor: 0.5}}", "expected a number > 1"),
@@ -207,3 +212,113 @@ def test_all_of_is_a_conjunction(tmp_path):
     with pytest.raises(RuleError, match="unknown parameter 'abve'"):
         _rules(tmp_path, SPIKE + "        unless: [{all: [{metrics: logged/a, detector: threshold, "
                                  "params: {abve: 0}}]}]\n")
+
+
+def test_any_of_is_a_disjunction(tmp_path):
+    rules = _rules(tmp_path, SPIKE + """
+        unless:
+          - any:
+              - {metrics: logged/a, detector: threshold, params: {above: 0}}
+              - {metrics: logged/b, detector: threshold, params: {above: 0}}
+    """)
+    steps, loss = _loss_with_jump()
+    on, off = (steps, np.ones(steps.size)), (steps, np.zeros(steps.size))
+    base = {"loss/train": (steps, loss)}
+    assert evaluate({**base, "logged/a": off, "logged/b": on}, rules).findings == []
+    assert evaluate({**base, "logged/a": on}, rules).findings == []  # one side missing: the other decides
+    assert len(evaluate({**base, "logged/a": off, "logged/b": off}, rules).findings) == 1
+    assert len(evaluate(base, rules).findings) == 1
+    c = rules["jump"].unless[0]
+    assert [p.metrics for p in c.any] == [("logged/a",), ("logged/b",)]
+    assert c.to_dict()["any"][1]["metrics"] == ["logged/b"]
+
+
+# -- ratio between a per-step and a per-validation series ----------------------------------------------------------
+def _brute_ratio_between(sa, va, sb, vb):
+    out = []
+    for i, s in enumerate(sb):
+        prev = sb[i - 1] if i else -np.inf
+        sel = [x for t, x in zip(sa, va) if prev < t <= s and np.isfinite(x)]
+        out.append(np.median(sel) / vb[i] if sel else np.nan)
+    return np.array(out)
+
+
+def test_ratio_between_against_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(5, 300))
+        sa = np.sort(rng.choice(1000, n, replace=False))
+        va = rng.lognormal(0, 1, n)
+        va[rng.random(n) < 0.1] = np.nan
+        sb = np.sort(rng.choice(1000, int(rng.integers(1, 20)), replace=False))
+        vb = rng.lognormal(0, 1, sb.size)
+        steps, mask, r, _ = ratio((sa, va), (sb, vb), above=1.5, between=True)
+        expect = _brute_ratio_between(sa, va, sb, vb)
+        assert np.array_equal(steps, sb)
+        np.testing.assert_allclose(r, expect, equal_nan=True)
+        assert mask.tolist() == (np.nan_to_num(expect, nan=-1) >= 1.5).tolist()
+
+
+def test_ratio_to_end_keeps_only_a_stretch_that_lasts_to_the_end():
+    sb = np.arange(0, 100, 10)
+    b = np.ones(10)
+    a_late = np.array([1, 1, 2, 1, 1, 1, 1, 2, 2, 2], float)  # the last 3 of 10 points
+    _, m, _, _ = ratio((sb, a_late), (sb, b), above=1.5, to_end=0.25)
+    assert m.tolist() == [False] * 7 + [True] * 3  # the early blip does not count
+    _, m, _, _ = ratio((sb, a_late), (sb, b), above=1.5, to_end=0.5)
+    assert not m.any()  # 3 of 10 points is not half
+    a_gone = a_late.copy()
+    a_gone[-1] = 1.0  # over at 70 and 80 but not at the end
+    assert not ratio((sb, a_gone), (sb, b), above=1.5, to_end=0.1)[1].any()
+
+
+def test_pair_condition(tmp_path):
+    rules = _rules(tmp_path, SPIKE + """
+        when:
+          - {metrics: {a: loss/train, b: loss/val}, detector: ratio, params: {above: 2.0, between: true}}
+    """)
+    steps, loss = _loss_with_jump()
+    val_low = (np.array([100, 203, 300]), np.array([1.0, 1.0, 1.0]))  # at 203: median of 101-203 is 1 -> no
+    val_tiny = (np.array([100, 201, 300]), np.array([1.0, 0.4, 1.0]))  # at 201: median(1.., 10, 10)/0.4 > 2
+    assert evaluate({"loss/train": (steps, loss), "loss/val": val_low}, rules).findings == []
+    (f,) = evaluate({"loss/train": (steps, loss), "loss/val": val_tiny}, rules).findings
+    assert (f.first_step, f.last_step) == (201, 202)  # as of the latest validation point at or before each step
+    assert evaluate({"loss/train": (steps, loss)}, rules).findings == []  # no validation loss: does not hold
+    assert rules["jump"].when[0].to_dict()["metrics"] == {"a": "loss/train", "b": "loss/val"}
+
+
+def test_over_regularization_on_synthetic_runs():
+    """The default pack's over-regularization check: a training loss that does not halve while it stays above the
+    validation loss (dropout / label smoothing), or while weight decay shrinks a layer 10x; not when the loss
+    falls well, nor for a loss-scale mismatch (train 255x val: a sum reduction)."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(1)
+    steps = np.arange(600)
+    vsteps = np.arange(49, 600, 50)
+    noise = lambda n: np.exp(0.03 * rng.standard_normal(n))  # noqa: E731
+    val = 2.3 - 0.8 * (1 - np.exp(-vsteps / 200))
+    # dropout-like: the training loss falls 25% and stays ever further above validation
+    train = (2.3 - 0.6 * (1 - np.exp(-steps / 200))) * noise(steps.size)
+    run = {"loss/train": (steps, train), "loss/val": (vsteps, val * (1 - 0.25 * vsteps / 600))}
+    ids = {f.check for f in evaluate(run, rules).findings}
+    assert "over-regularization" in ids
+    # the same gap, but the loss falls 5x: a healthy regularized run (BatchNorm in train mode with tiny batches)
+    fast = (2.3 * np.exp(-steps / 300) + 0.1) * noise(steps.size)
+    ok = {"loss/train": (steps, fast), "loss/val": (vsteps, 0.6 * (2.3 * np.exp(-vsteps / 300) + 0.1))}
+    assert "over-regularization" not in {f.check for f in evaluate(ok, rules).findings}
+    # no gap (train ~ val): not this check
+    same = {"loss/train": (steps, train), "loss/val": (vsteps, 2.3 - 0.6 * (1 - np.exp(-vsteps / 200)))}
+    assert "over-regularization" not in {f.check for f in evaluate(same, rules).findings}
+    # a training loss 255x the validation loss is a reduction mismatch, not regularization
+    scaled = {"loss/train": (steps, 255 * train), "loss/val": (vsteps, val)}
+    assert "over-regularization" not in {f.check for f in evaluate(scaled, rules).findings}
+    # weight decay: the loss stuck at log(10) while the weights shrink 100x
+    w = 3.0 * np.exp(-steps / 100)
+    stuck = np.log(10) * noise(steps.size)
+    wd = {"loss/train": (steps, stuck), "weight_norm/net.0.weight": (steps, w)}
+    (f,) = [f for f in evaluate(wd, rules).findings if f.check == "over-regularization"]
+    diag = evaluate(wd, rules).diagnoses
+    assert diag[0].check == "over-regularization"
+    # weights that stay put: no
+    flat = {"loss/train": (steps, stuck), "weight_norm/net.0.weight": (steps, np.full(steps.size, 3.0))}
+    assert "over-regularization" not in {f.check for f in evaluate(flat, rules).findings}

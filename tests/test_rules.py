@@ -9,6 +9,7 @@ from dyncheck.errors import ConfigError, RuleError
 
 DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "exploding-gradients", "vanishing-gradients",
                "dead-units", "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence",
+               "over-regularization",
                "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability", "lr-collapse",
                "layers-not-learning"]
 
@@ -210,3 +211,19 @@ def test_readme_rule_example_is_valid(tmp_path):
     c = rules["loss-spike"]
     assert c.unless and c.unless[0].detector == "step_change" and c.explains == ("update-too-large",)
     assert "update-too-small" in rules.disabled
+
+
+def test_readme_condition_example_is_valid(tmp_path):
+    """The nested any/all conditions shown in README ("Conditions on other signals") load as a check's when:."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Conditions on other signals.**"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    p = tmp_path / "cond.yaml"
+    p.write_text("checks:\n  - id: no-progress\n" + block)
+    (cond,) = load_rules(["default", str(p)])["no-progress"].when
+    ratio_cond, both = cond.any
+    assert ratio_cond.pair == ("loss/train", "loss/val") and ratio_cond.params["between"] is True
+    assert [c.detector for c in both.all] == ["trend", "present"]

@@ -479,9 +479,31 @@ def _align(a, b):
     return common, np.asarray(va, float)[ia], np.asarray(vb, float)[ib]
 
 
-def ratio(a, b, *, above=None, below=None, **_):
-    """a / b at or above ``above`` or at or below ``below``, on the steps both were recorded."""
-    steps, va, vb = _align(a, b)
+def _median_between(sa: np.ndarray, va: np.ndarray, sb: np.ndarray) -> np.ndarray:
+    """``a`` at each of b's steps: the median of its finite values after b's previous step, up to and including
+    this one (per-batch noise averages out between two validations); NaN where there are none."""
+    hi = np.searchsorted(sa, sb, side="right")
+    lo = np.concatenate([[0], hi[:-1]])
+    out = np.full(sb.size, np.nan)
+    for i in range(sb.size):
+        sel = va[lo[i]:hi[i]]
+        sel = sel[np.isfinite(sel)]
+        if sel.size:
+            out[i] = np.median(sel)
+    return out
+
+
+def ratio(a, b, *, above=None, below=None, between=False, to_end=0.0, **_):
+    """a / b at or above ``above`` or at or below ``below``, on the steps both were recorded -- or, with
+    ``between``, at b's steps with ``a`` the median of its values since b's previous point (a per-batch series
+    against a per-validation one). ``to_end`` (a share): only the stretch of consecutive points that reaches the
+    last point counts, and only when it covers at least that share of the points (it held, and holds at the end)."""
+    if between:
+        sa, va = np.asarray(a[0]), np.asarray(a[1], float)
+        steps, vb = np.asarray(b[0]), np.asarray(b[1], float)
+        va = _median_between(sa, va, steps) if sa.size else np.full(steps.size, np.nan)
+    else:
+        steps, va, vb = _align(a, b)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = va / vb
         mask = np.zeros(r.size, bool)
@@ -489,6 +511,11 @@ def ratio(a, b, *, above=None, below=None, **_):
             mask |= r >= above
         if below is not None:
             mask |= r <= below
+    if to_end > 0:
+        runs = _runs(mask)
+        mask = np.zeros(r.size, bool)
+        if runs and runs[-1][1] == r.size and runs[-1][1] - runs[-1][0] >= max(1.0, to_end * r.size):
+            mask[runs[-1][0]:] = True
     return steps, mask, r, {"a": va, "b": vb}
 
 
@@ -503,14 +530,7 @@ def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, min
     mask = np.zeros(sb.size, bool)
     if sb.size < min_points or sa.size == 0:
         return sb, mask, vb, {}
-    hi = np.searchsorted(sa, sb, side="right")
-    lo = np.concatenate([[0], hi[:-1]])
-    a_at = np.full(sb.size, np.nan)
-    for i in range(sb.size):
-        sel = va[lo[i]:hi[i]]
-        sel = sel[np.isfinite(sel)]
-        if sel.size:
-            a_at[i] = np.median(sel)
+    a_at = _median_between(sa, va, sb)
     fin = np.isfinite(vb)
     if not fin.any():
         return sb, mask, vb, {}
@@ -604,7 +624,9 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
               "z": ({"type": "number", "minimum": 0}, 3.0), "min_change": ({"type": "number", "minimum": 0}, 0.0),
               "log": ({"type": "boolean"}, True), "since": ({"enum": ["window", "start"]}, "window")},
              ("reference", "recent")),
-    Detector("ratio", "pair", ratio, {"above": (_NULLNUM, None), "below": (_NULLNUM, None)}, ("a", "b")),
+    Detector("ratio", "pair", ratio, {"above": (_NULLNUM, None), "below": (_NULLNUM, None),
+                                      "between": ({"type": "boolean"}, False), "to_end": (_SHARE, 0.0)},
+             ("a", "b")),
     Detector("opposite_trends", "pair", opposite_trends,
              {"rise": (_NUM, 0.1), "min_rise": (_NUM, 0.0), "fall": (_NUM, 0.0), "min_points": (_COUNT, 3),
               "min_run": (_COUNT, 1), "at_end": ({"type": "boolean"}, False)},

@@ -235,14 +235,17 @@ def _condition_mask(cond: Condition, at: np.ndarray, src: "SeriesSource", span: 
         for part in cond.all:
             out &= _condition_mask(part, at, src, span)
         return out
+    if cond.any:
+        out = np.zeros(at.size, bool)
+        for part in cond.any:
+            out |= _condition_mask(part, at, src, span)
+        return out
     det = DETECTORS[cond.detector]
     out = np.zeros(at.size, bool)
     whole = det.whole_run or cond.params.get("scope") in ("last", "median")
-    for name in src.match(cond.metrics, cond.exclude):
-        s, v = src.get(name)
+    for s, mask in _condition_series(cond, det, src):
         if s.size == 0:
             continue
-        mask, _, _ = det.fn(s, v, metric=name, **cond.params)
         if whole:
             if mask.any():
                 return np.ones(at.size, bool)
@@ -256,6 +259,23 @@ def _condition_mask(cond: Condition, at: np.ndarray, src: "SeriesSource", span: 
             idx = np.searchsorted(s, at, side="right") - 1
             out |= (idx >= 0) & mask[np.maximum(idx, 0)]
     return out
+
+
+def _condition_series(cond: Condition, det: Any, src: "SeriesSource"):
+    """(steps, mask) of the condition's detector on each matching series, or on its pair (the first match of
+    each side; a side that is missing: no series, the condition does not hold)."""
+    if cond.pair is not None:
+        found = [src.match([p], cond.exclude) for p in cond.pair]
+        if all(found):
+            steps, mask, _, _ = det.fn(src.get(found[0][0]), src.get(found[1][0]), **cond.params)
+            yield np.asarray(steps), mask
+        return
+    for name in src.match(cond.metrics, cond.exclude):
+        s, v = src.get(name)
+        if s.size == 0:
+            continue
+        mask, _, _ = det.fn(s, v, metric=name, **cond.params)
+        yield s, mask
 
 
 def _cut(steps: np.ndarray, values: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:

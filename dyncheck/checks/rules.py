@@ -51,13 +51,15 @@ _CHECK_KEYS = ("id", "summary", "severity", "metrics", "exclude", "detector", "p
 _REQUIRED_NEW = ("summary", "severity", "metrics", "detector")
 
 _GLOBS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+_PAIR = {"type": "object", "required": ["a", "b"], "additionalProperties": False,
+         "properties": {"a": {"type": "string", "minLength": 1}, "b": {"type": "string", "minLength": 1}}}
 _CHECK_ID = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]*$"}
 CONDITION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["metrics", "detector"],
     "additionalProperties": False,
     "properties": {
-        "metrics": {"anyOf": [{"type": "string", "minLength": 1}, _GLOBS]},
+        "metrics": {"anyOf": [{"type": "string", "minLength": 1}, _GLOBS, _PAIR]},
         "exclude": {"anyOf": [{"type": "string", "minLength": 1}, _GLOBS]},
         "detector": {"enum": sorted(DETECTORS)},
         "params": {"type": "object"},
@@ -66,7 +68,10 @@ CONDITION_SCHEMA: dict[str, Any] = {
 }
 _ALL_OF = {"type": "object", "required": ["all"], "additionalProperties": False,
            "properties": {"all": {"type": "array", "items": {"type": "object"}, "minItems": 1}}}
-# each item is validated on its own (CONDITION_SCHEMA, or _ALL_OF for {all: [...]}), for precise messages
+_ANY_OF = {"type": "object", "required": ["any"], "additionalProperties": False,
+           "properties": {"any": {"type": "array", "items": {"type": "object"}, "minItems": 1}}}
+# each item is validated on its own (CONDITION_SCHEMA, or _ALL_OF / _ANY_OF for {all: [...]} / {any: [...]}), for
+# precise messages
 _CONDITIONS = {"type": "array", "items": {"type": "object"}}
 CHECK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -79,8 +84,7 @@ CHECK_SCHEMA: dict[str, Any] = {
         "metrics": {"anyOf": [
             {"type": "string", "minLength": 1},
             _GLOBS,
-            {"type": "object", "required": ["a", "b"], "additionalProperties": False,
-             "properties": {"a": {"type": "string", "minLength": 1}, "b": {"type": "string", "minLength": 1}}},
+            _PAIR,
         ]},
         "exclude": {"anyOf": [{"type": "string", "minLength": 1}, {**_GLOBS, "minItems": 0}]},
         "detector": {"enum": sorted(DETECTORS)},
@@ -116,11 +120,11 @@ _EXPECTED = {
 
 @dataclass(frozen=True)
 class Condition:
-    """A condition on companion series: ``detector`` (a per-series one) with ``params`` on each metric matching
-    ``metrics``; it holds at a step of the check when it holds on any matching series as of that step (its latest
-    point at or before it), or with ``within`` at any point within that many steps either side. A detector that
-    gives one verdict for the whole run (no_progress, plateau, present, a median scope) holds everywhere or
-    nowhere."""
+    """A condition on companion series: ``detector`` with ``params`` on each metric matching ``metrics`` (a
+    per-series detector), or on the pair ``pair`` (a pair detector such as ``ratio``); it holds at a step of the
+    check when it holds on any matching series as of that step (its latest point at or before it), or with
+    ``within`` at any point within that many steps either side. A detector that gives one verdict for the whole
+    run (no_progress, plateau, present, a median scope) holds everywhere or nowhere."""
 
     metrics: tuple[str, ...]
     detector: str
@@ -129,11 +133,18 @@ class Condition:
     within: int = 0
     #: ``{all: [...]}``: a conjunction -- holds where every one of these holds (``metrics`` is then empty)
     all: tuple["Condition", ...] = ()
+    #: ``{any: [...]}``: a disjunction -- holds where at least one of these holds
+    any: tuple["Condition", ...] = ()
+    #: ``metrics: {a: ..., b: ...}`` for a pair detector
+    pair: tuple[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         if self.all:
             return {"all": [c.to_dict() for c in self.all]}
-        return {"metrics": list(self.metrics), "detector": self.detector, "params": dict(self.params),
+        if self.any:
+            return {"any": [c.to_dict() for c in self.any]}
+        metrics: Any = {"a": self.pair[0], "b": self.pair[1]} if self.pair else list(self.metrics)
+        return {"metrics": metrics, "detector": self.detector, "params": dict(self.params),
                 "exclude": list(self.exclude), "within": self.within}
 
 
@@ -434,24 +445,36 @@ def _as_condition(d: Mapping[str, Any]) -> Condition:
     """A condition already validated (inherited from an earlier file, in :meth:`Condition.to_dict` form)."""
     if "all" in d:
         return Condition((), "", all=tuple(_as_condition(c) for c in d["all"]))
-    return Condition(tuple(d["metrics"]), d["detector"], dict(d.get("params") or {}), tuple(d.get("exclude") or ()),
-                     int(d.get("within") or 0))
+    if "any" in d:
+        return Condition((), "", any=tuple(_as_condition(c) for c in d["any"]))
+    m = d["metrics"]
+    pair = (m["a"], m["b"]) if isinstance(m, Mapping) else None
+    return Condition(() if pair else tuple(m), d["detector"], dict(d.get("params") or {}),
+                     tuple(d.get("exclude") or ()), int(d.get("within") or 0), pair=pair)
 
 
 def _condition(doc: _Doc, path: list[Any], cond: Mapping[str, Any], cid: str) -> Condition | None:
     """Validate one condition entry (its schema, its detector's kind and parameters, its metric patterns)."""
     n_before = len(doc.problems)
-    _schema_problems(doc, cond, _ALL_OF if "all" in cond else CONDITION_SCHEMA, path, cid)
+    combo = "all" if "all" in cond else "any" if "any" in cond else None
+    _schema_problems(doc, cond, {"all": _ALL_OF, "any": _ANY_OF}.get(combo or "", CONDITION_SCHEMA), path, cid)
     if len(doc.problems) > n_before:
         return None
-    if "all" in cond:
-        parts = [_condition(doc, path + ["all", j], c, cid) for j, c in enumerate(cond["all"])]
-        return None if any(p is None for p in parts) else Condition((), "", all=tuple(parts))  # type: ignore
+    if combo is not None:
+        parts = [_condition(doc, path + [combo, j], c, cid) for j, c in enumerate(cond[combo])]
+        if any(p is None for p in parts):
+            return None
+        return Condition((), "", **{combo: tuple(parts)})  # type: ignore[arg-type]
     det = DETECTORS[cond["detector"]]
-    if det.kind != "each":
-        doc.problem(path + ["detector"], f"a condition needs a detector that reads each series on its own; "
-                                         f"'{det.name}' reads {'two series' if det.kind == 'pair' else 'a group'}",
-                    cid)
+    is_pair = isinstance(cond["metrics"], Mapping)
+    if det.kind == "group":
+        doc.problem(path + ["detector"], f"a condition needs a detector that reads each series on its own or a "
+                                         f"pair of them; '{det.name}' reads a group", cid)
+        return None
+    if (det.kind == "pair") != is_pair:
+        doc.problem(path + ["metrics"], f"detector '{det.name}' reads "
+                    + ("two series: give metrics as {a: ..., b: ...}" if det.kind == "pair" else
+                       "each series on its own: give a metric name or glob, or a list of them"), cid)
         return None
     params = dict(cond.get("params") or {})
     takes = ", ".join(det.params) if det.params else "no parameters"
@@ -461,16 +484,23 @@ def _condition(doc: _Doc, path: list[Any], cond: Mapping[str, Any], cid: str) ->
                                               f"{takes}", cid, key=True)
     _schema_problems(doc, params, {"type": "object", "properties": {k: s for k, (s, _) in det.params.items()}},
                      path + ["params"], cid)
-    metrics = _as_tuple(cond["metrics"])
-    for j, pat in enumerate(metrics):
+    if is_pair:
+        pair = (cond["metrics"]["a"], cond["metrics"]["b"])
+        named = [(path + ["metrics", k], p) for k, p in zip("ab", pair)]
+        metrics: tuple[str, ...] = ()
+    else:
+        pair = None
+        metrics = _as_tuple(cond["metrics"])
+        named = [(path + ["metrics"] + ([j] if isinstance(cond["metrics"], list) else []), p)
+                 for j, p in enumerate(metrics)]
+    for where, pat in named:
         if not pattern_can_match(pat):
-            sub = [j] if isinstance(cond["metrics"], list) else []
-            doc.problem(path + ["metrics"] + sub, f"metric pattern '{pat}' can never match a recorded metric "
-                                                  "(see README, 'What is measured')", cid)
+            doc.problem(where, f"metric pattern '{pat}' can never match a recorded metric "
+                               "(see README, 'What is measured')", cid)
     if len(doc.problems) > n_before:
         return None
     return Condition(metrics, det.name, {**det.defaults(), **params}, _as_tuple(cond.get("exclude")),
-                     int(cond.get("within") or 0))
+                     int(cond.get("within") or 0), pair=pair)
 
 
 def _load_file(path: Path, label: str, rules: RuleSet) -> None:
