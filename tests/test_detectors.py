@@ -258,6 +258,51 @@ def test_spike_tail_judges_the_jump_against_the_runs_own_noise():
     assert 1200 in np.flatnonzero(spike(steps, noisy2, tail=1.6, **kw)[0])
 
 
+def test_spike_tail_rank_against_the_runs_other_excursions():
+    from dyncheck.checks.detectors import _other_peaks_level, _peaks, spike
+
+    # peaks: greedy non-maximum suppression, against a brute force over all subsets' definition (largest first,
+    # each more than sep from every larger kept one)
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        r = rng.normal(size=int(rng.integers(1, 120)))
+        r[rng.random(r.size) < 0.1] = np.nan
+        sep = int(rng.integers(0, 10))
+        kept = []
+        for i in sorted(np.flatnonzero(np.isfinite(r)), key=lambda i: -r[i]):
+            if all(abs(i - j) > sep for j, _ in kept):
+                kept.append((int(i), float(r[i])))
+        assert _peaks(r, sep, 5) == kept[:5]
+    r = np.full(100, np.nan)
+    r[[10, 12, 40, 70, 90]] = [5.0, 4.0, 3.0, 2.0, 1.0]
+    # at 10 (its own excursion, 10 and 12, left out): the others are 3, 2, 1 -> 2nd largest 2
+    assert _other_peaks_level(r, np.array([10, 40]), 5, 2).tolist() == [2.0, 2.0]
+    assert _other_peaks_level(r, np.array([10]), 5, 9).tolist() == [1.0]  # fewer peaks: the smallest
+    assert _other_peaks_level(np.zeros(50), np.array([3]), 5, 1).tolist() == [np.log10(2)]
+
+    n = 3000
+    steps = np.arange(n)
+    kw = dict(window=50, factor=5.0, min_jump=0.0, robust_z=0.0, max_duration=50, min_history=10, tail=2.0,
+              tail_rank=3)
+    # heavy-tailed noise (5% of batches 5-40x the level): its largest jumps are alike, none stands out -- at any
+    # length (a quantile reference drifts away from the maximum as the run gets longer)
+    for length in (500, 3000):
+        for seed in range(5):
+            g = np.random.default_rng(seed)
+            noisy = 0.05 * np.exp(0.3 * g.standard_normal(length)) * np.where(g.random(length) < 0.05,
+                                                                               g.uniform(5, 40, length), 1)
+            assert not spike(np.arange(length), noisy, **kw)[0].any()
+    # two 100x bad batches in a clean run: both found (the other one is not the reference)
+    clean = 0.1 * np.exp(0.05 * rng.standard_normal(n))
+    clean[[900, 2100]] *= 100
+    assert np.flatnonzero(spike(steps, clean, **kw)[0]).tolist() == [900, 2100]
+    # a 3000x bad batch inside the heavy noise stands out
+    g = np.random.default_rng(9)
+    noisy = 0.05 * np.exp(0.3 * g.standard_normal(n)) * np.where(g.random(n) < 0.05, g.uniform(5, 40, n), 1)
+    noisy[1500] = np.median(noisy) * 3000
+    assert np.flatnonzero(spike(steps, noisy, **kw)[0]).tolist() == [1500]
+
+
 def test_collapse_only_when_it_stays_low_from_early_on():
     from dyncheck.checks.detectors import collapse
 

@@ -111,7 +111,7 @@ def test_unknown_detector_and_parameter(tmp_path):
     """)
     assert got[0].startswith(f"{f}:7:15: check 'c1': 'detector': expected one of collapse, divergence, growth, improves_later, no_progress")
     assert got[1] == (f"{f}:13:14: check 'c2': unknown parameter 'factr' for detector 'spike'; it takes: window, "
-                      "factor, min_jump, robust_z, max_duration, min_history, tail, tail_quantile")
+                      "factor, min_jump, robust_z, max_duration, min_history, tail, tail_quantile, tail_rank")
     assert got[2] == (f"{f}:13:32: check 'c2': 'window': expected an integer >= 1, got 0")
 
 

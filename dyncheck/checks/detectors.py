@@ -184,14 +184,18 @@ def nonfinite(steps, values, *, metric="", **_):
 
 
 def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, max_duration=10, min_history=5,
-          tail=0.0, tail_quantile=0.99, **_):
+          tail=0.0, tail_quantile=0.99, tail_rank=0, **_):
     """A jump to more than ``factor`` times the median of the previous ``window`` values (the recent level) that
     falls back under that within ``max_duration`` points -- longer excursions are divergence, not spikes. The jump must also
     exceed ``min_jump`` times the series' initial level (so tiny absolute wiggles of a loss near zero do not count)
     and ``robust_z`` robust standard deviations (1.4826 MAD) of the recent values (so batch-to-batch noise does
     not count). With ``tail`` > 0 the jump must also stand out of the run's own heavy tail: its log-ratio to the
     recent level must exceed ``tail`` times the ``tail_quantile`` of all the run's log-ratios (a batch-2 SGD run
-    whose per-batch loss often jumps 20x must jump far beyond that; a clean run's 99th percentile is ~2x)."""
+    whose per-batch loss often jumps 20x must jump far beyond that; a clean run's 99th percentile is ~2x). With
+    ``tail_rank`` k > 0 the reference is instead the k-th largest of the run's *other* excursions (peaks of the
+    log-ratio more than ``max_duration`` points from the jump): a jump stands out of the run's own largest ones,
+    whatever the run's length (a quantile's distance to the maximum grows with the number of points), and up to k
+    genuine spikes do not hide one another. Both references are at least log10(2)."""
     v = np.asarray(values, dtype=float)
     # v > factor x median(window) implies v > factor x min(window): medians are needed only at those points
     low = _rolling(v, window, np.min, include_current=False)
@@ -212,7 +216,12 @@ def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, m
             mad[idx] = _rolling_mad(v, window, idx)
             above &= jump > robust_z * 1.4826 * mad
         if tail > 0 and above.any():
-            above &= _log_ratio(v, window) > tail * _tail_level(v, window, tail_quantile)
+            r = _log_ratio(v, window)
+            if tail_rank > 0:
+                idx = np.flatnonzero(above)
+                above[idx] = r[idx] > tail * _other_peaks_level(r, idx, max_duration, tail_rank)
+            else:
+                above &= r > tail * _tail_level(v, window, tail_quantile)
     mask = np.zeros_like(above)
     for s, _ in _runs(above):
         # the excursion lasts until the value falls back under factor x the level from before the jump; the
@@ -230,6 +239,35 @@ def _log_ratio(v: np.ndarray, window: int) -> np.ndarray:
     """log10 of each value over the median of the ``window`` values before it (NaN where undefined)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.log10(v / rolling_median_prev(v, window))
+
+
+def _peaks(r: np.ndarray, sep: int, k: int, pool: int = 256) -> list[tuple[int, float]]:
+    """The largest values of ``r`` at least ``sep`` points apart (greedy non-maximum suppression over the
+    ``pool`` largest points), largest first, at most ``k``."""
+    fin = np.flatnonzero(np.isfinite(r))
+    if fin.size == 0:
+        return []
+    top = fin[np.argsort(r[fin])[::-1][:pool]] if fin.size > pool else fin[np.argsort(r[fin])[::-1]]
+    kept: list[tuple[int, float]] = []
+    for i in top:
+        if all(abs(int(i) - j) > sep for j, _ in kept):
+            kept.append((int(i), float(r[i])))
+            if len(kept) >= k:
+                break
+    return kept
+
+
+def _other_peaks_level(r: np.ndarray, at: np.ndarray, sep: int, rank: int) -> np.ndarray:
+    """At each index of ``at``: the ``rank``-th largest peak of ``r`` more than ``sep`` points away from it (its
+    own excursion left out), at least log10(2); where fewer peaks exist, the smallest of them (or log10(2))."""
+    floor = float(np.log10(2.0))
+    peaks = _peaks(r, sep, rank + 8)  # enough that rank remain after leaving out those near any one point
+    out = np.full(at.size, floor)
+    for n, i in enumerate(at):
+        others = [val for j, val in peaks if abs(j - int(i)) > sep]
+        if others:
+            out[n] = max(others[min(rank, len(others)) - 1], floor)
+    return out
 
 
 def _tail_level(v: np.ndarray, window: int, q: float) -> float:
@@ -597,7 +635,8 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
              {"window": (_COUNT, 20), "factor": (_POS, 3.0), "min_jump": ({"type": "number", "minimum": 0}, 0.0),
               "robust_z": ({"type": "number", "minimum": 0}, 0.0), "max_duration": (_COUNT, 10),
               "min_history": (_COUNT, 5), "tail": ({"type": "number", "minimum": 0}, 0.0),
-              "tail_quantile": ({"type": "number", "minimum": 0.5, "maximum": 1}, 0.99)}, ("level", "ratio")),
+              "tail_quantile": ({"type": "number", "minimum": 0.5, "maximum": 1}, 0.99),
+              "tail_rank": ({"type": "integer", "minimum": 0}, 0)}, ("level", "ratio")),
     Detector("divergence", "each", divergence,
              {"window": (_COUNT, 10), "factor": (_POS, 2.0), "lost": (_SHARE, 0.5),
               "at_end": ({"type": "boolean"}, True), "min_points": (_COUNT, 10)},

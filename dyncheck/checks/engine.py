@@ -87,8 +87,9 @@ def diagnose(findings: Sequence[Finding], checks: Mapping[str, Check]) -> list[D
     """Group findings under their root causes. A check that fired is a root cause unless a check that also fired
     explains it (``explains:``, transitively); its diagnosis takes the findings of every check it reaches that
     no earlier root cause took. Mutual explanations (a cycle) leave the check declared first as the root.
-    Diagnoses are ordered by severity (worst first), then by the step their evidence begins (causes come
-    before their effects), then by how much they explain."""
+    Diagnoses are ordered by the severity of their root-cause finding (worst first), then by their worst
+    severity, then by the step their evidence begins (causes come before their effects), then by how much they
+    explain."""
     by_check: dict[str, list[Finding]] = {}
     for f in findings:
         by_check.setdefault(f.check, []).append(f)
@@ -128,7 +129,10 @@ def diagnose(findings: Sequence[Finding], checks: Mapping[str, Check]) -> list[D
         worst = max((f.severity for f in own + expl), key=lambda s: _RANK[s])
         summary = checks[r].summary if r in checks else r
         out.append(Diagnosis(r, worst, summary, tuple(own), tuple(expl)))
-    out.sort(key=lambda d: (-_RANK[d.severity], d.primary.first_step, -len(d.explained), d.check))
+    # a root cause that is itself an error outranks one that is a warning explaining an error (a divergence
+    # before the dead units it left behind)
+    out.sort(key=lambda d: (-_RANK[d.primary.severity], -_RANK[d.severity], d.primary.first_step,
+                            -len(d.explained), d.check))
     return out
 
 
