@@ -259,7 +259,7 @@ def test_spike_tail_judges_the_jump_against_the_runs_own_noise():
 
 
 def test_spike_tail_rank_against_the_runs_other_excursions():
-    from dyncheck.checks.detectors import _other_peaks_level, _peaks, spike
+    from dyncheck.checks.detectors import _log_ratio, _other_peaks_level, _peaks, _rolling, _top_peaks, spike
 
     # peaks: greedy non-maximum suppression, against a brute force over all subsets' definition (largest first,
     # each more than sep from every larger kept one)
@@ -276,9 +276,19 @@ def test_spike_tail_rank_against_the_runs_other_excursions():
     r = np.full(100, np.nan)
     r[[10, 12, 40, 70, 90]] = [5.0, 4.0, 3.0, 2.0, 1.0]
     # at 10 (its own excursion, 10 and 12, left out): the others are 3, 2, 1 -> 2nd largest 2
-    assert _other_peaks_level(r, np.array([10, 40]), 5, 2).tolist() == [2.0, 2.0]
-    assert _other_peaks_level(r, np.array([10]), 5, 9).tolist() == [1.0]  # fewer peaks: the smallest
-    assert _other_peaks_level(np.zeros(50), np.array([3]), 5, 1).tolist() == [np.log10(2)]
+    peaks = _peaks(r, 5, 10)
+    assert _other_peaks_level(peaks, np.array([10, 40]), 5, 2).tolist() == [2.0, 2.0]
+    assert _other_peaks_level(peaks, np.array([10]), 5, 9).tolist() == [1.0]  # fewer peaks: the smallest
+    assert _other_peaks_level(_peaks(np.zeros(50), 5, 9), np.array([3]), 5, 1).tolist() == [np.log10(2)]
+    # the bounded search finds the same peaks as the log-ratios computed everywhere
+    for seed in range(20):
+        g = np.random.default_rng(seed)
+        n = int(g.integers(50, 6000))
+        v = np.exp(g.standard_normal(n) * g.uniform(0.05, 1.5)) * np.where(g.random(n) < 0.05, 30, 1)
+        v[g.random(n) < 0.02] = np.nan
+        low = _rolling(v, 50, np.min, include_current=False)
+        k = int(g.integers(1, 12))
+        assert _top_peaks(v, 50, low, 50, k) == _peaks(_log_ratio(v, 50), 50, k, pool=n)
 
     n = 3000
     steps = np.arange(n)

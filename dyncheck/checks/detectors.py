@@ -216,12 +216,13 @@ def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, m
             mad[idx] = _rolling_mad(v, window, idx)
             above &= jump > robust_z * 1.4826 * mad
         if tail > 0 and above.any():
-            r = _log_ratio(v, window)
             if tail_rank > 0:
                 idx = np.flatnonzero(above)
-                above[idx] = r[idx] > tail * _other_peaks_level(r, idx, max_duration, tail_rank)
+                peaks = _top_peaks(v, window, low, max_duration, tail_rank + 8)
+                r_idx = np.log10(v[idx] / level[idx])
+                above[idx] = r_idx > tail * _other_peaks_level(peaks, idx, max_duration, tail_rank)
             else:
-                above &= r > tail * _tail_level(v, window, tail_quantile)
+                above &= _log_ratio(v, window) > tail * _tail_level(v, window, tail_quantile)
     mask = np.zeros_like(above)
     for s, _ in _runs(above):
         # the excursion lasts until the value falls back under factor x the level from before the jump; the
@@ -257,11 +258,34 @@ def _peaks(r: np.ndarray, sep: int, k: int, pool: int = 256) -> list[tuple[int, 
     return kept
 
 
-def _other_peaks_level(r: np.ndarray, at: np.ndarray, sep: int, rank: int) -> np.ndarray:
-    """At each index of ``at``: the ``rank``-th largest peak of ``r`` more than ``sep`` points away from it (its
-    own excursion left out), at least log10(2); where fewer peaks exist, the smallest of them (or log10(2))."""
+def _top_peaks(v: np.ndarray, window: int, low: np.ndarray, sep: int, k: int) -> list[tuple[int, float]]:
+    """``_peaks`` of the log-ratios to the rolling median of the previous ``window`` values, computed without
+    that median everywhere (the costly part on long runs): the ratio to the rolling minimum ``low`` bounds each
+    log-ratio from above, so exact ones are needed only for the points with the largest bounds -- as many as it
+    takes for the k-th peak to exceed every bound left out (then no point left out can be among the k)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = np.where(low > 0, np.log10(v / low), np.inf)
+    fin = np.flatnonzero(np.isfinite(v) & ~np.isnan(u))
+    if fin.size == 0:
+        return []
+    order = fin[np.argsort(-u[fin], kind="stable")]
+    m = min(order.size, 1024)
+    while True:
+        pool = order[:m]
+        r = np.full(v.size, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r[pool] = np.log10(v[pool] / _rolling(v, window, np.median, include_current=False, at=pool))
+        peaks = _peaks(r, sep, k, pool=m)
+        if m >= order.size or (len(peaks) >= k and u[order[m]] <= peaks[-1][1]):
+            return peaks
+        m = min(order.size, 4 * m)
+
+
+def _other_peaks_level(peaks: list[tuple[int, float]], at: np.ndarray, sep: int, rank: int) -> np.ndarray:
+    """At each index of ``at``: the ``rank``-th largest of ``peaks`` (index, value; largest first) more than
+    ``sep`` points away from it (its own excursion left out), at least log10(2); where fewer peaks remain, the
+    smallest of them (or log10(2))."""
     floor = float(np.log10(2.0))
-    peaks = _peaks(r, sep, rank + 8)  # enough that rank remain after leaving out those near any one point
     out = np.full(at.size, floor)
     for n, i in enumerate(at):
         others = [val for j, val in peaks if abs(j - int(i)) > sep]
