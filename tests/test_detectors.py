@@ -1,5 +1,7 @@
 """Each detector against synthetic series with known answers, including edge cases."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,29 @@ def test_held_for_counts_steps_not_points():
     assert held_for(np.arange(0, 80, 10), m, 30).tolist() == [0, 0, 0, 1, 1, 1, 0, 0]
     # the last point holds for the typical spacing
     assert held_for(np.arange(0, 80, 10), m, 10).tolist() == m.tolist()
+
+
+def test_held_for_against_brute_force():
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        n = int(rng.integers(1, 40))
+        steps = np.cumsum(rng.integers(1, 20, n))
+        m = rng.random(n) < rng.uniform(0.1, 0.9)
+        k = int(rng.integers(1, 60))
+        spacing = float(np.median(np.diff(steps))) if n > 1 else 1.0
+        expect = np.zeros(n, bool)
+        i = 0
+        while i < n:  # each run of True points: from its first step to the step after its last point
+            if not m[i]:
+                i += 1
+                continue
+            j = i
+            while j + 1 < n and m[j + 1]:
+                j += 1
+            end = steps[j + 1] if j + 1 < n else steps[-1] + spacing
+            expect[i:j + 1] = k <= 1 or end - steps[i] >= k
+            i = j + 1
+        assert held_for(steps, m, k).tolist() == expect.tolist(), (steps, m, k)
 
 
 def test_rolling_median_prev_matches_loop():
@@ -353,3 +378,89 @@ def test_spread_min_share_and_median_reference():
     # against the median: a single fast head does not make the others look slow
     head = [(f"a{i}", base, np.full(10, 1e-3)) for i in range(5)] + [("head", base, np.full(10, 10.0))]
     assert spread(head, below=1e-3)[1].all() and not spread(head, below=1e-3, reference="median")[1].any()
+
+
+def test_rolling_kernels_match_the_windowed_reference():
+    """The moving-window kernels (bottleneck) against the plain windowed nan-aware reductions, with NaN and Inf
+    (forward-filled), windows longer than the series, and at given indices."""
+    from dyncheck.checks import detectors as D
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, w = int(rng.integers(1, 300)), int(rng.integers(1, 400))
+        v = rng.normal(size=n)
+        if rng.random() < 0.5:
+            v[rng.random(n) < 0.2] = np.nan
+        if rng.random() < 0.2:
+            v[rng.random(n) < 0.1] = np.inf
+        for fn in (np.median, np.min):
+            for inc in (True, False):
+                with D._quiet():
+                    ref = D._NAN_AWARE[fn](D._windows(v, w, inc), axis=1)
+                np.testing.assert_allclose(D._rolling(v, w, fn, include_current=inc), ref, equal_nan=True)
+                at = np.flatnonzero(rng.random(n) < 0.5)
+                np.testing.assert_allclose(D._rolling(v, w, fn, include_current=inc, at=at), ref[at], equal_nan=True)
+
+
+def _spread_reference(series, below, min_series, reference, min_share):
+    """spread written as a plain series x steps matrix (the definition)."""
+    steps = series[0][1]
+    for _, s, _ in series[1:]:
+        steps = np.intersect1d(steps, s)
+    mat = np.stack([np.asarray(v, float)[np.searchsorted(s, steps)] for _, s, v in series])
+    ok = np.isfinite(mat) & (mat > 0)
+    lo = np.where(ok, mat, np.inf).min(axis=0)
+    hi = np.where(ok, mat, -np.inf).max(axis=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = np.nanmedian(np.where(ok, mat, np.nan), axis=0) if reference == "median" else hi
+        r = lo / ref
+        mask = (r < below) & (ok.sum(axis=0) >= min_series)
+        if min_share > 0:
+            mask &= (ok & (mat < below * ref)).sum(axis=0) >= np.maximum(1, np.ceil(min_share * ok.sum(axis=0)))
+    lowest = np.argmin(np.where(ok, mat, np.inf), axis=0)
+    highest = np.argmax(np.where(ok, mat, -np.inf), axis=0)
+    return steps, mask, r, lowest, highest
+
+
+def test_spread_against_the_matrix_definition():
+    from dyncheck.checks.detectors import spread
+
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        k, n = int(rng.integers(1, 8)), int(rng.integers(1, 60))
+        series = []
+        for j in range(k):
+            s = np.sort(rng.choice(80, n, replace=False)) if rng.random() < 0.3 else np.arange(n)
+            v = 10.0 ** rng.uniform(-7, 1, s.size)
+            v[rng.random(s.size) < 0.1] = 0.0
+            v[rng.random(s.size) < 0.05] = np.nan
+            v[rng.random(s.size) < 0.03] = np.inf
+            series.append((f"s{j}", s, v))
+        kw = dict(below=10.0 ** rng.uniform(-5, -1), min_series=int(rng.integers(1, 4)),
+                  reference=str(rng.choice(["max", "median"])), min_share=float(rng.choice([0.0, 0.3])))
+        if k < kw["min_series"]:
+            continue
+        steps, mask, r, extra = spread(series, **kw)
+        rs, rmask, rr, lowest, highest = _spread_reference(series, **kw)
+        assert np.array_equal(steps, rs) and mask.tolist() == rmask.tolist()
+        np.testing.assert_allclose(r[mask], rr[mask])
+        assert extra["lowest"][mask].tolist() == lowest[mask].tolist()
+        assert extra["highest"][mask].tolist() == highest[mask].tolist()
+
+
+def test_threshold_median_scope_decided_by_counting_matches_the_median():
+    rng = np.random.default_rng(8)
+    for _ in range(500):
+        n = int(rng.integers(1, 12))
+        v = rng.choice([0.5, 1.0, 1.5, 2.0], n) if rng.random() < 0.5 else rng.normal(size=n)
+        v[rng.random(n) < 0.1] = np.nan
+        above = [0.5, 1.0, 1.25, None][int(rng.integers(4))]
+        below = [1.0, 1.5, 0.0, None][int(rng.integers(4))]
+        mask, val, _ = threshold(np.arange(n), v, above=above, below=below, scope="median")
+        fin = v[np.isfinite(v)]
+        med = np.median(fin) if fin.size else np.nan
+        expect = bool(fin.size) and ((above is not None and med > above) or (below is not None and med < below))
+        assert mask.any() == expect, (v, above, below)
+        if expect:
+            assert mask.tolist() == [False] * (n - 1) + [True] and val[-1] == med

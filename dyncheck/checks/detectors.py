@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import bottleneck as bn
 import numpy as np
 
 __all__ = ["DETECTORS", "Detector", "held_for", "rolling_median", "rolling_median_prev"]
@@ -47,13 +48,19 @@ def held_for(steps: np.ndarray, mask: np.ndarray, n_steps: int) -> np.ndarray:
     spacing of the series. So ``n_steps`` means the same whether a metric is recorded every step or every 50."""
     mask = np.asarray(mask, dtype=bool)
     steps = np.asarray(steps)
-    if n_steps <= 1 or mask.size == 0:
+    if n_steps <= 1 or mask.size == 0 or not mask.any():
         return mask.copy()
-    spacing = float(np.median(np.diff(steps))) if steps.size > 1 else 1.0
-    ends = np.concatenate([steps[1:], [steps[-1] + spacing]]) if steps.size else steps
     d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
     starts, stops = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
-    long = ends[stops - 1] - steps[starts] >= n_steps
+    # a run holds until the next recorded step; the last point, for the series' typical spacing (only needed when
+    # a run reaches the end: a median over the whole series is not free on long runs)
+    ends = np.empty(stops.size, dtype=float)
+    inner = stops < mask.size
+    ends[inner] = steps[stops[inner]]
+    if not inner.all():
+        spacing = float(bn.median(np.diff(steps))) if steps.size > 1 else 1.0
+        ends[~inner] = steps[-1] + spacing
+    long = ends - steps[starts] >= n_steps
     marks = np.zeros(mask.size + 1, np.int32)
     np.add.at(marks, starts[long], 1)
     np.add.at(marks, stops[long], -1)
@@ -96,6 +103,14 @@ def _rolling(values: np.ndarray, window: int, fn: Callable[..., np.ndarray], *, 
     n = np.asarray(values).size
     if n == 0 or window < 1:
         return np.full(n if at is None else len(at), np.nan)
+    move = _MOVING.get(fn)
+    if move is not None and (at is None or len(at) * window > n):
+        # bottleneck's moving-window kernels (O(n log window) in C); min_count=1 gives the shorter windows at
+        # the start and ignores NaN before the first finite value, like the nan-aware reduction below
+        full_out = move(_ffill(values), window=min(window, n), min_count=1)
+        if not include_current:
+            full_out = np.concatenate([[np.nan], full_out[:-1]])
+        return full_out if at is None else full_out[at]
     # windows that hold NaN (short ones at the start, or before the first finite value) take the slower
     # nan-aware reduction, full windows the fast one
     win = _windows(values, window, include_current)
@@ -113,6 +128,7 @@ def _rolling(values: np.ndarray, window: int, fn: Callable[..., np.ndarray], *, 
 
 
 _NAN_AWARE: dict[Callable[..., Any], Callable[..., Any]] = {np.median: np.nanmedian, np.min: np.nanmin}
+_MOVING: dict[Callable[..., Any], Callable[..., Any]] = {np.median: bn.move_median, np.min: bn.move_min}
 
 
 def rolling_median_prev(values: np.ndarray, window: int) -> np.ndarray:
@@ -160,8 +176,8 @@ def threshold(steps, values, *, above=None, below=None, scope="each", **_):
     elif scope == "median":
         v_eval = np.full(v.size, np.nan)
         finite = v[np.isfinite(v)]
-        if finite.size:
-            v_eval[-1] = np.median(finite)
+        if finite.size and _median_may_pass(finite, above, below):
+            v_eval[-1] = bn.median(finite)
     else:
         v_eval = v
     with np.errstate(invalid="ignore"):
@@ -171,6 +187,19 @@ def threshold(steps, values, *, above=None, below=None, scope="each", **_):
         if below is not None:
             mask |= v_eval < below
     return mask, v_eval, {}
+
+
+def _median_may_pass(x: np.ndarray, above: float | None, below: float | None) -> bool:
+    """Whether the median of ``x`` may be above ``above`` or below ``below``, decided by counting (O(n), no
+    partition): more than half the values beyond the bound decide yes, fewer than half no; exactly half (an even
+    count) needs the median itself."""
+    m = x.size
+    for bound, beyond in ((above, np.greater), (below, np.less)):
+        if bound is not None:
+            c = int(np.count_nonzero(beyond(x, bound)))
+            if 2 * c >= m:
+                return True
+    return False
 
 
 def nonfinite(steps, values, *, metric="", **_):
@@ -622,25 +651,39 @@ def spread(series, *, below=1e-3, min_series=2, reference="max", min_share=0.0, 
     for _, s, _ in series[1:]:
         if not (len(s) == len(steps) and np.array_equal(s, steps)):
             steps = np.intersect1d(steps, s)
-    mat = np.stack([np.asarray(v, float) if len(s) == len(steps) else np.asarray(v, float)[np.searchsorted(s, steps)]
-                    for _, s, v in series])
-    ok = np.isfinite(mat) & (mat > 0)
-    lo_idx = np.argmin(np.where(ok, mat, np.inf), axis=0)
-    hi_idx = np.argmax(np.where(ok, mat, -np.inf), axis=0)
-    cols = np.arange(mat.shape[1])
-    lo, hi = mat[lo_idx, cols], mat[hi_idx, cols]
+    vals = [np.asarray(v, float) if len(s) == len(steps) else np.asarray(v, float)[np.searchsorted(s, steps)]
+            for _, s, v in series]
+    # one pass per series with running extremes (no series x steps matrix: long runs have many layers)
+    n = steps.size
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    n_ok = np.zeros(n, np.int64)
+    with np.errstate(invalid="ignore"):
+        for v in vals:
+            ok = (v > 0) & (v < np.inf)  # NaN compares False
+            np.minimum(lo, np.where(ok, v, np.inf), out=lo)
+            np.maximum(hi, np.where(ok, v, -np.inf), out=hi)
+            n_ok += ok
     with np.errstate(invalid="ignore", divide="ignore"):
         if reference == "median":
             with _quiet():
-                ref = np.nanmedian(np.where(ok, mat, np.nan), axis=0)
+                ref = np.nanmedian(np.stack([np.where((v > 0) & (v < np.inf), v, np.nan) for v in vals]), axis=0)
         else:
             ref = hi
         r = lo / ref
-        n_ok = ok.sum(axis=0)
         mask = (r < below) & (n_ok >= min_series)
-        if min_share > 0:
-            n_low = (ok & (mat < below * ref)).sum(axis=0)
+        if min_share > 0 and mask.any():
+            n_low = np.zeros(n, np.int64)
+            for v in vals:
+                n_low += (v > 0) & (v < np.inf) & (v < below * ref)
             mask &= n_low >= np.maximum(1, np.ceil(min_share * n_ok))
+    # which series are lowest and highest: needed only where the check can fire
+    lo_idx, hi_idx = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    at = np.flatnonzero(mask)
+    if at.size:
+        sub = np.stack([v[at] for v in vals])
+        ok = (sub > 0) & (sub < np.inf)
+        lo_idx[at] = np.argmin(np.where(ok, sub, np.inf), axis=0)
+        hi_idx[at] = np.argmax(np.where(ok, sub, -np.inf), axis=0)
     return steps, mask, r, {"lowest": lo_idx, "highest": hi_idx}
 
 
