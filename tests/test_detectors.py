@@ -464,3 +464,33 @@ def test_threshold_median_scope_decided_by_counting_matches_the_median():
         assert mask.any() == expect, (v, above, below)
         if expect:
             assert mask.tolist() == [False] * (n - 1) + [True] and val[-1] == med
+
+
+def test_stalled_while_falling_known_answers():
+    from dyncheck.checks.detectors import stalled_while_falling
+
+    steps = np.arange(1000)
+    vs = np.arange(99, 1000, 100)  # ten validations
+    train = 2.3 * np.exp(-steps / 100) + 1e-3  # falls ~1000x, most of it after the first validation
+    flat = np.full(vs.size, 2.3)
+    s, m, v, extra = stalled_while_falling((steps, train), (vs, flat))
+    # fires from the validation where training has fallen 10x below its level at the first one (step 99: ~0.85)
+    first = int(np.argmax(extra["a"] < extra["a"][0] / 10))
+    assert np.flatnonzero(m).tolist() == list(range(first, vs.size)) and first >= 1
+    assert extra["fall"][-1] > 10 and extra["b0"][0] == 2.3
+    # validation that improves by a tenth at some point -- even late, as in grokking -- is not stalled
+    late = flat.copy()
+    late[-1] = 0.5
+    assert not stalled_while_falling((steps, train), (vs, late))[1].any()
+    assert not stalled_while_falling((steps, train), (vs, flat * np.linspace(1, 0.88, vs.size)))[1].any()
+    # ... nor is a validation loss that converged before its first point while training converges with it
+    conv = 0.3 + 2.0 * np.exp(-steps / 20)  # train ~0.3 from step 99 on: no further 10x
+    assert not stalled_while_falling((steps, conv), (vs, np.full(vs.size, 0.35)))[1].any()
+    # too few validations, no training loss, a zero first validation: nothing
+    assert not stalled_while_falling((steps, train), (vs[:3], flat[:3]))[1].any()
+    assert not stalled_while_falling((steps[:0], train[:0]), (vs, flat))[1].any()
+    assert not stalled_while_falling((steps, train), (vs, np.zeros(vs.size)))[1].any()
+    # NaN validation points do not count as improvement
+    nan = flat.copy()
+    nan[3] = np.nan
+    assert stalled_while_falling((steps, train), (vs, nan))[1][-1]

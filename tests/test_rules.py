@@ -9,7 +9,7 @@ from dyncheck.errors import ConfigError, RuleError
 
 DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "exploding-gradients", "vanishing-gradients",
                "dead-units", "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence",
-               "over-regularization",
+               "validation-stalled", "over-regularization",
                "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability", "lr-collapse",
                "layers-not-learning"]
 

@@ -639,6 +639,28 @@ def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, min
     return sb, mask, vb, {"b_min": np.full(sb.size, bmin), "a": a_at, "rise": rel}
 
 
+def stalled_while_falling(a, b, *, fall=10.0, min_improvement=0.1, min_points=4, **_):
+    """``b`` never improved while ``a`` fell: at b's points after its first, ``a`` (the median of its values since
+    b's previous point) is below 1/``fall`` of what it was at b's first point, while ``b`` has never got below
+    (1 - ``min_improvement``) of its first value -- and never does, to its last point (a validation loss that
+    improves late, as in grokking, is not stalled). Measured from the first validation, not from step 0: a run whose
+    validation converges within the first epoch has a training loss that converges with it."""
+    sa, va = np.asarray(a[0]), np.asarray(a[1], float)
+    sb, vb = np.asarray(b[0]), np.asarray(b[1], float)
+    mask = np.zeros(sb.size, bool)
+    if sb.size < min_points or sa.size == 0 or not np.isfinite(vb[0]) or vb[0] <= 0:
+        return sb, mask, vb, {}
+    a_at = _median_between(sa, va, sb)
+    a_ref = a_at[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        best = np.fmin.accumulate(vb)
+        stalled = best > (1 - min_improvement) * vb[0]
+        if stalled[-1]:
+            mask = (np.arange(sb.size) > 0) & stalled & (a_at < a_ref / fall) & (a_ref > 0)
+        fell = a_ref / a_at
+    return sb, mask, vb, {"a": a_at, "b0": np.full(sb.size, vb[0]), "fall": fell}
+
+
 # -- group --------------------------------------------------------------------------------------------------------
 def spread(series, *, below=1e-3, min_series=2, reference="max", min_share=0.0, **_):
     """Across the matched series at each common step: the smallest positive value over the ``reference`` (the
@@ -737,6 +759,9 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
              {"rise": (_NUM, 0.1), "min_rise": (_NUM, 0.0), "fall": (_NUM, 0.0), "min_points": (_COUNT, 3),
               "min_run": (_COUNT, 1), "at_end": ({"type": "boolean"}, False)},
              ("b_min", "a", "rise")),
+    Detector("stalled_while_falling", "pair", stalled_while_falling,
+             {"fall": ({"type": "number", "exclusiveMinimum": 1}, 10.0), "min_improvement": (_SHARE, 0.1),
+              "min_points": (_COUNT, 4)}, ("a", "b0", "fall")),
     Detector("spread", "group", spread, {"below": (_POS, 1e-3), "min_series": (_COUNT, 2),
                                          "reference": ({"enum": ["max", "median"]}, "max"),
                                          "min_share": (_SHARE, 0.0)},

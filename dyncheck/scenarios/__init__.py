@@ -40,7 +40,7 @@ CHECK_IDS = frozenset({
     "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence", "unchanged-parameters",
     "update-too-large", "update-too-small", "edge-of-stability",
     # added with the calibration corpus (issue 11)
-    "over-regularization", "layers-not-learning", "lr-collapse",
+    "over-regularization", "layers-not-learning", "lr-collapse", "validation-stalled",
 })
 FAMILIES = ("mlp", "cnn", "resnet", "transformer", "lstm", "hf")
 
