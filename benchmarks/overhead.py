@@ -117,8 +117,15 @@ CONFIGS = {
 }
 
 
-def one_run(make_model, loader, max_steps: int, monitor_kw: dict | None, seed: int = 0) -> tuple[float, dict]:
-    """Time one ``trainer.fit``; returns (seconds, info from the run store)."""
+def _store_info(run) -> dict:
+    meta = run.meta
+    return {"probes": meta.get("sharpness_probes"), "sharp_s": meta.get("sharpness_time_s"),
+            "metrics": len(run.metrics())}
+
+
+def one_run(make_model, loader, max_steps: int, monitor_kw: dict | None, seed: int = 0,
+            inspect=_store_info) -> tuple[float, dict]:
+    """Time one ``trainer.fit``; returns (seconds, ``inspect(run)`` of the run store, {} without a monitor)."""
     tmp = tempfile.mkdtemp(prefix="dyncheck-overhead-")
     try:
         torch.manual_seed(seed)
@@ -137,9 +144,7 @@ def one_run(make_model, loader, max_steps: int, monitor_kw: dict | None, seed: i
         info = {}
         if monitor_kw is not None:
             with open_run(tmp) as run:
-                meta = run.meta
-                info = {"probes": meta.get("sharpness_probes"), "sharp_s": meta.get("sharpness_time_s"),
-                        "metrics": len(run.metrics())}
+                info = inspect(run)
         return elapsed, info
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,13 +21,9 @@ Usage: ``python benchmarks/sharpness_schedule.py [--repeats N] [--steps 300 1000
 from __future__ import annotations
 
 import argparse
-import gc
 import os
-import shutil
 import statistics
 import sys
-import tempfile
-import time
 
 os.environ.setdefault("PL_DISABLE_FORK", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,38 +33,22 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from dyncheck import DynamicsMonitor, open_run  # noqa: E402
+import overhead  # noqa: E402
 from overhead import digits, make_cnn  # noqa: E402  (same model, data, warnings and log levels)
 
 CONFIGS = {"plain": None, "defaults": {}, "sharpness off": {"sharpness_budget": 0}}
 
 
+def _schedule_info(run) -> dict:
+    info = {"meta": run.meta}
+    if "sharpness/top_eig" in run:
+        info["steps"] = run.series("sharpness/top_eig").steps.astype(int).tolist()
+        info["n_hvp"] = run.series("sharpness/n_hvp").values.astype(int).tolist()
+    return info
+
+
 def one_run(loader, max_steps: int, monitor_kw: dict | None) -> tuple[float, dict]:
-    tmp = tempfile.mkdtemp(prefix="dyncheck-sharpsched-")
-    try:
-        torch.manual_seed(0)
-        model = make_cnn()
-        callbacks = [] if monitor_kw is None else [DynamicsMonitor(dirpath=tmp, **monitor_kw)]
-        trainer = pl.Trainer(
-            max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu", devices=1, limit_val_batches=0, num_sanity_val_steps=0,
-            default_root_dir=tmp, callbacks=callbacks,
-        )
-        gc.collect()
-        t = time.perf_counter()
-        trainer.fit(model, train_dataloaders=loader)
-        elapsed = time.perf_counter() - t
-        info: dict = {}
-        if monitor_kw is not None:
-            with open_run(tmp) as run:
-                meta = run.meta
-                info = {"meta": meta}
-                if "sharpness/top_eig" in run:
-                    info["steps"] = run.series("sharpness/top_eig").steps.astype(int).tolist()
-                    info["n_hvp"] = run.series("sharpness/n_hvp").values.astype(int).tolist()
-        return elapsed, info
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return overhead.one_run(make_cnn, loader, max_steps, monitor_kw, inspect=_schedule_info)
 
 
 def bench(loader, max_steps: int, repeats: int) -> dict:
