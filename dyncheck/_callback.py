@@ -7,6 +7,9 @@ The hook logic lives in :class:`DynamicsMonitorHooks`, which uses only what ``li
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import json
 import math
 import os
@@ -21,7 +24,7 @@ import pytorch_lightning as pl
 from torch import Tensor, nn
 
 from ._meta import jsonable, module_meta, optimizer_meta, versions
-from .errors import ConfigError
+from .errors import ConfigError, DyncheckError, RuleError
 from .monitor import Monitor, MonitorConfig
 from .store import STORE_FILENAME, open_run
 
@@ -71,13 +74,61 @@ def _load_rules_option(owner: str, rules: Any) -> Any:
         return None
     from .checks.rules import load_rules
 
+    given = rules
     if isinstance(rules, os.PathLike):
         rules = os.fspath(rules)
+    expected = "expected 'default', a path to a YAML rule file (UTF-8), a list of them, or None"
     if not isinstance(rules, (str, list, tuple)) or not all(
             isinstance(r, (str, os.PathLike)) for r in ([rules] if isinstance(rules, str) else rules)):
-        raise ConfigError(f"{owner}(rules={rules!r}): expected 'default', a path to a YAML rule file, a list of "
-                          "them, or None")
-    return load_rules(rules)  # RuleError (a ConfigError) names the file, line and check
+        raise ConfigError(f"{owner}(rules={given!r}): {expected}")
+    sources = [rules] if isinstance(rules, str) else [os.fspath(r) for r in rules]
+    try:
+        return load_rules(sources)
+    except RuleError as exc:  # names the file, line and check: say which argument it came from
+        exc.args = (f"{owner}(rules={given!r}): invalid rule file\n{exc}",)
+        raise
+    except ConfigError as exc:
+        raise ConfigError(f"{owner}(rules={given!r}): {exc}") from None
+    except Exception as exc:  # unreadable file: not UTF-8, not a file we can read, nested too deep
+        bad = next((src for src in sources if src != "default" and not _readable_text(src)), None)
+        what = f"cannot read rule file {bad!r}" if bad is not None else "cannot load the rules"
+        raise ConfigError(f"{owner}(rules={given!r}): {what} ({type(exc).__name__}: {exc}); {expected}") from None
+
+
+def _readable_text(path: str) -> bool:
+    try:
+        Path(path).read_text(encoding="utf-8")
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+class ArgumentError(ConfigError, TypeError):
+    """A call of the wrong shape (a misspelt keyword, a positional argument): a :class:`ConfigError`, and the
+    ``TypeError`` Python itself raises for one, so that ``except TypeError`` keeps working."""
+
+
+def _checked_arguments(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap ``__init__`` so that a wrong call shape -- a misspelt keyword, a positional argument -- is an
+    :class:`ArgumentError` naming the class the user called (not ``DynamicsMonitorHooks.__init__``) and the
+    closest option. The signature stays the wrapped one (``inspect.signature`` follows ``__wrapped__``)."""
+    options = [n for n, p in inspect.signature(init).parameters.items() if p.kind is p.KEYWORD_ONLY]
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        owner = type(self).__name__
+        for key in kwargs:
+            if key not in options:
+                close = difflib.get_close_matches(key, options, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(options)}"
+                raise ArgumentError(f"{owner}() got an unexpected keyword argument {key!r}; {hint}")
+        if args:
+            shown = ", ".join(repr(a) for a in args[:3]) + (", ..." if len(args) > 3 else "")
+            raise ArgumentError(f"{owner}() takes keyword arguments only, got {len(args)} positional "
+                              f"argument{'s' if len(args) > 1 else ''} ({shown}); e.g. {owner}(dirpath=...)")
+        init(self, **kwargs)
+
+    return wrapper
 
 
 def _loss_of(outputs: Any) -> Tensor | None:
@@ -133,6 +184,7 @@ class DynamicsMonitorHooks:
             crash (True, default); ``dyncheck report RUN`` writes it later from the store.
     """
 
+    @_checked_arguments
     def __init__(
         self,
         *,
@@ -171,8 +223,8 @@ class DynamicsMonitorHooks:
             every_n_steps=every_n_steps,
             scalars_every_n_steps=scalars_every_n_steps,
             activations_every_n_steps=activations_every_n_steps,
-            activation_modules=tuple(activation_modules) if isinstance(activation_modules, (list, tuple))
-            else activation_modules,
+            activation_modules=tuple(activation_modules) if isinstance(activation_modules, (list, tuple)) and all(
+                isinstance(p, str) for p in activation_modules) else activation_modules,
             flush_every_n_steps=flush_every_n_steps,
             sharpness_budget=sharpness_budget,
             sharpness_every_n_steps=sharpness_every_n_steps,
@@ -372,8 +424,10 @@ class DynamicsMonitorHooks:
             doc["stopped_by"] = self.stopped_by.to_dict()
         path = store.parent / FINDINGS_FILENAME
         try:
-            path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        except OSError as exc:
+            from ._io import write_text
+
+            write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n", what="findings")
+        except (OSError, DyncheckError) as exc:  # a file it cannot write must not break the end of the fit
             warnings.warn(f"dyncheck: cannot write {path}: {exc}", stacklevel=2)
         counts = result.counts()
         for logger in getattr(trainer, "loggers", []) or []:

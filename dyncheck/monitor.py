@@ -9,6 +9,12 @@ averaged.
 Per-step hot path (defaults): one ``_foreach_norm`` + one ``stack`` for the gradient norms, a reference to the loss
 tensor, a few Python floats for learning rates. Nothing is copied to the host until a flush, which reduces every
 buffered statistic across processes with at most three collectives and copies the result in one transfer.
+
+The monitor never breaks the training it observes. Each measurement handles what it can (sparse gradients,
+float64 and complex tensors: :class:`~dyncheck.measure.tensors.NormPlan`, worked out at the first step); what it
+cannot handle is turned off for that metric, module or measurement with one warning and recorded in the run's
+meta under ``measurement_errors``: ``{"measurement", "metric" or "layer" (absent when the whole measurement is
+off), "error" (exception type), "message", "step"}``.
 """
 
 from __future__ import annotations
@@ -24,12 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from .errors import ConfigError, MeasureError
 from .measure.activations import ActivationRecorder, select_modules
 from .measure.sharpness import (SharpnessSchedule, hvp_operator, lanczos_top_eig, preserved_training_state,
                                 stability_threshold)
-from .measure.tensors import nonfinite_counts, tensor_norms, update_ratios
-from .store import RunWriter
+from .measure.tensors import NormPlan, nonfinite_counts, update_ratios
+from .store import RunWriter, open_run
 
 __all__ = ["MonitorConfig", "Monitor"]
 
@@ -93,7 +99,7 @@ class MonitorConfig:
             raise ConfigError(f"{o}(sharpness_loss_fn={self.sharpness_loss_fn!r}): expected a callable "
                               "(module, batch) -> loss tensor, or None")
         if self.activation_modules is not None and (
-            isinstance(self.activation_modules, str)
+            not isinstance(self.activation_modules, (tuple, list))
             or not all(isinstance(p, str) for p in self.activation_modules)
         ):
             raise ConfigError(f"{o}(activation_modules={self.activation_modules!r}): expected a list of glob "
@@ -158,6 +164,16 @@ class Monitor:
         self._steps_since_flush = 0
         self._last_act_bucket: int | None = None
         self._warned: set[str] = set()
+        # measurements that failed (per fit): the run meta's measurement_errors, and what is turned off
+        self._errors: list[dict[str, Any]] = []
+        self._error_keys: set[tuple[str, str | None]] = set()  # reported in this fit
+        self._prior_keys: set[tuple[str, str | None]] = set()  # recorded by the fits this one continues
+        self._off: set[str] = set()  # whole measurements
+        self._off_items: dict[str, set[str]] = {}  # measurement -> parameter / metric names turned off
+        self._plans: dict[Any, NormPlan] = {}  # how to take the norms of each list of tensors (made at first use)
+        self._opt_sizes: dict[int, tuple[int, int]] = {}  # (param groups, parameters) of each optimizer when
+        # indexed: to see parameters added during training
+        self._lr_slow = False  # a learning rate that is not a number: read them one by one
         self.flushes = 0  # flush calls so far: the boundaries at which live checks may run
 
     def _reset_step_state(self) -> None:
@@ -197,20 +213,21 @@ class Monitor:
         self._reset_step_state()
         self._param_names = {id(p): n for n, p in module.named_parameters()}
         self._opt_params = {}
+        self._opt_sizes = {}
         self._opt_names = []
+        self._plans = {}
+        self._errors, self._error_keys, self._prior_keys, self._off, self._off_items = [], set(), set(), set(), {}
+        self._lr_slow = False
+        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self._unchanged = {n: True for n, _ in trainable}
+        self._initial = {n: p.detach().to("cpu", copy=True) for n, p in trainable}
         counts: dict[str, int] = {}
         for opt in optimizers:
             cls = type(opt).__name__
             counts[cls] = counts.get(cls, 0) + 1
             self._opt_names.append((opt, cls if counts[cls] == 1 else f"{cls}-{counts[cls] - 1}"))
-            self._opt_params[id(opt)] = [
-                (self._param_names.get(id(p), f"param{i}"), p)
-                for i, p in enumerate(p for g in opt.param_groups for p in g["params"])
-            ]
+            self._index_optimizer(opt)
         self._lr_names: tuple[str, ...] = ()
-        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        self._unchanged = {n: True for n, _ in trainable}
-        self._initial = {n: p.detach().to("cpu", copy=True) for n, p in trainable}
         act_every = self.config.activations_every_n_steps
         act_every = self.every_n if act_every is None else act_every
         self._act_every = act_every
@@ -238,13 +255,24 @@ class Monitor:
             mode = "a" if (resume is not None or append) else "w"
             if mode == "w" and Path(store_path).exists():
                 warnings.warn(f"dyncheck: replacing the existing run store {store_path}", stacklevel=2)
+            if mode == "a":
+                self._load_errors(store_path)
             self.store = RunWriter(store_path, mode=mode)
             self.store_path = self.store.path
             if resume is not None and "seq" in resume:
                 dropped = self.store.truncate(self._last_seq)
                 self.store.set_meta(resumed_from_step=meta.get("start_step"), resume_dropped_chunks=dropped)
             self.store.set_meta(**meta)
-            self.store.set_meta(status="running", ended=None, exception=None)
+            self.store.set_meta(status="running", ended=None, exception=None, measurement_errors=self._errors)
+        if cfg.sharpness_enabled and probe_loss is not None:
+            step0 = self._sched.start
+            complex_params = [n for n, p in trainable if p.is_complex()]
+            if not trainable:
+                self._sharpness_failed(step0, MeasureError("the model has no trainable parameters"))
+            elif complex_params:
+                self._sharpness_failed(step0, MeasureError(
+                    f"complex parameters ({', '.join(complex_params[:5])}): the Hessian probe works on real "
+                    "parameters only"))
 
     def finish(self, status: str, *, error: BaseException | None = None, reduce: bool = True) -> None:
         """Flush and close; record how the run ended (``finished``, ``interrupted`` or ``crashed``)."""
@@ -261,6 +289,7 @@ class Monitor:
                 if self._sched is not None:
                     info["sharpness_schedule"] = self._sched.facts()
                 info["duration_s"] = round(time.perf_counter() - self._t0, 6)
+                info["measurement_errors"] = self._errors
                 if error is not None:
                     info["exception"] = {"type": type(error).__name__, "message": str(error)[:2000]}
                 self.store.set_meta(**info)
@@ -293,36 +322,67 @@ class Monitor:
                     if limit is not None:
                         self._measure_sharpness(step, limit)
                 except Exception as exc:  # never break the training it observes
-                    self._warn("sharpness", f"dyncheck: sharpness scheduling failed and is turned off for this "
-                                            f"fit ({type(exc).__name__}: {exc})")
-                    self._probe_fn = None
+                    self._sharpness_failed(step, exc, "scheduling failed")
             self._measuring = self._due(step, self.every_n, self._last_bucket)
             if self._recorder is not None and self._due(step, self._act_every, self._last_act_bucket):
                 self._measuring_acts = True
                 self._recorder.attach()
             if step % self.config.scalars_every_n_steps == 0:
-                lrs = [float(g["lr"]) for opt, _ in self._opt_names for g in opt.param_groups]
-                if len(lrs) != len(self._lr_names):  # param groups added during training
-                    self._lr_names = _interned(tuple(f"lr/{oname}/pg{j}" for opt, oname in self._opt_names
-                                                     for j in range(len(opt.param_groups))))
-                self._host.append((step, self._lr_names, lrs))
+                lrs = None
+                if not self._lr_slow:
+                    try:
+                        lrs = [float(g["lr"]) for opt, _ in self._opt_names for g in opt.param_groups]
+                    except Exception:  # a learning rate that is not a number (e.g. Adafactor's lr=None)
+                        self._lr_slow = True
+                if lrs is None:
+                    names, lrs = self._read_lrs(step)
+                else:
+                    if len(lrs) != len(self._lr_names):  # param groups added during training
+                        self._lr_names = _interned(tuple(f"lr/{oname}/pg{j}" for opt, oname in self._opt_names
+                                                         for j in range(len(opt.param_groups))))
+                    names = self._lr_names
+                if lrs:
+                    self._host.append((step, names, lrs))
 
     def before_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are final here (after accumulation, all-reduce and AMP unscaling, before clipping)."""
-        named = self._opt_params.get(id(optimizer))
+        key = id(optimizer)
+        named = self._opt_params.get(key)
         if named is None:
             return
+        groups, sizes = optimizer.param_groups, self._opt_sizes[key]
+        # parameters added during training: a new param group (seen at once), or appended to one (at measuring steps)
+        if len(groups) != sizes[0] or (self._measuring and sum(len(g["params"]) for g in groups) != sizes[1]):
+            named = self._index_optimizer(optimizer)
         with_grad = [(n, p) for n, p in named if p.grad is not None]
         if not with_grad:
             return
         grads = [p.grad for _, p in with_grad]
-        norms = tensor_norms(grads)
-        self._grad_vecs.append(norms)
+        # one plan per optimizer while every parameter has a gradient (the common case: a cheap key), made at the
+        # first step; the hot path is the plan's call: one _foreach_norm + stack for float32-like dense gradients
+        pkey = key if len(with_grad) == len(named) else (key, tuple(n for n, _ in with_grad))
+        plan = self._plans.get(pkey)
+        norms = None
+        if plan is not None:
+            try:
+                norms = plan(grads)
+            except Exception:  # the gradients changed make-up (dtype, layout, device): plan again
+                plan = None
+        if plan is None:
+            got = self._planned("grad_norm", pkey, with_grad, grads, step)
+            if got is not None:
+                plan, norms = got
+        if plan is not None and plan.kept != ():  # kept == (): every gradient left out
+            self._grad_vecs.append(norms)
+            if self._measuring:
+                names = tuple(n for n, _ in with_grad)
+                kept = names if plan.kept is None else tuple(names[i] for i in plan.kept)
+                self._blocks.append(_Block(step, _interned(tuple(f"grad_norm/{n}" for n in kept)), norms, "none"))
         if self._measuring:
-            names = tuple(n for n, _ in with_grad)
-            self._blocks.append(_Block(step, _interned(tuple(f"grad_norm/{n}" for n in names)), norms, "none"))
-            self._blocks.append(_Block(step, _interned(tuple(f"grad_nonfinite/{n}" for n in names)),
-                                       nonfinite_counts(grads), "none"))
+            counted = self._guarded("grad_nonfinite", with_grad, grads, nonfinite_counts, step)
+            if counted is not None:
+                self._blocks.append(_Block(step, _interned(tuple(f"grad_nonfinite/{n}" for n in counted[0])),
+                                           counted[1], "none"))
             for n, p in with_grad:
                 if n not in self._before:
                     self._before[n] = p.detach().clone()
@@ -359,33 +419,216 @@ class Monitor:
         self._last_bucket = step // self.every_n
         params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if params:
-            names = tuple(n for n, _ in params)
-            self._blocks.append(_Block(step, _interned(tuple(f"weight_norm/{n}" for n in names)),
-                                       tensor_norms([p.detach() for _, p in params]), "none"))
-            if self._before:
-                moved = [(n, p) for n, p in params if n in self._before]
-                ratios = update_ratios([self._before[n] for n, _ in moved], [p for _, p in moved])
-                self._blocks.append(_Block(step, _interned(tuple(f"update_ratio/{n}" for n, _ in moved)),
-                                           ratios, "none"))
+            names = _interned(tuple(n for n, _ in params))
+            got = self._planned("weight_norm", ("weight_norm", names), params, [p.detach() for _, p in params],
+                                step)
+            if got is not None and got[0].kept != ():
+                plan, norms = got
+                kept = names if plan.kept is None else tuple(names[i] for i in plan.kept)
+                self._blocks.append(_Block(step, _interned(tuple(f"weight_norm/{n}" for n in kept)), norms, "none"))
+            moved = [(n, p) for n, p in params if n in self._before] if self._before else []
+            if moved:
+                mnames = _interned(tuple(n for n, _ in moved))
+                before = [self._before[n] for n, _ in moved]
+                after = [p for _, p in moved]
+                got = self._planned("update_ratio", ("update_ratio", mnames), moved, before, step,
+                                    compute=lambda plan: update_ratios(before, after, plan))
+                if got is not None and got[0].kept != ():
+                    plan, ratios = got
+                    kept = mnames if plan.kept is None else tuple(mnames[i] for i in plan.kept)
+                    self._blocks.append(_Block(step, _interned(tuple(f"update_ratio/{n}" for n in kept)),
+                                               ratios, "none"))
             self._check_unchanged(step, params)
 
     def _collect_activations(self, step: int) -> None:
-        assert self._recorder is not None
-        self._recorder.detach()
+        rec = self._recorder
+        assert rec is not None
+        rec.detach()
         self._last_act_bucket = step // self._act_every
-        for op, (names, values) in self._recorder.collect().items():
+        failed = rec.take_errors()  # modules that could not be hooked or measured: turned off in the recorder
+        if failed:
+            self._failed("activations", [(name, exc) for name, exc in failed], step, target="layer")
+        try:
+            groups = rec.collect()
+        except Exception as exc:
+            self._recorder = None
+            self._failed("activations", [(None, exc)], step)
+            return
+        for op, (names, values) in groups.items():
             self._blocks.append(_Block(step, _interned(tuple(names)), values, op))
 
     def _check_unchanged(self, step: int, params: list[tuple[str, Tensor]]) -> None:
-        flags = []
+        names, flags = [], []
+        off = self._off_items.get("weight_unchanged", ())
         for n, p in params:
-            if self._unchanged.get(n):
+            if n in off:
+                continue
+            if n not in self._unchanged:  # a parameter created during training: compare with its value now
+                self._unchanged[n] = True
+                self._initial[n] = p.detach().to("cpu", copy=True)
+            if self._unchanged[n]:
                 ref = self._initial.get(n)
-                if ref is None or not torch.equal(p.detach().to("cpu"), ref):
+                try:
+                    same = ref is not None and torch.equal(p.detach().to("cpu"), ref)
+                except Exception as exc:
+                    self._unchanged.pop(n, None)
+                    self._initial.pop(n, None)
+                    self._off_items.setdefault("weight_unchanged", set()).add(n)
+                    self._failed("weight_unchanged", [(f"weight_unchanged/{n}", exc)], step)
+                    continue
+                if not same:
                     self._unchanged[n] = False
                     self._initial.pop(n, None)
-            flags.append(1.0 if self._unchanged.get(n) else 0.0)
-        self._host.append((step, _interned(tuple(f"weight_unchanged/{n}" for n, _ in params)), flags))
+            names.append(n)
+            flags.append(1.0 if self._unchanged[n] else 0.0)
+        self._host.append((step, _interned(tuple(f"weight_unchanged/{n}" for n in names)), flags))
+
+    # -- what cannot be measured -------------------------------------------------------------------------------
+    def _index_optimizer(self, opt: torch.optim.Optimizer) -> list[tuple[str, Tensor]]:
+        """(name, parameter) of every parameter the optimizer holds, in param-group order; called at the start
+        and again when parameters were added to it (new ones get their reference copy for ``weight_unchanged``
+        then, before their first update)."""
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if self._module is not None and any(id(p) not in self._param_names for p in params):
+            self._param_names = {id(p): n for n, p in self._module.named_parameters()}
+        named = [(self._param_names.get(id(p), f"param{i}"), p) for i, p in enumerate(params)]
+        if id(opt) in self._opt_sizes:  # added during training
+            self._plans.clear()
+            for n, p in named:
+                if p.requires_grad and n not in self._unchanged:
+                    self._unchanged[n] = True
+                    self._initial[n] = p.detach().to("cpu", copy=True)
+        self._opt_params[id(opt)] = named
+        self._opt_sizes[id(opt)] = (len(opt.param_groups), len(params))
+        return named
+
+    def _planned(self, measurement: str, key: Any, named: Sequence[tuple[str, Tensor]], tensors: list[Tensor],
+                 step: int, compute: Callable[[NormPlan], Tensor] | None = None) -> tuple[NormPlan, Tensor] | None:
+        """Norms of ``tensors`` (``compute(plan)`` instead, when given) with the :class:`NormPlan` kept under
+        ``key``, made at the first use: tensors whose norm cannot be taken are left out of it (``plan.kept``) and
+        reported. None when the measurement is off."""
+        plan = self._plans.get(key)
+        if plan is not None:
+            try:
+                return plan, plan(tensors) if compute is None else compute(plan)
+            except Exception:  # the tensors changed make-up (dtype, layout, device): plan again
+                pass
+        if measurement in self._off:
+            return None
+        try:
+            plan, values, failures = NormPlan.probe(tensors)
+            if compute is not None:
+                values = compute(plan)
+        except Exception as exc:
+            self._off.add(measurement)
+            self._failed(measurement, [(None, exc)], step)
+            return None
+        if failures:
+            self._failed(measurement, [(f"{measurement}/{named[i][0]}", exc) for i, exc in failures], step)
+        if len(self._plans) >= 256:  # parameters with and without gradients in ever new combinations
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan, values
+
+    def _guarded(self, measurement: str, named: Sequence[tuple[str, Tensor]], tensors: Sequence[Tensor],
+                 fn: Callable[[Sequence[Tensor]], Tensor], step: int) -> tuple[tuple[str, ...], Tensor] | None:
+        """``(names, fn(tensors))``, one value per tensor; a tensor ``fn`` fails on is turned off (left out from
+        now on, reported once). None when nothing is left or the measurement is off."""
+        if measurement in self._off:
+            return None
+        off = self._off_items.get(measurement)
+        pairs = [(n, t) for (n, _), t in zip(named, tensors) if n not in off] if off else \
+            [(n, t) for (n, _), t in zip(named, tensors)]
+        if not pairs:
+            return None
+        try:
+            return tuple(n for n, _ in pairs), fn([t for _, t in pairs])
+        except Exception:
+            pass
+        failures, kept = [], []
+        for n, t in pairs:
+            try:
+                fn([t])
+                kept.append((n, t))
+            except Exception as exc:
+                failures.append((n, exc))
+        self._off_items.setdefault(measurement, set()).update(n for n, _ in failures)
+        self._failed(measurement, [(f"{measurement}/{n}", exc) for n, exc in failures], step)
+        if not kept:
+            return None
+        try:
+            return tuple(n for n, _ in kept), fn([t for _, t in kept])
+        except Exception as exc:
+            self._off.add(measurement)
+            self._failed(measurement, [(None, exc)], step)
+            return None
+
+    def _read_lrs(self, step: int) -> tuple[tuple[str, ...], list[float]]:
+        """The learning rates one by one; one that is not a number is turned off."""
+        names: list[str] = []
+        vals: list[float] = []
+        off = self._off_items.setdefault("lr", set())
+        for opt, oname in self._opt_names:
+            for j, g in enumerate(opt.param_groups):
+                name = f"lr/{oname}/pg{j}"
+                if name in off:
+                    continue
+                try:
+                    vals.append(float(g["lr"]))
+                    names.append(name)
+                except Exception as exc:
+                    off.add(name)
+                    self._failed("lr", [(name, exc)], step)
+        return _interned(tuple(names)), vals
+
+    def _sharpness_failed(self, step: int | None, exc: BaseException, what: str = "measurement failed") -> None:
+        self._probe_fn = None
+        self._failed("sharpness", [(None, exc)], step, what=what)
+
+    def _failed(self, measurement: str, failures: Sequence[tuple[str | None, BaseException]], step: int | None,
+                *, target: str = "metric", what: str = "") -> None:
+        """Record measurements that cannot be taken and are now turned off: ``failures`` holds (metric or module
+        name -- None: the whole measurement --, exception). The new ones get one warning and go to the run's meta
+        (``measurement_errors``) at once, so that a run that crashes later still tells."""
+        new = []
+        for name, exc in failures:
+            key = (measurement, name)
+            if key in self._error_keys:
+                continue
+            self._error_keys.add(key)
+            entry: dict[str, Any] = {"measurement": measurement}
+            if name is not None:
+                entry[target] = name
+            entry.update(error=type(exc).__name__, message=str(exc)[:500], step=step)
+            if key not in self._prior_keys:  # a resumed fit warns again but lists each failure once
+                self._errors.append(entry)
+            new.append(entry)
+        if not new:
+            return
+        if self.store is not None and not self.store.closed:
+            try:
+                self.store.set_meta(measurement_errors=self._errors)
+            except Exception:  # the store's own failure shows at the next flush
+                pass
+        where = ", ".join(str(e.get(target)) for e in new[:5] if target in e)
+        where += f" and {len(new) - 5} more" if len(new) > 5 else ""
+        first = new[0]
+        warnings.warn(f"dyncheck: {measurement} {what or 'measurement failed'} and is turned off for "
+                      f"{where or 'this fit'} ({first['error']}: {first['message']}); the rest is recorded, see "
+                      f"the run's meta 'measurement_errors'", stacklevel=3)
+
+    def _load_errors(self, store_path: str | Path) -> None:
+        """When a fit continues a run: the measurement errors it recorded so far."""
+        try:
+            with open_run(store_path) as run:
+                errors = run.meta.get("measurement_errors")
+        except Exception:
+            return
+        if isinstance(errors, list):
+            for e in errors:
+                if isinstance(e, dict):
+                    self._errors.append(e)
+                    self._prior_keys.add((str(e.get("measurement")), e.get("metric", e.get("layer"))))
 
     # -- sharpness ---------------------------------------------------------------------------------------------
     def _measure_sharpness(self, step: int, limit: float) -> None:
@@ -402,7 +645,10 @@ class Monitor:
         graph_s = 0.0
         res = timed = None
         try:
-            with preserved_training_state(module, params), torch.enable_grad():
+            # TorchScript's profiling executor specialises its graphs by call history: the probe's forward must
+            # not count, or the training after it would run other kernels (other roundings)
+            with preserved_training_state(module, params), torch.enable_grad(), \
+                    torch.jit.optimized_execution(False):
                 loss = self._probe_fn(module, self._probe_batch)
                 matvec, n = hvp_operator(loss, params)
                 graph_s = time.perf_counter() - t
@@ -416,9 +662,7 @@ class Monitor:
         except _OverLimit:
             pass
         except Exception as exc:  # a measurement must never end the training it observes
-            self._warn("sharpness", f"dyncheck: sharpness measurement failed and is turned off for this fit "
-                                    f"({type(exc).__name__}: {exc})")
-            self._probe_fn = None
+            self._sharpness_failed(step, exc)
             return
         finally:
             if timed is not None:
@@ -434,7 +678,10 @@ class Monitor:
         self._sharp_count += 1
         self._eigvec = res.vector
         opts = [opt for opt, _ in self._opt_names]
-        thr = stability_threshold(opts[0]) if opts else None  # this step's learning rate: not stepped yet
+        try:
+            thr = stability_threshold(opts[0]) if opts else None  # this step's learning rate: not stepped yet
+        except Exception:  # a learning rate that is not a number: no threshold
+            thr = None
         names, vals = ["sharpness/top_eig", "sharpness/n_hvp"], [res.value, float(res.n_hvp)]
         if thr is not None:
             names.append("sharpness/threshold")
@@ -446,12 +693,26 @@ class Monitor:
         """Buffer scalar values (tensors stay on the device) for metrics named by the keys."""
         if not values:
             return
-        names = tuple(values)
+        off = self._off_items.get("record")
+        if off:
+            values = {k: v for k, v in values.items() if k not in off}
+            if not values:
+                return
         device = next((v.device for v in values.values() if isinstance(v, Tensor)), torch.device("cpu"))
-        vals = torch.stack([
-            (v.detach().reshape(()).to(device=device, dtype=torch.float32) if isinstance(v, Tensor)
-             else torch.tensor(float(v), device=device)) for v in values.values()])
-        self._blocks.append(_Block(step, _interned(names), vals, op))
+        try:
+            vals = torch.stack([_scalar(v, device) for v in values.values()])
+        except Exception:  # one value cannot be taken as a real scalar: leave it out from now on
+            kept = {}
+            for k, v in values.items():
+                try:
+                    kept[k] = _scalar(v, device)
+                except Exception as exc:
+                    self._off_items.setdefault("record", set()).add(k)
+                    self._failed(k.split("/", 1)[0], [(k, exc)], step)
+            if not kept:
+                return
+            values, vals = kept, torch.stack(list(kept.values()))
+        self._blocks.append(_Block(step, _interned(tuple(values)), vals, op))
 
     # -- flushing ----------------------------------------------------------------------------------------------
     def flush(self, reduce: bool = True) -> None:
@@ -476,8 +737,8 @@ class Monitor:
                     mat = torch.stack([torch.linalg.vector_norm(b.values) for b in bs]).reshape(-1, 1)
                 op = "none"
             else:
-                mat = torch.stack([b.values.reshape(-1).float() for b in bs])
-            mats.append((names, op, [b.step for b in bs], mat.float()))
+                mat = torch.stack([_real(b.values.reshape(-1)) for b in bs])
+            mats.append((names, op, [b.step for b in bs], _real(mat)))
         if reduce and self._reduce is not _no_reduce:
             for op in ("mean", "sum", "max"):
                 sel = [i for i, m in enumerate(mats) if m[1] == op]
@@ -574,6 +835,20 @@ class _TimedMatvec:
         when it is all there is)."""
         times = self.times[1:] or self.times
         return float(np.median(times)) if times else 0.0
+
+
+def _real(t: Tensor) -> Tensor:
+    """Statistics travel in float32, or in float64 when they were computed in it."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _scalar(v: Tensor | float, device: torch.device) -> Tensor:
+    if isinstance(v, Tensor):
+        if v.is_complex():
+            raise MeasureError(f"expected a real scalar, got a {v.dtype} tensor")
+        return v.detach().reshape(()).to(device=device, dtype=torch.float64 if v.dtype == torch.float64
+                                          else torch.float32)
+    return torch.tensor(float(v), device=device)
 
 
 def _interned(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -313,3 +313,72 @@ def test_bf16_mixed_precision_measures_unscaled_fp32_gradients(tmp_path):
     g = run.series("grad_norm/net.0.weight")
     np.testing.assert_allclose(g.values, [ref.grad[s]["net.0.weight"] for s in g.steps], rtol=1e-5)
     assert np.all(np.isfinite(run.series("loss/train").values))
+
+
+class _NoNorm(torch.Tensor):
+    """A tensor subclass whose norm kernels fail: a gradient the monitor cannot measure."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if "norm" in getattr(func, "__name__", ""):
+            raise NotImplementedError("no norm for this tensor type")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_unmeasurable_gradient_is_left_out_once_with_one_warning(tmp_path, monkeypatch):
+    from dyncheck.measure.tensors import NormPlan
+    from dyncheck.monitor import Monitor, MonitorConfig
+
+    probes = []
+    real_probe = NormPlan.probe.__func__
+    monkeypatch.setattr(NormPlan, "probe", classmethod(lambda cls, ts: probes.append(len(ts)) or real_probe(cls, ts)))
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = Monitor(MonitorConfig(sharpness_budget=0, activations_every_n_steps=0))
+    mon.start(module=model, optimizers=[opt], store_path=tmp_path / "run.db", meta={}, every_n_steps=2)
+    with pytest.warns(UserWarning) as caught:
+        for step in range(4):
+            mon.batch_start(step, None)
+            model.weight.grad = torch.ones(2, 3)
+            model.bias.grad = torch.full((2,), 2.0).as_subclass(_NoNorm)
+            mon.before_optimizer_step(step, opt)
+            mon.batch_end(step, torch.tensor(1.0), stepped=True)
+    mon.finish("finished")
+    ours = [str(w.message) for w in caught if str(w.message).startswith("dyncheck")]
+    assert len(ours) == 1 and "grad_norm/bias" in ours[0] and "NotImplementedError" in ours[0]
+    # each list's plan is made once, at its first step: gradients, weights, updates (2 measuring steps of 4)
+    assert probes == [2, 2, 2]
+    run = open_run(tmp_path)
+    np.testing.assert_allclose(run.series("grad_norm/total").values, [math.sqrt(6)] * 4, rtol=1e-6)  # bias left out
+    np.testing.assert_allclose(run.series("grad_norm/weight").values, [math.sqrt(6)] * 2, rtol=1e-6)
+    assert "grad_norm/bias" not in run and run.series("grad_nonfinite/bias").values.tolist() == [0.0, 0.0]
+    assert run.meta["measurement_errors"] == [{"measurement": "grad_norm", "metric": "grad_norm/bias",
+                                               "error": "NotImplementedError",
+                                               "message": "no norm for this tensor type", "step": 0}]
+
+
+def test_measurement_errors_survive_a_second_fit_listed_once(tmp_path):
+    class Complex(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(64, 10, dtype=torch.cfloat) / 8)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy((x.to(torch.cfloat) @ self.w).real, y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", sharpness_every_n_steps=2, rules=None, report=False)
+    t = trainer(tmp_path, [mon], max_epochs=1)
+    model = Complex()
+    with pytest.warns(UserWarning, match="sharpness measurement failed.*complex parameters \\(w\\)"):
+        t.fit(model, loaders(flat=True, val=False)[0])
+    t.fit_loop.max_epochs = 2
+    with pytest.warns(UserWarning, match="sharpness measurement failed"):  # a new fit tells again
+        t.fit(model, loaders(flat=True, val=False)[0])
+    run = open_run(tmp_path / "run")
+    assert [e["measurement"] for e in run.meta["measurement_errors"]] == ["sharpness"]
+    assert run.meta["measurement_errors"][0]["step"] == 0
+    assert len(run.series("grad_norm/total")) == 16 and "sharpness/top_eig" not in run

@@ -11,7 +11,12 @@ Statistics of one module output ``a`` (computed in float32 on a detached copy):
 A *unit* is a channel for convolution-like modules and for 4-D/5-D outputs (``N, C, ...``), otherwise a feature of
 the last dimension (``N, F`` or ``N, T, F``). A module called several times in one step (a shared ``nn.ReLU``) gets
 the mean of its calls (max for ``max_abs``, sum for ``nonfinite``). When a module returns a tuple, list or dict, the
-first floating-point tensor in it is measured (e.g. the output sequence of an ``nn.LSTM``).
+first floating-point tensor in it is measured (e.g. the output sequence of an ``nn.LSTM``). Statistics are computed
+in float32, in float64 for float64 outputs.
+
+A module that cannot be measured (a TorchScript module takes no hooks; a sparse or complex output; any error of the
+statistics) is turned off in the recorder and never raises into the model's forward: the recorder keeps the error
+for its owner to report (:meth:`ActivationRecorder.take_errors`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import MeasureError
 from ..names import ACTIVATION_STATS
 
 __all__ = ["ACTIVATION_STATS", "STAT_REDUCE", "activation_stats", "unit_dim", "saturation_bounds",
@@ -65,12 +71,16 @@ def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
 
 
 def activation_stats(x: Tensor, unit_dim: int, saturation: tuple[float, float] | None = None) -> Tensor:
-    """The statistics of :data:`ACTIVATION_STATS` for one output, as a float32 vector on ``x``'s device
-    (``saturated`` is NaN when ``saturation`` is None). Zero-size outputs give NaN statistics."""
+    """The statistics of :data:`ACTIVATION_STATS` for one output, as a float32 vector on ``x``'s device (float64
+    for a float64 output; ``saturated`` is NaN when ``saturation`` is None). Zero-size outputs give NaN
+    statistics. Raises :class:`MeasureError` for a sparse output."""
     x = x.detach()
+    if x.layout != torch.strided:
+        raise MeasureError(f"activation statistics need a dense output, got a {x.layout} tensor")
     if x.numel() == 0:
-        return torch.full((len(ACTIVATION_STATS),), float("nan"), device=x.device)
-    xf = x.float()
+        return torch.full((len(ACTIVATION_STATS),), float("nan"), device=x.device,
+                          dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    xf = x if x.dtype == torch.float64 else x.float()
     nonfinite = torch.count_nonzero(~torch.isfinite(xf)).float()
     # two-pass mean/std: as accurate as torch.std_mean and ~8x faster on CPU
     mean = xf.mean()
@@ -121,6 +131,9 @@ class ActivationRecorder:
     >>> rec = ActivationRecorder(select_modules(model))
     >>> rec.attach(); model(x); rec.detach()
     >>> names, values = rec.collect()     # names like 'act/mean/fc1'; values: 1-D float32 tensor
+
+    A module that cannot be hooked or measured is dropped from ``modules`` (its statistics of this step too) and
+    its error kept until :meth:`take_errors`; hooks never raise into the forward.
     """
 
     def __init__(self, modules: Iterable[tuple[str, nn.Module]]) -> None:
@@ -128,6 +141,8 @@ class ActivationRecorder:
         self._handles: list[Any] = []
         self._calls: dict[str, list[Tensor]] = {}
         self._saturating = {name for name, mod in self.modules if saturation_bounds(mod) is not None}
+        self._off: set[str] = set()
+        self._errors: list[tuple[str, Exception]] = []
 
     @property
     def attached(self) -> bool:
@@ -136,28 +151,52 @@ class ActivationRecorder:
     def attach(self) -> None:
         if self._handles:
             return
-        for name, mod in self.modules:
-            self._handles.append(mod.register_forward_hook(self._hook(name, mod)))
+        for name, mod in list(self.modules):
+            try:
+                self._handles.append(mod.register_forward_hook(self._hook(name, mod)))
+            except Exception as exc:  # e.g. TorchScript modules take no hooks
+                self._turn_off(name, exc)
 
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
 
+    def _turn_off(self, name: str, exc: Exception) -> None:
+        if name in self._off:
+            return
+        self._off.add(name)
+        self._errors.append((name, exc))
+        self.modules = [(n, m) for n, m in self.modules if n != name]
+        self._calls.pop(name, None)
+
+    def take_errors(self) -> list[tuple[str, Exception]]:
+        """``(module name, exception)`` of the modules turned off since the last call."""
+        errors, self._errors = self._errors, []
+        return errors
+
     def _hook(self, name: str, module: nn.Module):
         sat = saturation_bounds(module)
 
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
-            x = first_float_tensor(output)
-            if x is not None:
+            if name in self._off:
+                return
+            try:
+                x = first_float_tensor(output)
+                if x is None:
+                    if isinstance(output, Tensor) and output.is_complex():
+                        raise MeasureError(f"activation statistics need a real output, got {output.dtype}")
+                    return
                 self._calls.setdefault(name, []).append(activation_stats(x, unit_dim(mod, x), sat))
+            except Exception as exc:  # a measurement must never break the forward it observes
+                self._turn_off(name, exc)
 
         return hook
 
     def collect(self) -> dict[str, tuple[list[str], Tensor]]:
         """Statistics gathered since the last collect, grouped by how they reduce across processes:
         ``{"mean": (names, values), "max": ..., "sum": ...}``. Statistics that do not apply (``saturated`` of a
-        non-saturating module) are left out."""
+        non-saturating module) are left out. Values are float32, float64 when some module's output was float64."""
         out: dict[str, tuple[list[str], list[Tensor]]] = {}
         for name, calls in self._calls.items():
             stats = torch.stack(calls) if len(calls) > 1 else calls[0].unsqueeze(0)
