@@ -23,10 +23,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .checks.engine import _json_number
-from .errors import ConfigError, DyncheckError
+from .errors import ConfigError
 
 __all__ = ["Quantity", "Baseline", "Row", "Comparison", "summarize", "make_baseline", "load_baseline",
-           "compare", "format_comparison", "format_comparison_junit", "QUANTITIES", "BASELINE_VERSION"]
+           "compare", "format_comparison", "format_comparison_junit", "QUANTITIES", "BASELINE_VERSION",
+           "BaselineRefused"]
 
 BASELINE_VERSION = 1
 
@@ -58,6 +59,15 @@ QUANTITIES: dict[str, Spec] = {s.name: s for s in (
 )}
 
 _FINAL_SHARE = 0.25
+
+
+class BaselineRefused(ConfigError):
+    """A baseline that would not be a reference: made from a run that did not finish (``unfinished``), or holding
+    no quantity."""
+
+    def __init__(self, message: str, *, unfinished: bool = False) -> None:
+        super().__init__(message)
+        self.unfinished = unfinished
 
 
 def _geomean(v: np.ndarray) -> float:
@@ -152,10 +162,29 @@ def _findings_of(run: Any, rules: Any, result: Any = None) -> list[str]:
     return sorted({f.check for f in result.at_or_above("warning")})
 
 
-def make_baseline(runs: Sequence[Any], *, rules: Any = "default", results: Sequence[Any] | None = None) -> Baseline:
+def _unfinished(run: Any) -> str | None:
+    """How a run that did not finish ended (``crashed at step 11 (RuntimeError: boom)``), else None. A store that
+    records no status (not written by DynamicsMonitor) counts as finished."""
+    meta = run.meta
+    status = meta.get("status")
+    if not status or status == "finished":
+        return None
+    steps = run.series("loss/train").steps if "loss/train" in run else np.zeros(0, np.int64)
+    at = f" at step {int(steps[-1])}" if steps.size else ""
+    exc = meta.get("exception") or {}
+    what = f" ({exc.get('type')}: {exc.get('message')})" if isinstance(exc, dict) and exc.get("type") else ""
+    return f"{status}{at}{what}"
+
+
+def make_baseline(runs: Sequence[Any], *, rules: Any = "default", results: Sequence[Any] | None = None,
+                  allow_unfinished: bool = False) -> Baseline:
     """A baseline from one or more runs (open :class:`~dyncheck.store.Run` objects or paths). With several runs
     each quantity is their median, and its tolerance at least 3x their spread (std of log values for ratios).
-    ``results``: the runs' CheckResults if already evaluated (else ``rules`` are evaluated)."""
+    ``results``: the runs' CheckResults if already evaluated (else ``rules`` are evaluated).
+
+    Raises :class:`BaselineRefused` for a run that did not finish (its losses are not those of the run a test
+    trains; ``allow_unfinished=True`` takes it as it is) and when no quantity could be measured (no loss, no
+    activation statistics recorded): a baseline that holds nothing would pass every comparison."""
     from .store import Run, open_run
 
     if not runs:
@@ -163,6 +192,10 @@ def make_baseline(runs: Sequence[Any], *, rules: Any = "default", results: Seque
     summaries, findings, names = [], set(), []
     for r, result in zip(runs, results if results is not None else [None] * len(runs)):
         with (contextlib.nullcontext(r) if isinstance(r, Run) else open_run(r)) as run:
+            ended = _unfinished(run)
+            if ended and not allow_unfinished:
+                raise BaselineRefused(f"{run.dir}: the run did not finish ({ended}); a baseline must come from a "
+                                      f"finished run", unfinished=True)
             summaries.append(summarize(run))
             findings |= set(_findings_of(run, rules, result))
             names.append(str(run.dir))
@@ -181,68 +214,149 @@ def make_baseline(runs: Sequence[Any], *, rules: Any = "default", results: Seque
                 spread = float(np.std(vals, ddof=1))
                 tol = max(tol, 3 * spread)
         quantities[name] = Quantity(value, spec.better, spec.kind, tol, spread, spec.doc)
+    if not quantities:
+        raise BaselineRefused(f"{', '.join(names)}: no baseline quantity could be measured (it needs loss/train, "
+                              f"loss/val or act/dead/* series; the run{'s' if len(names) > 1 else ''} recorded "
+                              f"none of them); a baseline with 0 quantities would pass every comparison")
     info = {"created": _dt.datetime.now(tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "runs": names}
     return Baseline(quantities, sorted(findings), info)
 
 
-def load_baseline(path: str | os.PathLike) -> Baseline:
-    """Read a baseline file; a malformed one raises :class:`ConfigError` naming the file and key."""
+def _duplicate_keys(node: Any, path: str = "") -> list[tuple[int, str, int]]:
+    """(line, dotted key, line of its first occurrence) of every key given twice in one mapping of a composed
+    YAML document (the safe loader silently keeps the last one)."""
     import yaml
 
+    out: list[tuple[int, str, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for k, v in node.value:
+            key = str(k.value) if isinstance(k, yaml.ScalarNode) else "?"
+            where = f"{path}.{key}" if path else key
+            if key in first:
+                out.append((k.start_mark.line + 1, where, first[key]))
+            else:
+                first[key] = k.start_mark.line + 1
+            out += _duplicate_keys(v, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += _duplicate_keys(v, f"{path}[{i}]")
+    return out
+
+
+def load_baseline(path: str | os.PathLike) -> Baseline:
+    """Read a baseline file; a malformed one raises :class:`ConfigError` naming the file, the key and what was
+    expected, with the line and column: duplicate keys, unknown quantities or keys, values that are not numbers,
+    tolerances that are not finite (``.nan`` would make every comparison pass) or out of range. The file is read
+    within the limits of every YAML input (README, "Input limits": 1 MB of UTF-8 text, 50 levels, 10,000 values,
+    integers of at most 100 digits); a file beyond them, a binary file (``--baseline run.db``) or invalid YAML is
+    a ConfigError too, never a traceback."""
+    from .checks.rules import read_yaml
+
     p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise DyncheckError(f"cannot read baseline {p}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(doc, dict) or doc.get("dyncheck_baseline") != BASELINE_VERSION:
+    yd = read_yaml(p, str(p), what="baseline")  # YamlInputError (a ConfigError): file:line:column: what
+
+    def at(*keys: Any) -> str:
+        line, col = yd.position(keys)
+        return f" (line {line}, column {col})"
+
+    dups = _duplicate_keys(yd.root)
+    if dups:
+        raise ConfigError("\n".join(f"{p}:{line}: duplicate key '{key}' (first given at line {first}); each key "
+                                    f"may appear once" for line, key, first in dups))
+    doc = yd.data
+    version = doc.get("dyncheck_baseline") if isinstance(doc, dict) else None
+    if type(version) is not int or version != BASELINE_VERSION:
         raise ConfigError(f"{p}: not a dyncheck baseline (expected 'dyncheck_baseline: {BASELINE_VERSION}' at the "
                           f"top; write one with: dyncheck baseline RUN -o {p})")
     raw = doc.get("quantities") or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: 'quantities' must be a mapping of quantity name -> {{value, better, ratio|abs}}")
+        raise ConfigError(f"{p}: 'quantities' must be a mapping of quantity name -> {{value, better, ratio|abs}}"
+                          + at("quantities"))
     quantities = {}
     for name, q in raw.items():
         where = f"{p}: quantities.{name}"
+        here = ("quantities", name)
         if name not in QUANTITIES:
-            raise ConfigError(f"{where}: unknown quantity; expected one of: {', '.join(QUANTITIES)}")
+            raise ConfigError(f"{where}: unknown quantity; expected one of: {', '.join(QUANTITIES)}"
+                              + _at_key(yd, here))
         if not isinstance(q, dict):
-            raise ConfigError(f"{where}: expected a mapping with value, better and ratio or abs")
+            raise ConfigError(f"{where}: expected a mapping with value, better and ratio or abs" + at(*here))
         unknown = set(q) - {"value", "better", "ratio", "abs", "spread"}
         if unknown:
+            first = sorted(unknown)[0]
             raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; expected value, better, "
-                              f"ratio or abs, spread")
+                              f"ratio or abs, spread" + _at_key(yd, (*here, first)))
         spec = QUANTITIES[name]
         kinds = [k for k in ("ratio", "abs") if k in q]
         if len(kinds) > 1:
-            raise ConfigError(f"{where}: give one tolerance, 'ratio' or 'abs', not both")
+            raise ConfigError(f"{where}: give one tolerance, 'ratio' or 'abs', not both" + at(*here))
         kind = kinds[0] if kinds else spec.kind
-        tol = _float(q.get(kind, spec.tolerance), f"{where}.{kind}")
+        tol = _float(q.get(kind, spec.tolerance), f"{where}.{kind}", at(*here, kind))
+        expected = "a ratio >= 1" if kind == "ratio" else "a value >= 0"
+        if not math.isfinite(tol):
+            raise ConfigError(f"{where}.{kind}: expected {expected}, got {_shown(q.get(kind))} (a tolerance must "
+                              f"be a finite number: a non-finite one would let any change pass or fail)"
+                              + at(*here, kind))
         if (kind == "ratio" and tol < 1) or (kind == "abs" and tol < 0):
-            raise ConfigError(f"{where}.{kind}: expected {'a ratio >= 1' if kind == 'ratio' else 'a value >= 0'}, "
-                              f"got {tol}")
+            raise ConfigError(f"{where}.{kind}: expected {expected}, got {_shown(q.get(kind))}" + at(*here, kind))
         better = q.get("better", spec.better)
         if better not in ("lower", "higher"):
-            raise ConfigError(f"{where}.better: expected 'lower' or 'higher', got {better!r}")
+            raise ConfigError(f"{where}.better: expected 'lower' or 'higher', got {_shown(better)}"
+                              + at(*here, "better"))
         if "value" not in q:
-            raise ConfigError(f"{where}: missing 'value'")
+            raise ConfigError(f"{where}: missing 'value'" + at(*here))
+        value = _float(q["value"], f"{where}.value", at(*here, "value"))
+        if math.isnan(value):
+            raise ConfigError(f"{where}.value: expected a number (inf for a run that diverged), got "
+                              f"{_shown(q['value'])}" + at(*here, "value"))
         spread = q.get("spread")
-        quantities[name] = Quantity(_float(q["value"], f"{where}.value"), better, kind, tol,
-                                    None if spread is None else _float(spread, f"{where}.spread"), spec.doc)
+        spread_f = None if spread is None else _float(spread, f"{where}.spread", at(*here, "spread"))
+        if spread_f is not None and not (math.isfinite(spread_f) and spread_f >= 0):
+            raise ConfigError(f"{where}.spread: expected a finite value >= 0 (or no spread), got {_shown(spread)}"
+                              + at(*here, "spread"))
+        quantities[name] = Quantity(value, better, kind, tol, spread_f, spec.doc)
+    if not quantities:
+        raise ConfigError(f"{p}: 'quantities' is empty: a baseline with no quantity would pass every comparison; "
+                          f"expected at least one of: {', '.join(QUANTITIES)} (write one with: dyncheck baseline "
+                          f"RUN -o {p})")
     findings = doc.get("findings") or []
     if not isinstance(findings, list) or not all(isinstance(f, str) for f in findings):
-        raise ConfigError(f"{p}: 'findings' must be a list of check ids")
-    return Baseline(quantities, list(findings), {"created": doc.get("created"), "runs": doc.get("runs") or []},
-                    path=p)
+        raise ConfigError(f"{p}: 'findings' must be a list of check ids" + at("findings"))
+    runs = doc.get("runs") or []
+    if not isinstance(runs, list) or not all(isinstance(r, str) for r in runs):
+        raise ConfigError(f"{p}: 'runs' must be a list of run names (strings)" + at("runs"))
+    created = doc.get("created")
+    if created is not None and not isinstance(created, (str, _dt.date)):
+        raise ConfigError(f"{p}: 'created' must be a date or a text such as '2026-01-31 12:00 UTC', got "
+                          f"{_shown(created)}" + at("created"))
+    return Baseline(quantities, list(findings), {"created": None if created is None else str(created),
+                                                 "runs": list(runs)}, path=p)
 
 
-def _float(v: Any, where: str) -> float:
+def _at_key(yd: Any, keys: tuple[Any, ...]) -> str:
+    line, col = yd.position(keys, key=True)
+    return f" (line {line}, column {col})"
+
+
+def _shown(v: Any) -> str:
+    """A value as the file spells it (YAML's .nan / .inf for non-finite floats), cut to 80 characters."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return ".nan" if math.isnan(v) else (".inf" if v > 0 else "-.inf")
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _float(v: Any, where: str, position: str = "") -> float:
     if isinstance(v, str) and v in ("nan", "inf", "-inf"):
         return float(v)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {v!r}")
-    return float(v)
+        raise ConfigError(f"{where}: expected a number, got {_shown(v)}{position}")
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond float's range (the reader allows 100 digits)
+        raise ConfigError(f"{where}: expected a number up to about 1e308, got an integer of {len(str(abs(v)))} "
+                          f"digits{position}") from None
 
 
 @dataclass(frozen=True)
@@ -264,6 +378,25 @@ class Comparison:
     new_findings: list[Any]  # Finding objects of checks that did not fire in the baseline
     gone_findings: list[str]  # check ids that fired in the baseline and no longer do
     baseline_path: Path | None = None
+    #: the run's ``meta["status"]`` (``unknown`` when the store records none); ``run_ended``: how a run that did
+    #: not finish ended (``crashed at step 11 (RuntimeError: boom)``), None when it finished
+    run_status: str | None = None
+    run_ended: str | None = None
+    n_series: int | None = None
+
+    def not_judged(self, allow_unfinished: bool = False) -> str | None:
+        """Why the comparison is no verdict (None when it is): the run holds no series, or -- unless
+        ``allow_unfinished`` -- it did not finish (a partial run's losses are not comparable with a whole run's)."""
+        reasons = []
+        if self.n_series == 0:
+            reasons.append("the run holds no recorded series")
+        if self.run_ended and not allow_unfinished:
+            reasons.append(f"the run did not finish: {self.run_ended}")
+        return "; ".join(reasons) or None
+
+    def verdict(self, allow_unfinished: bool = False) -> str:
+        """``unjudged`` when :meth:`not_judged`, else :attr:`status`."""
+        return "unjudged" if self.not_judged(allow_unfinished) else self.status
 
     @property
     def regressions(self) -> list[str]:
@@ -278,8 +411,10 @@ class Comparison:
     def improvements(self) -> list[str]:
         return [r.quantity for r in self.rows if r.status == "better"] + list(self.gone_findings)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "regressions": self.regressions, "improvements": self.improvements,
+    def to_dict(self, allow_unfinished: bool = False) -> dict[str, Any]:
+        return {"status": self.verdict(allow_unfinished), "run_status": self.run_status,
+                "not_judged": self.not_judged(allow_unfinished),
+                "regressions": self.regressions, "improvements": self.improvements,
                 "quantities": [{"quantity": r.quantity, "baseline": _num(r.baseline), "obtained": _num(r.obtained),
                                 "tolerance": r.tolerance, "status": r.status, "change": r.change}
                                for r in self.rows],
@@ -288,6 +423,9 @@ class Comparison:
 
 def _judge(q: Quantity, obtained: float) -> tuple[str, str]:
     """(status, change) of one quantity: worse beyond the tolerance regresses, better beyond it improves."""
+    if not (isinstance(q.tolerance, (int, float)) and math.isfinite(q.tolerance)) or math.isnan(q.value):
+        raise ConfigError(f"baseline quantity: tolerance {q.tolerance!r} and value {q.value!r}: expected a finite "
+                          f"tolerance and a value that is a number (a NaN compares as 'ok' with anything)")
     if not math.isfinite(obtained):
         return ("regressed" if q.better == "lower" else "better"), "non-finite"
     if q.kind == "ratio":
@@ -336,16 +474,26 @@ def compare(run: Any, baseline: Baseline, *, rules: Any = "default", result: Any
     known = set(baseline.findings)
     new = [f for f in result.at_or_above("warning") if f.check not in known]
     gone = sorted(known - {f.check for f in result.at_or_above("warning")})
-    return Comparison(rows, new, gone, baseline.path)
+    status = run.meta.get("status")
+    return Comparison(rows, new, gone, baseline.path, run_status=status if isinstance(status, str) and status
+                      else "unknown", run_ended=_unfinished(run), n_series=len(run.metrics()))
 
 
-def format_comparison(cmp: Comparison, *, title: str = "") -> str:
-    """The comparison as a small table, then the new findings with their hints."""
+def format_comparison(cmp: Comparison, *, title: str = "", allow_unfinished: bool = False) -> str:
+    """The comparison as a small table, then the new findings with their hints. A comparison that is no verdict
+    (:meth:`Comparison.not_judged`) says so first; the table is shown for information."""
     head = f"dyncheck compare {title}".rstrip()
     verdict = ("REGRESSED: " + ", ".join(cmp.regressions)) if cmp.regressions else "no regression"
     if cmp.improvements and not cmp.regressions:
         verdict += " (better than the baseline: " + ", ".join(cmp.improvements) + ")"
+    why = cmp.not_judged(allow_unfinished)
+    if why:
+        verdict = f"NOT JUDGED: {why} (what it recorded: {verdict})"
     lines = [f"{head} -- {verdict}"]
+    if cmp.run_status is not None:
+        lines.append(f"  run: {cmp.run_ended or _status_text(cmp.run_status)}"
+                     + ("  (judged on what it recorded before it stopped: unfinished runs allowed)"
+                        if cmp.run_ended and not why else ""))
     w = max([len(r.quantity) for r in cmp.rows] + [8])
     lines.append(f"  {'quantity':<{w}}  {'baseline':>10}  {'obtained':>10}  {'change':>9}  {'tolerance':>9}  status")
     for r in cmp.rows:
@@ -361,11 +509,24 @@ def format_comparison(cmp: Comparison, *, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def format_comparison_junit(cmp: Comparison, name: str) -> str:
-    """One JUnit testcase per quantity (failed when it regressed) and one for new findings."""
+def _status_text(status: str) -> str:
+    return "status not recorded (the store was not written by DynamicsMonitor)" if status == "unknown" else status
+
+
+def format_comparison_junit(cmp: Comparison, name: str, *, allow_unfinished: bool = False) -> str:
+    """One JUnit testcase per quantity (failed when it regressed) and one for new findings; the run's status as
+    a suite property (``run_status``), and a leading failing ``run`` case when the comparison is no verdict."""
     import xml.etree.ElementTree as ET
 
-    suite = ET.Element("testsuite", name=name, tests=str(len(cmp.rows) + 1))
+    why = cmp.not_judged(allow_unfinished)
+    suite = ET.Element("testsuite", name=name, tests=str(len(cmp.rows) + 1 + bool(why)))
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", name="run_status", value=str(cmp.run_status or "not recorded"))
+    ET.SubElement(props, "property", name="verdict", value=cmp.verdict(allow_unfinished))
+    if why:
+        case = ET.SubElement(suite, "testcase", classname=name, name="run")
+        ET.SubElement(case, "failure", type="not-judged", message=f"not judged: {why}").text = \
+            f"run: {cmp.run_ended or cmp.run_status}\nnot judged: {why}"
     for r in cmp.rows:
         case = ET.SubElement(suite, "testcase", classname=name, name=r.quantity)
         detail = f"baseline {r.baseline:.4g}, obtained {r.obtained}, change {r.change}, tolerance {r.tolerance}"

@@ -1,17 +1,27 @@
-"""The ``dyncheck`` command line: ``check``, ``report``, ``demo``, ``baseline``, ``compare`` and ``rules``. Exit codes: 0 nothing at or above
-``--fail-on``; 1 something is; 2 usage, configuration or I/O error."""
+"""The ``dyncheck`` command line: ``check``, ``report``, ``demo``, ``baseline``, ``compare`` and ``rules``.
+
+Exit codes: 0 pass (nothing at or above ``--fail-on``, no regression); 1 findings at or above ``--fail-on`` fired
+(``check``) or something regressed (``compare``); 2 usage, configuration, input or I/O error; 3 the run could not
+be judged: it did not finish (running or killed, interrupted, crashed; ``--allow-unfinished`` judges it on what it
+recorded), it holds no series, or every check was skipped. ``check`` gives findings precedence over 3 (what fired
+on the recorded part is real); ``compare`` gives 3 precedence (a partial run's losses are not comparable with a
+whole run's); ``baseline`` exits 3 rather than write a baseline from an unfinished run or with no quantity."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import DyncheckError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNJUDGED = 0, 1, 2, 3
+_ALLOW_HELP = ("judge a run that did not finish (running or killed, interrupted, crashed) on what it recorded "
+               "instead of exiting 3")
 DEMO_SCENARIO = "healthy-resnet-bn-cosine"
 #: the demo's default run also probes sharpness, so that every section of the report has something to show
 DEMO_MONITOR = {"sharpness_every_n_steps": 25}
@@ -24,9 +34,116 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _rules_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rules", nargs="+", action="extend", metavar="FILE",
+    p.add_argument("--rules", nargs="+", action=_RulesAction, metavar="FILE",
                    help="rule files, layered in order; 'default' is the built-in pack (default: default). "
-                        "To add your checks to the default pack: --rules default mine.yaml")
+                        "To add your checks to the default pack: --rules default mine.yaml, --rules "
+                        "default,mine.yaml or --rules default --rules mine.yaml. A run given after the files "
+                        "(--rules default mine.yaml RUN) is taken as RUN.")
+
+
+class _RulesAction(argparse.Action):
+    """``--rules``: one or more files per use, repeatable, each value also a comma-separated list (a value that
+    names an existing file is taken whole, commas and all)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        for v in values if isinstance(values, list) else [values]:
+            parts = [v] if "," not in v or os.path.exists(v) else [x.strip() for x in v.split(",") if x.strip()]
+            if not parts:
+                parser.error(f"argument --rules: expected a rule file or 'default', got {v!r}")
+            items.extend(parts)
+        setattr(namespace, self.dest, items)
+
+
+def _is_rule_file(value: str) -> bool:
+    return value == "default" or value.lower().endswith((".yaml", ".yml"))
+
+
+def _looks_like_run(value: str) -> bool:
+    return not _is_rule_file(value) and (value.endswith(".db") or os.path.isdir(value))
+
+
+class _RulesParser(_Parser):
+    """A command parser whose greedy ``--rules FILE ...`` leaves the command its positionals: with ``--rules
+    default mine.yaml RUN`` argparse would take RUN as a third rule file and then miss RUN. Before parsing, the
+    last values of ``--rules`` move to the positionals when the command would otherwise lack them (never a value
+    that names a rule file: 'default', *.yaml, *.yml), and for a command that takes several runs (``baseline``)
+    also the trailing values that name a run (a directory or a .db file)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if args is not None and "--rules" in self._option_string_actions:
+            args = self._rules_then_positionals(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _option(self, token: str) -> argparse.Action | None:
+        name = token.split("=", 1)[0]
+        if name in self._option_string_actions:
+            return self._option_string_actions[name]
+        matches = [a for o, a in self._option_string_actions.items() if o.startswith(name) and name.startswith("--")]
+        return matches[0] if len({id(a) for a in matches}) == 1 else None
+
+    def _rules_then_positionals(self, args: list[str]) -> list[str]:
+        positionals = [a for a in self._actions if not a.option_strings]
+        need = sum(a.nargs if isinstance(a.nargs, int) else 1 if a.nargs in (None, "+") else 0 for a in positionals)
+        variadic = any(a.nargs in ("+", "*") for a in positionals)
+        groups: list[tuple[int, int, int]] = []  # (index of --rules, first value, end) of each --rules FILE ...
+        given: list[int] = []  # indices of the positionals given
+        n_pos, i = 0, 0
+        is_option = lambda t: t.startswith("-") and t != "-"  # noqa: E731
+        while i < len(args):
+            token = args[i]
+            if token == "--":
+                n_pos += len(args) - i - 1
+                break
+            if not is_option(token):
+                given.append(i)
+                n_pos += 1
+                i += 1
+                continue
+            action = self._option(token)
+            if action is None or "=" in token or action.nargs == 0:
+                i += 1
+                continue
+            j = i + 1
+            if action.nargs in ("+", "*"):
+                while j < len(args) and not is_option(args[j]):
+                    j += 1
+            elif action.nargs != "?" or (j < len(args) and not is_option(args[j])):
+                j += action.nargs if isinstance(action.nargs, int) else 1
+            if action.dest == "rules":
+                groups.append((i, i + 1, j))
+            i = j
+        missing = need - n_pos
+        moved: dict[int, list[str]] = {}
+        for at, first, end in reversed(groups):
+            values = args[first:end]
+            take: list[str] = []
+            while len(values) > 1 and ((missing > 0 and not _is_rule_file(values[-1]))
+                                       or (variadic and _looks_like_run(values[-1]))):
+                take.insert(0, values.pop())
+                missing -= 1
+            if take:
+                moved[at] = take
+        if not moved:
+            return args
+        skip: set[int] = set()
+        for at, take in moved.items():
+            end = next(e for a, _, e in groups if a == at)
+            skip.update(range(end - len(take), end))
+        # the moved values go right after the positionals given before them (or first): where no option takes
+        # them as its value, and next to the positionals they belong with (argparse takes a list of runs at once)
+        first_moved = min(moved)
+        before = [k for k in given if k < first_moved]
+        insert_at = before[-1] + 1 if before else 0
+        tail = [v for at in sorted(moved) for v in moved[at]]
+        out: list[str] = []
+        for k, token in enumerate(args):
+            if k == insert_at:
+                out.extend(tail)
+            if k not in skip:
+                out.append(token)
+        return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,16 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"dyncheck {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_RulesParser)
     sub.required = True
 
     p = sub.add_parser("check", help="evaluate checks on a run; exit 1 if a finding is at or above --fail-on",
-                       description="Evaluate the checks of the rule files on a recorded run.")
+                       description="Evaluate the checks of the rule files on a recorded run. Exit 0: pass; 1: a "
+                                   "finding at or above --fail-on; 2: usage or input error; 3: the run could not "
+                                   "be judged (it did not finish, holds no series, or every check was skipped).")
     p.add_argument("run", metavar="RUN", help="run directory (holding run.db) or the .db file")
     _rules_arg(p)
     p.add_argument("--format", choices=["text", "json", "junit"], default="text", help="output format (text)")
     p.add_argument("--fail-on", choices=["error", "warning", "never"], default="error",
-                   help="exit 1 when a finding has at least this severity (error)")
+                   help="exit 1 when a finding has at least this severity (error); 'never' still exits 3 for a "
+                        "run that could not be judged")
+    p.add_argument("--allow-unfinished", action="store_true", help=_ALLOW_HELP)
     p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE instead of stdout")
     p.add_argument("--no-hints", action="store_true", help="text format: leave out the hints")
 
@@ -74,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or .db files)")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="baseline file to write")
     _rules_arg(p)
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="take runs that did not finish as they are instead of exiting 3 (a baseline holds the "
+                        "losses of the run a test trains: a partial run's are not those)")
 
     p = sub.add_parser("compare", help="compare a run with a baseline; exit 1 on a regression",
                        description="Compare a run with a baseline file: a quantity worse than its tolerance, or a "
@@ -82,10 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="FILE", required=True, help="baseline written by dyncheck baseline")
     _rules_arg(p)
     p.add_argument("--format", choices=["text", "json", "junit"], default="text", help="output format (text)")
+    p.add_argument("--allow-unfinished", action="store_true", help=_ALLOW_HELP)
     p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE instead of stdout")
 
     r = sub.add_parser("rules", help="list the checks of rule files, validate a rule file, list detectors")
-    rsub = r.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=_Parser)
+    rsub = r.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=_RulesParser)
     rsub.required = True
     rl = rsub.add_parser("list", help="list the checks that the rule files define (after layering)")
     _rules_arg(rl)
@@ -104,26 +229,36 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .store import open_run
 
     rules = load_rules(args.rules or ["default"])
+    allow = args.allow_unfinished
     with open_run(args.run) as run:
         result = evaluate(run, rules)
     if args.format == "json":
-        out = format_json(result)
+        out = format_json(result, allow_unfinished=allow)
     elif args.format == "junit":
-        out = format_junit(result, name=f"dyncheck.{Path(args.run).name or 'run'}")
+        out = format_junit(result, name=f"dyncheck.{Path(args.run).name or 'run'}", allow_unfinished=allow)
     else:
-        out = format_text(result, title=str(args.run), hints=not args.no_hints)
+        out = format_text(result, title=str(args.run), hints=not args.no_hints, allow_unfinished=allow)
     _emit(out, args.output)
-    if args.fail_on == "never":
-        return EXIT_OK
-    return EXIT_FAIL if result.at_or_above(args.fail_on) else EXIT_OK
+    if args.fail_on != "never" and result.at_or_above(args.fail_on):
+        return EXIT_FAIL
+    why = result.not_judged(allow)
+    if why:
+        return _unjudged("check", args.run, why, result.unfinished and not allow)
+    return EXIT_OK
+
+
+def _unjudged(command: str, run: str, why: str, unfinished: bool) -> int:
+    """Say on stderr why the run could not be judged (also when the output went to a file); exit 3."""
+    hint = " (--allow-unfinished judges it on what it recorded)" if unfinished else ""
+    print(f"dyncheck {command}: not judged: {run}: {why}{hint}", file=sys.stderr)
+    return EXIT_UNJUDGED
 
 
 def _emit(text: str, output: str | None) -> None:
     if output:
-        try:
-            Path(output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-        except OSError as e:
-            raise DyncheckError(f"cannot write --output {output}: {e.strerror or e}") from None
+        from ._io import write_text
+
+        write_text(output, text if text.endswith("\n") else text + "\n", what="output (-o)")
     else:
         print(text)
 
@@ -183,12 +318,18 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from .baseline import make_baseline
     from .checks.rules import load_rules
 
-    base = make_baseline(args.runs, rules=load_rules(args.rules or ["default"]))
+    from .baseline import BaselineRefused
+
     try:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(base.to_yaml(), encoding="utf-8")
-    except OSError as e:
-        raise DyncheckError(f"cannot write --output {args.output}: {e.strerror or e}") from None
+        base = make_baseline(args.runs, rules=load_rules(args.rules or ["default"]),
+                             allow_unfinished=args.allow_unfinished)
+    except BaselineRefused as e:
+        hint = " (--allow-unfinished takes it as it is)" if e.unfinished else ""
+        print(f"dyncheck baseline: not written: {e}{hint}", file=sys.stderr)
+        return EXIT_UNJUDGED
+    from ._io import write_text
+
+    write_text(args.output, base.to_yaml(), what="baseline")
     print(f"{args.output}: {len(base.quantities)} quantities, findings: {', '.join(base.findings) or 'none'}")
     return EXIT_OK
 
@@ -198,14 +339,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .checks.rules import load_rules
 
     base = load_baseline(args.baseline)
+    allow = args.allow_unfinished
     cmp = compare(args.run, base, rules=load_rules(args.rules or ["default"]))
     if args.format == "json":
-        out = json.dumps(cmp.to_dict(), indent=2, allow_nan=False)
+        out = json.dumps(cmp.to_dict(allow), indent=2, allow_nan=False)
     elif args.format == "junit":
-        out = format_comparison_junit(cmp, name=f"dyncheck.compare.{Path(args.run).name or 'run'}")
+        out = format_comparison_junit(cmp, name=f"dyncheck.compare.{Path(args.run).name or 'run'}",
+                                      allow_unfinished=allow)
     else:
-        out = format_comparison(cmp, title=str(args.run))
+        out = format_comparison(cmp, title=str(args.run), allow_unfinished=allow)
     _emit(out, args.output)
+    why = cmp.not_judged(allow)
+    if why:  # before regressions: a partial run's losses are not comparable with a whole run's
+        return _unjudged("compare", args.run, why, bool(cmp.run_ended) and not allow)
     return EXIT_FAIL if cmp.regressions else EXIT_OK
 
 
@@ -238,16 +384,75 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Stdout:
+    """Standard output while a command runs. A reader that went away (EPIPE: ``dyncheck check RUN | head``) ends
+    the output quietly, the way Python's documentation recommends: the rest goes to os.devnull and the command
+    exits with the code it would have had. Any other failure to write (ENOSPC: a full disk or ``> /dev/full``,
+    EIO) is an error, exit 2."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.broken = False
+
+    def _failed(self, exc: OSError) -> None:
+        self.broken = True
+        try:  # what is still buffered would fail again when Python flushes stdout at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file (captured): nothing left to flush there
+            pass
+        if not isinstance(exc, BrokenPipeError):
+            reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise DyncheckError(f"cannot write to standard output: {reason}") from None
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except OSError as exc:
+                self._failed(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    commands = {"check": _cmd_check, "report": _cmd_report, "demo": _cmd_demo, "baseline": _cmd_baseline,
-                "compare": _cmd_compare, "rules": _cmd_rules}
+    out = _Stdout(sys.stdout)
+    sys.stdout = out
+    command = None
     try:
-        return commands[args.command](args)
+        try:
+            args = build_parser().parse_args(argv)
+            command = args.command
+            commands = {"check": _cmd_check, "report": _cmd_report, "demo": _cmd_demo, "baseline": _cmd_baseline,
+                        "compare": _cmd_compare, "rules": _cmd_rules}
+            code = commands[command](args)
+        except BaseException:  # also argparse's SystemExit (--help | head): flush, keep the first error
+            try:
+                out.flush()
+            except DyncheckError:
+                pass
+            raise
+        out.flush()
     except DyncheckError as e:
-        print(f"dyncheck {args.command}: error: {e}" if "\n" not in str(e)
-              else f"dyncheck {args.command}: error:\n{e}", file=sys.stderr)
+        who = f"dyncheck {command}" if command else "dyncheck"
+        try:
+            print(f"{who}: error: {e}" if "\n" not in str(e) else f"{who}: error:\n{e}", file=sys.stderr)
+        except OSError:
+            pass
         return EXIT_USAGE
+    finally:
+        sys.stdout = out.stream
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

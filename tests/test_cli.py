@@ -97,6 +97,27 @@ def test_layered_rules_on_the_command_line(warn_run, tmp_path):
     assert main(["check", str(warn_run), "--fail-on", "warning", "--rules", "default", str(mine)]) == 0
 
 
+def test_rules_files_before_the_run_leave_it_the_run(warn_run, tmp_path, capsys):
+    """``--rules`` takes one or more files (and comma lists), repeatable; a run after them is RUN, not a rule file."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("disable: [dead-units]\n")
+    for argv in (["check", "--rules", "default", str(mine), str(warn_run)],
+                 ["check", "--fail-on", "warning", "--rules", "default", str(mine), str(warn_run)],
+                 ["check", "--rules", f"default,{mine}", str(warn_run)],
+                 ["check", "--rules", "default", "--rules", str(mine), str(warn_run)],
+                 ["check", str(warn_run), "--rules", "default", str(mine)]):
+        assert main(argv + ["--fail-on", "warning"]) == 0, argv  # dead-units disabled: nothing fires
+    assert main(["check", "--rules", "default", str(warn_run), "--fail-on", "warning"]) == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # no run at all: the rule files stay rule files
+        main(["check", "--rules", "default", str(mine)])
+    assert e.value.code == 2 and "the following arguments are required: RUN" in capsys.readouterr().err
+    base = tmp_path / "b.yaml"
+    assert main(["baseline", "--rules", "default", str(mine), str(warn_run), "-o", str(base)]) == 0
+    assert main(["compare", str(warn_run), "--baseline", str(warn_run / "run.db")]) == 2
+    assert "run.db:1:1: this is a SQLite database (a run store?), not a baseline" in capsys.readouterr().err
+
+
 def test_rules_list_validate_detectors(tmp_path, capsys):
     assert main(["rules", "list"]) == 0
     out = capsys.readouterr().out
@@ -112,3 +133,27 @@ def test_rules_list_validate_detectors(tmp_path, capsys):
     assert f"{bad}:5:14: check 'x': metric pattern 'lose/train' can never match" in capsys.readouterr().err
     assert main(["rules", "detectors"]) == 0
     assert "spike (each): window=20" in capsys.readouterr().out
+
+
+def test_exit_3_when_the_run_cannot_be_judged(healthy_run, tmp_path, capsys):
+    """A run still running (or killed: it stays 'running') is not judged unless --allow-unfinished; a finding
+    still exits 1; every exit code is in --help."""
+    with RunWriter(healthy_run / "run.db", mode="a") as w:
+        w.set_meta(status="running")
+    assert main(["check", str(healthy_run)]) == 3
+    cap = capsys.readouterr()
+    assert "NOT JUDGED" in cap.out and "run: running at step 399" in cap.out
+    assert f"dyncheck check: not judged: {healthy_run}: the run did not finish" in cap.err
+    assert main(["check", str(healthy_run), "--allow-unfinished"]) == 0
+    assert "-- PASS:" in capsys.readouterr().out
+    loss = 2.3 * np.exp(-np.arange(N) / 60) + 0.05
+    loss[200:] = np.nan
+    failing = make_run(tmp_path / "nan", loss=loss)
+    with RunWriter(failing / "run.db", mode="a") as w:
+        w.set_meta(status="crashed", exception={"type": "RuntimeError", "message": "nan"})
+    assert main(["check", str(failing)]) == 1  # what fired is real, finished or not
+    assert "run: crashed at step 399 (RuntimeError: nan)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "3: the run could not be judged" in help_text and "--allow-unfinished" in help_text

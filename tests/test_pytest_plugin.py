@@ -119,3 +119,92 @@ def test_works_under_xdist(project):
 def test_the_committed_example_passes_against_its_baseline(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider", str(EXAMPLE / "test_dynamics.py"))
     result.assert_outcomes(passed=1)
+
+
+CRASHING = f"""
+import sys
+sys.path.insert(0, {str(EXAMPLE)!r})
+import pytest
+from dyncheck import DynamicsMonitor
+from model import train
+
+
+class Crashing(DynamicsMonitor):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if trainer.global_step == 100:
+            raise RuntimeError("preempted")
+
+
+def crash(dyncheck, tmp_path):
+    with pytest.raises(RuntimeError, match="preempted"):
+        train(Crashing(dirpath=dyncheck.run_dir, every_n_steps=10, report=False), seed=0, root=tmp_path)
+
+
+def test_healthy(dyncheck, tmp_path):
+    crash(dyncheck, tmp_path)
+    dyncheck.assert_healthy()
+
+
+def test_healthy_allowed(dyncheck, tmp_path):
+    crash(dyncheck, tmp_path)
+    dyncheck.assert_healthy(allow_unfinished=True)
+
+
+def test_regression(dyncheck, tmp_path):
+    crash(dyncheck, tmp_path)
+    dyncheck.assert_no_regression()
+"""
+
+
+def test_an_unfinished_run_is_not_judged_unless_allowed(pytester):
+    pytester.makepyfile(test_crash=CRASHING)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rf")
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines([
+        "*dyncheck: the run could not be judged: the run did not finish: crashed at step 99 (RuntimeError: "
+        "preempted)*",
+        "*to judge it on what it recorded: allow_unfinished=True, or the ini option dyncheck_allow_unfinished*",
+    ])
+    result.stdout.fnmatch_lines(["*dyncheck: baseline not created (*test_regression.dyncheck.yaml): *the run did "
+                                 "not finish (crashed at step 99 (RuntimeError: preempted))*"])
+    assert "test_healthy_allowed FAILED" not in result.stdout.str()
+    assert not (pytester.path / "test_crash" / "test_regression.dyncheck.yaml").exists()
+    assert "pytest_plugin.py" not in result.stdout.str()
+    # the ini option opts the whole suite in
+    pytester.makeini("[pytest]\ndyncheck_allow_unfinished = true\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, passed=2)
+    result.stdout.fnmatch_lines(["*dyncheck: baseline created: *test_regression.dyncheck.yaml*"])
+
+
+def test_ini_rules_are_a_list_resolved_from_the_ini_file(pytester):
+    """``dyncheck_rules``: whitespace, commas or newlines between files, paths from the ini file's directory (not
+    the directory pytest runs from), 'default' the built-in pack."""
+    ci = pytester.mkdir("ci")
+    (ci / "mine.yaml").write_text("disable: [dead-units]\n")
+    (ci / "more rules.yaml").write_text("checks:\n  - id: lr-too-low\n    summary: s\n    severity: info\n"
+                                        "    metrics: lr/*\n    detector: threshold\n    params: {below: 1.0e-6}\n")
+    (ci / "pytest.ini").write_text("[pytest]\ndyncheck_rules = default, mine.yaml\n    'more rules.yaml'\n")
+    pytester.makepyfile(test_rules_ini=f"""
+def test_rules(dyncheck):
+    rules = dyncheck.monitor().rules
+    assert rules.sources == ["default", {str(ci / "mine.yaml")!r}, {str(ci / "more rules.yaml")!r}]
+    assert "dead-units" in rules.disabled and rules["lr-too-low"].severity == "info"
+""")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-c", str(ci / "pytest.ini"), str(pytester.path))
+    result.assert_outcomes(passed=1)
+
+
+def test_a_bad_ini_rule_file_is_a_usage_error_naming_file_line_and_column(pytester):
+    (pytester.path / "bad.yaml").write_text("checks:\n  - id: x\n    severity: loud\n")
+    pytester.makeini("[pytest]\ndyncheck_rules = default,bad.yaml\n")
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option dyncheck_rules (default, bad.yaml):*",
+                                 f"*{pytester.path / 'bad.yaml'}:3:15: check 'x': 'severity': expected one of*"])
+    pytester.makeini("[pytest]\ndyncheck_rules = 'unbalanced\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option dyncheck_rules = \"'unbalanced\": No closing quotation*"])

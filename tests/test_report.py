@@ -77,6 +77,15 @@ def test_pass_and_unchecked_verdicts(tmp_path):
     assert "NOT CHECKED" in text and "Checks were not evaluated" in text
 
 
+def test_a_run_nothing_could_judge_is_not_a_green_pass(tmp_path):
+    with RunWriter(tmp_path / "run.db") as w:  # only a metric no check reads: every check is skipped
+        w.write({"sharpness/n_hvp": (np.arange(5), np.ones(5))})
+        w.set_meta(status="finished")
+    text = render_report(open_run(tmp_path))
+    assert "NOT JUDGED" in text and "every check was skipped" in text
+    assert ">PASS<" not in text and "look healthy" not in text
+
+
 def test_long_series_are_downsampled_keeping_spikes(tmp_path):
     s = np.arange(50_000)
     loss = 2.0 * np.exp(-s / 5000) + 0.1

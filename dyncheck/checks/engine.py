@@ -1,5 +1,12 @@
 """Evaluation: checks x recorded series -> findings. Vectorised numpy; reads a run only through the store's reader
-API (or any mapping of metric name -> (steps, values)), so it works after training, live, or from an artifact."""
+API (or any mapping of metric name -> (steps, values)), so it works after training, live, or from an artifact.
+
+A check passes only when it was evaluated on enough evidence: each detector declares what it needs (``EVIDENCE``:
+from its parameters ``min_points``, ``window``, ``min_history``, ...), and a run too short for it, for the check's
+``warmup`` or for its ``for:``, or a ``when:`` condition on a companion metric that was not recorded (or too
+briefly), makes the check :class:`Skipped` with the reason ("30 points of loss/train, needs 50"), never passed.
+The result also carries the run's status; :meth:`CheckResult.not_judged` says when the run as a whole cannot be
+judged (it did not finish, holds no series, or every check was skipped)."""
 
 from __future__ import annotations
 
@@ -12,9 +19,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .detectors import DETECTORS, held_for
-from .rules import SEVERITIES, Check, Condition, RuleSet, load_rules
+from .rules import SEVERITIES, Check, Condition, RuleSet, load_rules, render_message
 
-__all__ = ["Finding", "Skipped", "Diagnosis", "CheckResult", "diagnose", "evaluate", "SeriesSource"]
+__all__ = ["Finding", "Skipped", "Diagnosis", "CheckResult", "diagnose", "evaluate", "SeriesSource", "Evidence",
+           "evidence_needed", "FINISHED", "RUN_STATUSES"]
+
+#: the run statuses the monitor records (``meta["status"]``): ``running`` from the start until the fit ends (a run
+#: whose process was killed stays ``running``), then ``finished``, ``interrupted`` (KeyboardInterrupt), ``crashed``
+#: (another exception), or ``ended`` (torn down without saying how). Only ``finished`` is a finished run.
+FINISHED = "finished"
+RUN_STATUSES = ("running", "finished", "interrupted", "crashed", "ended")
 
 _RANK = {s: i for i, s in enumerate(reversed(SEVERITIES))}  # info 0, warning 1, error 2
 
@@ -138,12 +152,19 @@ def diagnose(findings: Sequence[Finding], checks: Mapping[str, Check]) -> list[D
 
 @dataclass
 class CheckResult:
-    """Findings, skipped checks and the ids of checks that ran and passed."""
+    """Findings, skipped checks and the ids of checks that ran and passed, with what the run says about itself:
+    ``run_status`` (``meta["status"]``: see :data:`RUN_STATUSES`; ``"unknown"`` for a store that records none,
+    ``None`` for series given as a mapping), ``run_info`` (``exception``, ``last_step``), ``measurement_errors``
+    (the measurements that failed and were turned off during training) and ``n_series`` (series the run holds)."""
 
     findings: list[Finding] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
     checks: dict[str, Check] = field(default_factory=dict)
+    run_status: str | None = None
+    run_info: dict[str, Any] = field(default_factory=dict)
+    measurement_errors: list[dict[str, Any]] = field(default_factory=list)
+    n_series: int | None = None
 
     @property
     def diagnoses(self) -> list[Diagnosis]:
@@ -152,9 +173,56 @@ class CheckResult:
 
     @property
     def status(self) -> str:
-        """``fail`` if any error fired, ``warn`` if any warning, else ``pass`` (info findings do not count)."""
+        """What the findings say: ``fail`` if any error fired, ``warn`` if any warning, else ``pass`` (info findings
+        do not count). Whether the run could be judged at all is :meth:`not_judged`; :meth:`verdict` combines them."""
         sev = {f.severity for f in self.findings}
         return "fail" if "error" in sev else "warn" if "warning" in sev else "pass"
+
+    @property
+    def unfinished(self) -> bool:
+        """The run recorded a status other than ``finished`` (still running or killed, interrupted, crashed)."""
+        return self.run_status not in (None, "unknown", FINISHED)
+
+    def run_line(self) -> str | None:
+        """``crashed at step 11 (RuntimeError: boom)``: how the run ended, for the outputs (None without a run)."""
+        if self.run_status is None:
+            return None
+        last = self.run_info.get("last_step")
+        at = f" at step {last}" if last is not None else ""
+        if self.run_status == "unknown":
+            return f"status not recorded (the store was not written by DynamicsMonitor){at.replace(' at', ', last')}"
+        if self.run_status == "running":
+            return (f"running{at}: still training, or its process was killed before it could record how it "
+                    f"ended")
+        exc = self.run_info.get("exception") or {}
+        what = ""
+        if exc:
+            msg = str(exc.get("message") or "").strip()
+            what = f" ({exc.get('type', 'exception')}{': ' + msg if msg else ''})"
+        return f"{self.run_status}{at}{what}"
+
+    def not_judged(self, allow_unfinished: bool = False) -> str | None:
+        """Why the run cannot be judged (None when it can): it holds no series, no check was evaluated on enough
+        evidence (every one skipped), or -- unless ``allow_unfinished`` -- it did not finish."""
+        reasons = []
+        if self.n_series == 0:
+            reasons.append("the run holds no recorded series")
+        elif not self.checks:
+            reasons.append("no check was evaluated (the rule files define none, or all are disabled)")
+        elif not self.passed and not self.findings:
+            reasons.append(f"every check was skipped ({len(self.skipped)} of {len(self.checks)}): nothing was "
+                           f"judged")
+        if self.unfinished and not allow_unfinished:
+            reasons.append(f"the run did not finish: {self.run_line()}")
+        return "; ".join(reasons) or None
+
+    def verdict(self, allow_unfinished: bool = False) -> str:
+        """:attr:`status`, except that a run that cannot be judged (:meth:`not_judged`) is ``unjudged`` rather
+        than ``pass``: the gate never passes what it could not judge."""
+        status = self.status
+        if status == "pass" and self.not_judged(allow_unfinished):
+            return "unjudged"
+        return status
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in SEVERITIES}
@@ -166,13 +234,27 @@ class CheckResult:
         """Findings at or above ``severity`` (``error``, ``warning`` or ``info``)."""
         return [f for f in self.findings if _RANK[f.severity] >= _RANK[severity]]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "diagnoses": [d.to_dict() for d in self.diagnoses],
+    def to_dict(self, allow_unfinished: bool = False) -> dict[str, Any]:
+        return {"status": self.verdict(allow_unfinished), "run_status": self.run_status,
+                "not_judged": self.not_judged(allow_unfinished),
+                "diagnoses": [d.to_dict() for d in self.diagnoses],
                 "findings": [f.to_dict() for f in self.findings],
-                "skipped": [s.to_dict() for s in self.skipped], "passed": list(self.passed)}
+                "skipped": [s.to_dict() for s in self.skipped], "passed": list(self.passed),
+                "measurement_errors": [_jsonable(e) for e in self.measurement_errors]}
 
-    def to_json(self, **kw: Any) -> str:
-        return json.dumps(self.to_dict(), allow_nan=False, **kw)
+    def to_json(self, allow_unfinished: bool = False, **kw: Any) -> str:
+        return json.dumps(self.to_dict(allow_unfinished), allow_nan=False, **kw)
+
+
+def _jsonable(v: Any) -> Any:
+    """A value from the run's meta made safe for strict JSON (non-finite numbers spelled out)."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float):
+        return _json_number(v)
+    return v
 
 
 def _json_number(v: float | None) -> float | str | None:
@@ -208,6 +290,184 @@ class SeriesSource:
         pats, excl = list(patterns), list(exclude)
         return [n for n in self.names
                 if any(fnmatch.fnmatchcase(n, p) for p in pats) and not any(fnmatch.fnmatchcase(n, e) for e in excl)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evidence: how much of a series a detector needs before it can fire at all
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evidence:
+    """What a detector needs of a series (the aligned steps for pair and group detectors) before its silence is a
+    verdict: ``points`` values (``finite``: counting finite ones only), the first of which that can fire is at
+    index ``first`` (negative: from the end; ``-1``, only the last point), and ``why`` (the parameter that asks for
+    it). With less the detector cannot fire at all (``scope: median`` is the one policy beyond that: it asks for
+    3 values before it passes a series), so the check is skipped with the reason rather than passed; a finding
+    is kept whatever the evidence."""
+
+    points: int = 1
+    first: int = 0
+    finite: bool = False
+    why: str = ""
+
+
+def _p(params: Mapping[str, Any], key: str, default: int) -> int:
+    v = params.get(key, default)
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else default
+
+
+def _threshold_evidence(p: Mapping[str, Any]) -> Evidence:
+    scope = p.get("scope", "each")
+    if scope == "median":
+        return Evidence(3, -1, True, "scope: median takes at least 3")
+    return Evidence(1, -1 if scope == "last" else 0)
+
+
+def _spike_evidence(p: Mapping[str, Any]) -> Evidence:
+    h = _p(p, "min_history", 5)
+    return Evidence(h + 2, h, False, f"min_history: {h} points before the jump and one after it")
+
+
+def _min_points(name: str, default: int, *, first: str = "start", finite: bool = False) -> Callable[..., Evidence]:
+    def need(p: Mapping[str, Any]) -> Evidence:
+        n = max(1, _p(p, "min_points", default))
+        at = {"start": 0, "end": -1, "last_needed": n - 1}[first]
+        return Evidence(n, at, finite, f"min_points: {n} of the {name} detector")
+    return need
+
+
+def _trend_evidence(p: Mapping[str, Any]) -> Evidence:
+    w = max(1, _p(p, "window", 50))
+    return Evidence(2 * w, 2 * w - 1, False, f"two windows of {w} points (window: {w})")
+
+
+def _opposite_evidence(p: Mapping[str, Any]) -> Evidence:
+    n = max(_p(p, "min_points", 3), _p(p, "min_run", 1) + 1)
+    return Evidence(n, 1, False, "min_points / min_run of the opposite_trends detector")
+
+
+#: per detector, the evidence it needs given its parameters (:class:`Evidence`); a detector not listed needs one
+#: point. Declared beside the engine, which is what decides "skipped" over "passed".
+EVIDENCE: dict[str, Callable[[Mapping[str, Any]], Evidence]] = {
+    "threshold": _threshold_evidence,
+    "nonfinite": lambda p: Evidence(1),
+    "spike": _spike_evidence,
+    "divergence": _min_points("divergence", 10, first="last_needed"),
+    "growth": _min_points("growth", 5),
+    "no_progress": _min_points("no_progress", 10, first="end", finite=True),
+    "plateau": lambda p: Evidence(max(3, _p(p, "min_points", 20)), 0, True,
+                                  f"min_points: {max(3, _p(p, 'min_points', 20))} of the plateau detector"),
+    "collapse": lambda p: Evidence(3, 0, False, "3 points to see a fall from a peak that stays"),
+    "improves_later": _min_points("improves_later", 4, finite=True),
+    "present": lambda p: Evidence(1, -1),
+    "step_change": lambda p: Evidence(2, 1, False, "two points to see a change"),
+    "trend": _trend_evidence,
+    "ratio": lambda p: Evidence(1),
+    "opposite_trends": _opposite_evidence,
+    "spread": lambda p: Evidence(1),
+}
+
+
+def evidence_needed(detector: str, params: Mapping[str, Any]) -> Evidence:
+    """The :class:`Evidence` ``detector`` needs with ``params``."""
+    fn = EVIDENCE.get(detector)
+    return fn(params) if fn is not None else Evidence()
+
+
+def _plural_points(n: int, finite: bool = False) -> str:
+    return f"{n} {'finite ' if finite else ''}point{'' if n == 1 else 's'}"
+
+
+def _shortfall(check: Check, label: str, steps: np.ndarray, values: np.ndarray | None, span: tuple[int, int],
+               *, cut: bool = False) -> str | None:
+    """Why ``check`` could never fire on this series (``steps``, ``values``; ``cut``: already cut to after the
+    warm-up), or None when it could: too few points for its detector, none after its warm-up, or too short a
+    stretch for its ``for:``."""
+    ev = evidence_needed(check.detector, check.params)
+    ws = _warm_start(check, span)
+    steps = np.asarray(steps)
+    has = steps.size
+    if ev.finite and values is not None:
+        has = int(np.isfinite(np.asarray(values, dtype=float)).sum())
+    after = f" after the warm-up (from step {ws})" if cut and ws > span[0] else ""
+    if has < ev.points:
+        why = f" ({ev.why})" if ev.why else ""
+        return f"{_plural_points(has, has < steps.size)} of {label}{after}, needs {ev.points}{why}"
+    i0 = int(np.searchsorted(steps, ws, side="left"))
+    if i0 >= steps.size:
+        last = "at" if steps.size == 1 else "the last at"
+        return (f"no point of {label} after the warm-up (from step {ws}): {_plural_points(steps.size)}, {last} "
+                f"step {int(steps[-1])}")
+    if check.for_steps > 1:
+        first = max(i0, ev.first if ev.first >= 0 else steps.size + ev.first)
+        spacing = float(np.median(np.diff(steps))) if steps.size > 1 else 1.0
+        longest = float(steps[-1]) + spacing - float(steps[first])
+        if longest < check.for_steps:
+            return (f"{label} can hold for at most {longest:g} steps (step {int(steps[first])} on, "
+                    f"{_plural_points(steps.size - first)}), needs {check.for_steps} (for: {check.for_steps})")
+    return None
+
+
+def _condition_unjudged(cond: Condition, src: "SeriesSource") -> str | None:
+    """Why a ``when:`` condition cannot be judged on this run (None when it can): a companion metric that was
+    not recorded, or recorded too briefly for its detector. ``present`` is always judged (absent is an answer)."""
+    if cond.all:
+        return next((r for r in (_condition_unjudged(c, src) for c in cond.all) if r), None)
+    if cond.any:
+        reasons = [_condition_unjudged(c, src) for c in cond.any]
+        return None if not all(reasons) else "; ".join(r for r in reasons if r)
+    if cond.detector == "present":
+        return None
+    ev = evidence_needed(cond.detector, cond.params)
+    det = DETECTORS[cond.detector]
+    if cond.pair is not None:
+        found = [src.match([p], cond.exclude) for p in cond.pair]
+        if not all(found):
+            return f"no recorded metric matches {' and '.join(p for p, f in zip(cond.pair, found) if not f)}"
+        steps, _, _, _ = det.fn(src.get(found[0][0]), src.get(found[1][0]), **cond.params)
+        n = int(np.asarray(steps).size)
+        if n >= ev.points:
+            return None
+        return f"{_plural_points(n)} of {found[0][0]} and {found[1][0]}, needs {ev.points}"
+    names = src.match(cond.metrics, cond.exclude)
+    if not names:
+        return f"no recorded metric matches {', '.join(cond.metrics)}"
+    best = 0
+    for n in names:
+        s, v = src.get(n)
+        has = int(np.isfinite(v).sum()) if ev.finite else int(s.size)
+        if has >= ev.points:
+            return None
+        best = max(best, has)
+    label = names[0] if len(names) == 1 else f"{', '.join(cond.metrics)} ({len(names)} series)"
+    return f"{_plural_points(best)} of {label}, needs {ev.points}" + (f" ({ev.why})" if ev.why else "")
+
+
+def _blocked_unjudged(check: Check, label: str, steps: np.ndarray, mask: np.ndarray, span: tuple[int, int],
+                      src: "SeriesSource") -> str | None:
+    """For a check that did not fire: why that is no verdict -- its detector flagged the series but a ``when:``
+    condition that could not be judged held it back (the judged conditions alone would have let it fire).
+    None when the check was judged."""
+    if not check.when or not mask.any():
+        return None
+    unjudged = [(c, r) for c in check.when if (r := _condition_unjudged(c, src))]
+    if not unjudged:
+        return None
+    m = mask & (steps >= _warm_start(check, span))
+    if not held_for(steps, m, check.for_steps).any():
+        return None
+    blocked = {id(c) for c, _ in unjudged}
+    for cond in check.when:
+        if id(cond) not in blocked and m.any():
+            m &= _condition_mask(cond, steps, src, span)
+    for cond in check.unless:
+        if m.any():
+            m &= ~_condition_mask(cond, steps, src, span)
+    held = held_for(steps, m, check.for_steps)
+    if not held.any():
+        return None
+    at = int(steps[np.flatnonzero(held)[0]])
+    return (f"its detector flagged {label} at step {at}, but a 'when' condition could not be judged: "
+            f"{unjudged[0][1]}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,18 +547,13 @@ def _cut(steps: np.ndarray, values: np.ndarray, start: int) -> tuple[np.ndarray,
     return steps[i:], values[i:]
 
 
-class _Format(dict):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
-
-
 def _message(check: Check, fields: dict[str, Any]) -> str:
+    """The finding's message: the check's template with ``fields`` (validated when the rule file was loaded;
+    formatted safely here -- no attribute or index access, bounded widths, a spec that does not fit the value
+    shows it plainly, a field the detector did not give stays as written)."""
     if not check.message:
         return f"{check.summary} ({fields['metric']}, step {fields['step']})"
-    try:
-        return check.message.format_map(_Format(fields))
-    except (ValueError, TypeError):  # e.g. a number format applied to a name; keep the raw template
-        return check.message
+    return render_message(check.message, fields)
 
 
 def _finding(check: Check, metric: str, steps: np.ndarray, fired: np.ndarray, value: np.ndarray,
@@ -333,6 +588,10 @@ def _spans(steps: np.ndarray, fired: np.ndarray) -> tuple[tuple[int, int], ...]:
 
 
 def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> list[Finding] | Skipped:
+    """The check's findings; an empty list when it was judged and did not fire; :class:`Skipped` with the reason
+    when it could not be judged: its metrics were not recorded, or too little of them for its detector, its
+    warm-up or its ``for:`` (:func:`_shortfall`), or a ``when:`` condition could not be judged. A finding is
+    never dropped for lack of evidence: evidence only decides between "passed" and "skipped"."""
     det = DETECTORS[check.detector]
     params = check.params
     if det.kind == "pair":
@@ -343,32 +602,65 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
             return Skipped(check.id, _missing_reason(missing, src.names))
         (a_name,), (b_name,) = found[0][:1], found[1][:1]
         steps, mask, value, extra = det.fn(src.get(a_name), src.get(b_name), **params)
+        steps, mask = np.asarray(steps), np.asarray(mask, bool)
         f = _finding(check, b_name, steps, _fired(check, steps, mask, span, src), value, extra)
-        return [f] if f else []
+        if f:
+            return [f]
+        label = f"{a_name} and {b_name} (steps both have)" if not params.get("between") else b_name
+        why = _shortfall(check, label, steps, None, span) or _blocked_unjudged(check, label, steps, mask, span,
+                                                                                 src)
+        return Skipped(check.id, why) if why else []
     names = src.match(check.metrics, check.exclude)
     if not names:
         return Skipped(check.id, _missing_reason(check.metrics, src.names))
+    group_label = names[0] if len(names) == 1 else f"{', '.join(check.metrics)} ({len(names)} series)"
     if det.kind == "group":
         series = [(n, *src.get(n)) for n in names]
         steps, mask, value, extra = det.fn(series, **params)
         if steps.size == 0 and len(series) < params.get("min_series", 1):
             return Skipped(check.id, f"needs at least {params.get('min_series')} series matching "
                                      f"{', '.join(check.metrics)}; found {len(series)}")
+        steps, mask = np.asarray(steps), np.asarray(mask, bool)
         f = _finding(check, check.metrics[0], steps, _fired(check, steps, mask, span, src), value, extra, names=names)
-        return [f] if f else []
+        if f:
+            return [f]
+        label = f"{group_label}, at steps they share" if len(names) > 1 else group_label
+        why = _shortfall(check, label, steps, None, span) or _blocked_unjudged(check, label, steps, mask, span, src)
+        return Skipped(check.id, why) if why else []
     out: list[Finding] = []
     whole = is_whole_run(check)
+    judged = False
+    short: list[tuple[int, str, np.ndarray, np.ndarray]] = []  # (points, name, steps, values) not judged
+    blocked: list[str] = []
     for n in names:
         s, v = src.get(n)
         if whole:  # the verdict is on the run after warm-up; other detectors see the warm-up as history
             s, v = _cut(s, v, _warm_start(check, span))
         if s.size == 0:
+            short.append((0, n, s, v))
             continue
         mask, value, extra = det.fn(s, v, metric=n, **params)
         f = _finding(check, n, s, _fired(check, s, mask, span, src), value, extra)
         if f:
             out.append(f)
-    return out
+            continue
+        if judged:  # one series judged is enough for "passed"; the others need no more work
+            continue
+        if _shortfall(check, n, s, v, span, cut=whole) is not None:
+            short.append((int(s.size), n, s, v))
+            continue
+        why = _blocked_unjudged(check, n, s, np.asarray(mask, bool), span, src)
+        if why:
+            blocked.append(why)
+        else:
+            judged = True
+    if out or judged:
+        return out
+    if blocked:
+        return Skipped(check.id, blocked[0])
+    _, n, s, v = max(short, key=lambda t: t[0])
+    return Skipped(check.id, _shortfall(check, group_label if len(names) > 1 else n, s, v, span, cut=whole)
+                   or f"not enough of {group_label} to judge")
 
 
 def _missing_reason(patterns: Sequence[str], names: Sequence[str]) -> str:
@@ -415,7 +707,17 @@ def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", 
     src = SeriesSource(run)
     span = _run_span(src)
     checks = [c for c in ruleset if final or not is_whole_run(c)]
-    result = CheckResult(checks={c.id: c for c in checks})
+    result = CheckResult(checks={c.id: c for c in checks}, n_series=len(src.names))
+    meta = getattr(run, "meta", None) if not isinstance(run, Mapping) else None
+    if isinstance(meta, Mapping):
+        status = meta.get("status")
+        result.run_status = status if isinstance(status, str) and status else "unknown"
+        result.run_info = {"last_step": span[1] if src.names else None}
+        if isinstance(meta.get("exception"), Mapping):
+            result.run_info["exception"] = dict(meta["exception"])
+        errors = meta.get("measurement_errors")
+        if isinstance(errors, list):
+            result.measurement_errors = [e if isinstance(e, dict) else {"message": str(e)} for e in errors]
     for check in checks:
         outcome = _evaluate_check(check, src, span)
         if on_check is not None:

@@ -8,9 +8,12 @@ from typing import Any
 
 from .engine import CheckResult
 
-__all__ = ["format_text", "format_json", "format_junit", "summary_line", "steps_text", "explained_line"]
+__all__ = ["format_text", "format_json", "format_junit", "summary_line", "steps_text", "explained_line",
+           "measurement_error_line", "VERDICT_LABELS"]
 
 _LABEL = {"error": "ERROR", "warning": "WARN ", "info": "INFO "}
+#: how each verdict (:meth:`CheckResult.verdict`) is spelled in text
+VERDICT_LABELS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "unjudged": "NOT JUDGED"}
 
 
 def steps_text(f: Any) -> str:
@@ -24,15 +27,26 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def summary_line(result: CheckResult) -> str:
-    """One line: the verdict, the diagnoses by severity, and how many checks ran."""
+def summary_line(result: CheckResult, *, allow_unfinished: bool = False) -> str:
+    """One line: the verdict (``NOT JUDGED`` for a run that cannot be judged, :meth:`CheckResult.verdict`), the
+    diagnoses by severity, and how many checks ran."""
     diags = result.diagnoses
     by = {s: sum(d.severity == s for d in diags) for s in ("error", "warning", "info")}
     parts = [_plural(by[s], s) for s in ("error", "warning", "info") if by[s]]
     what = _plural(len(diags), "diagnosis") if diags else "no findings"
     found = f" ({', '.join(parts)}; {_plural(len(result.findings), 'finding')})" if diags else ""
-    return (f"{result.status.upper()}: {what}{found} from {len(result.checks)} checks "
+    return (f"{VERDICT_LABELS[result.verdict(allow_unfinished)]}: {what}{found} from {len(result.checks)} checks "
             f"({len(result.passed)} passed, {len(result.skipped)} skipped)")
+
+
+def measurement_error_line(e: dict[str, Any]) -> str:
+    """``sharpness (step 120): RuntimeError: out of memory``: one measurement that failed during training."""
+    what = str(e.get("measurement") or "measurement")
+    on = e.get("metric") or e.get("layer")
+    step = e.get("step")
+    err = ": ".join(str(x) for x in (e.get("error"), e.get("message")) if x not in (None, ""))
+    return (f"{what}{f' of {on}' if on else ''}{f' (step {step})' if step is not None else ''}"
+            f"{': ' + err if err else ''}")
 
 
 def explained_line(findings: Any) -> str:
@@ -44,10 +58,30 @@ def explained_line(findings: Any) -> str:
 
 
 def format_text(result: CheckResult, *, title: str = "", hints: bool = True, width: int = 100,
-                max_findings: int = 20) -> str:
-    """A short, readable summary: the verdict line, one block per diagnosis (the root cause's message, what it
-    explains, its hint), then skipped checks. ``max_findings`` bounds the diagnoses shown."""
-    lines = [f"dyncheck {title}".rstrip() + f" -- {summary_line(result)}"]
+                max_findings: int = 20, allow_unfinished: bool = False) -> str:
+    """A short, readable summary: the verdict line, how the run ended, why it cannot be judged (if so), the
+    measurements that failed, one block per diagnosis (the root cause's message, what it explains, its hint), then
+    skipped checks. ``max_findings`` bounds the diagnoses shown."""
+    lines = [f"dyncheck {title}".rstrip() + f" -- {summary_line(result, allow_unfinished=allow_unfinished)}"]
+    run = result.run_line()
+    if run is not None:
+        lines.append(f"  run: {run}")
+    why = result.not_judged(allow_unfinished)
+    if why:
+        lines += textwrap.wrap(f"not judged: {why}", width, initial_indent="  ", subsequent_indent=" " * 14)
+    elif result.unfinished:
+        lines.append("  judged on what it recorded before it stopped (unfinished runs allowed)")
+    if result.measurement_errors:
+        n = len(result.measurement_errors)
+        lines += textwrap.wrap(f"notice: {_plural(n, 'measurement')} failed during training and "
+                               f"{'was' if n == 1 else 'were'} turned off; checks on {'it' if n == 1 else 'them'} "
+                               f"see only what was recorded before:", width, initial_indent="  ",
+                               subsequent_indent=" " * 10)
+        for e in result.measurement_errors[:max_findings]:
+            lines += textwrap.wrap(measurement_error_line(e), width, initial_indent=" " * 4,
+                                   subsequent_indent=" " * 6)
+        if n > max_findings:
+            lines.append(f"    ... and {n - max_findings} more")
     diags = result.diagnoses
     shown = diags[:max_findings]
     for d in shown:
@@ -68,13 +102,15 @@ def format_text(result: CheckResult, *, title: str = "", hints: bool = True, wid
     return "\n".join(lines)
 
 
-def format_json(result: CheckResult) -> str:
-    return result.to_json(indent=2)
+def format_json(result: CheckResult, *, allow_unfinished: bool = False) -> str:
+    return result.to_json(allow_unfinished, indent=2)
 
 
-def format_junit(result: CheckResult, *, name: str = "dyncheck") -> str:
-    """JUnit XML: one test case per check; a failing case per check that fired at warning or error, with the
-    findings as its text; skipped checks as skipped cases; info findings as system-out of a passing case."""
+def format_junit(result: CheckResult, *, name: str = "dyncheck", allow_unfinished: bool = False) -> str:
+    """JUnit XML: the run's status as a suite property (``run_status``); a leading failing ``run`` case when the
+    run cannot be judged; a ``diagnoses`` case; one test case per check: a failing case per check that fired at
+    warning or error, with the findings as its text; skipped checks as skipped cases; info findings as system-out
+    of a passing case."""
     by_check: dict[str, list[Any]] = {}
     for f in result.findings:
         by_check.setdefault(f.check, []).append(f)
@@ -83,8 +119,18 @@ def format_junit(result: CheckResult, *, name: str = "dyncheck") -> str:
     suite = ET.Element("testsuite", name=name, tests=str(len(result.checks)), failures=str(failures),
                        errors="0", skipped=str(len(skipped)))
     diags = [d for d in result.diagnoses if d.severity != "info"]
-    suite.set("tests", str(len(result.checks) + 1))
-    suite.set("failures", str(failures + bool(diags)))
+    why = result.not_judged(allow_unfinished)
+    suite.set("tests", str(len(result.checks) + 1 + bool(why)))
+    suite.set("failures", str(failures + bool(diags) + bool(why)))
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", name="run_status", value=str(result.run_status or "not recorded"))
+    ET.SubElement(props, "property", name="verdict", value=result.verdict(allow_unfinished))
+    for e in result.measurement_errors:
+        ET.SubElement(props, "property", name="measurement_error", value=measurement_error_line(e))
+    if why:  # first: a CI page shows that nothing was judged before anything else
+        case = ET.SubElement(suite, "testcase", classname=name, name="run")
+        el = ET.SubElement(case, "failure", type="not-judged", message=f"not judged: {why}")
+        el.text = f"run: {result.run_line() or 'not recorded'}\nnot judged: {why}"
     case = ET.SubElement(suite, "testcase", classname=name, name="diagnoses")
     if diags:  # the root causes first: what a CI page shows at the top
         el = ET.SubElement(case, "failure", type=diags[0].severity,

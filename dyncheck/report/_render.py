@@ -19,6 +19,7 @@ from ._figures import (PHASE_COLOURS, SEVERITY_COLOURS, Band, Chart, Line, line_
 
 MAX_BANDS = 40  # flagged stretches drawn per finding; more are merged
 MAX_FINDING_CHARTS = 30  # findings beyond this are listed without a chart
+MAX_MEASUREMENT_ERRORS = 20  # measurements turned off, listed one by one up to this many
 
 
 @dataclass
@@ -342,6 +343,27 @@ def _partial(meta: dict[str, Any], src: _Series) -> str | None:
     return f"This run's status is {status!r}: it may be incomplete (recorded up to {at})."
 
 
+def _measurement_errors(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The notice for measurements that failed during training and were turned off (meta
+    ``measurement_errors``): one row each -- what, from which step, the error -- at most
+    :data:`MAX_MEASUREMENT_ERRORS`. None when there were none."""
+    errors = meta.get("measurement_errors")
+    if not isinstance(errors, list) or not errors:
+        return None
+    rows = []
+    for e in errors[:MAX_MEASUREMENT_ERRORS]:
+        if not isinstance(e, dict):
+            e = {"message": str(e)}
+        what = str(e.get("measurement") or "measurement")
+        target = e.get("metric") or e.get("layer")
+        if target:
+            what += f" of {target}"
+        err = ": ".join(str(x) for x in (e.get("error"), e.get("message")) if x not in (None, ""))
+        step = e.get("step")
+        rows.append({"what": what, "step": step if isinstance(step, int) else None, "error": err})
+    return {"rows": rows, "more": len(errors) - len(rows), "n": len(errors)}
+
+
 # -- the page -------------------------------------------------------------------------------------------------
 _ENV: jinja2.Environment | None = None
 
@@ -386,6 +408,8 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
         counts = result.counts()
         label = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}[result.status]
         verdict = {"status": result.status, "label": label, "line": summary_line(result).split(": ", 1)[1]}
+        if result.verdict() == "unjudged":  # nothing fired, but nothing could be judged either: never green
+            verdict = {"status": "warn", "label": "NOT JUDGED", "line": result.not_judged()}
     status = meta.get("status")
     if status in ("crashed", "interrupted", "running") and verdict["status"] != "fail":
         # a run that did not finish is never a green PASS: the label says how it ended, the line what checks say
@@ -398,6 +422,7 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
         "title": name, "run_path": str(run.dir), "version": __version__, "rules_label": rules_label,
         "generated": _dt.datetime.now(tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "verdict": verdict, "counts": counts, "partial": _partial(meta, src), "groups": groups,
+        "measurement_errors": _measurement_errors(meta),
         "n_findings": len(result.findings) if result is not None else 0,
         "phases": phases, "phase_colours": PHASE_COLOURS, "sections": sections, "charts": charts,
         "passed": passed, "skipped": result.skipped if result is not None else [],
