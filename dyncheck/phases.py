@@ -109,7 +109,10 @@ def _name_falls(pieces: list[tuple[str, int, int, float, float]], avg_rate: floa
         while lead < len(run) and acc < 0.5 * total:
             acc += run[lead][3]
             lead += 1
-        rate_lead = acc / sum(p[4] for p in run[:lead])
+        lead = max(lead, 1)  # a run whose total drop is not positive (overflowing values): its first piece
+        acc = sum(p[3] for p in run[:lead])
+        span = sum(p[4] for p in run[:lead])
+        rate_lead = acc / span if span > 0 else 0.0
         rest = run[lead:]
         ref = (sum(p[3] for p in rest) / sum(p[4] for p in rest)) if rest else avg_rate
         rapid = rate_lead >= _RAPID * max(ref, 1e-12)
@@ -141,7 +144,10 @@ def detect_phases(steps: np.ndarray, values: np.ndarray, *, max_phases: int = 4,
         return [Phase(name, int(first[0]), int(last[-1]), start_loss, end_loss)]
 
     x = (xc - xc[0]) / max(xc[-1] - xc[0], 1e-12)
-    yn = (y - lo) / (hi - lo)
+    with np.errstate(over="ignore", invalid="ignore"):  # values near the float range (a diverged run)
+        yn = (y - lo) / (hi - lo)
+    if not np.all(np.isfinite(yn)):
+        yn = np.nan_to_num(yn, nan=0.5, posinf=1.0, neginf=0.0)
     cost = _segment_costs(x, yn)
     min_len = max(3, n // 20)
     best: tuple[float, list[int]] | None = None

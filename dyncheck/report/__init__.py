@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import DyncheckError
-
 __all__ = ["render_report", "write_report", "REPORT_FILENAME"]
 
 REPORT_FILENAME = "report.html"
@@ -46,20 +44,18 @@ def render_report(run: Any, *, result: Any | None = None, rules: Any = "default"
 
 def write_report(run: Any, out: str | os.PathLike | None = None, *, result: Any | None = None,
                  rules: Any = "default", title: str | None = None) -> Path:
-    """Write the report to ``out`` (default: ``report.html`` in the run directory) and return its path."""
+    """Write the report to ``out`` (default: ``report.html`` in the run directory) and return its path. The file
+    is written atomically (a temporary file beside it, then renamed) and only over a regular file or nothing: a
+    symbolic link, FIFO, device or directory at ``out`` is refused with a :class:`DyncheckError` naming it."""
     from ..store import Run, open_run
 
     if not isinstance(run, Run):
         with open_run(run) as opened:
             return write_report(opened, out, result=result, rules=rules, title=title)
+    from .._io import check_target, write_text
+
     path = Path(out) if out is not None else run.dir / REPORT_FILENAME
+    check_target(path, "report")  # refuse a symlink, FIFO, device or directory before rendering
     text = render_report(run, result=result, rules=rules, title=title)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DyncheckError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
-    return path
+    return write_text(path, text, what="report")
 
