@@ -2,10 +2,8 @@
 stdout is a clean error; files are written atomically and only over regular files (a symlink, FIFO, device node
 or directory at the target is refused, exit 2, naming the path)."""
 
-import contextlib
 import errno
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -19,6 +17,7 @@ from dyncheck._io import write_text
 from dyncheck.cli import main
 from dyncheck.report import write_report
 from dyncheck.store import RunWriter
+from timelimit import time_limit
 
 REPO = Path(__file__).resolve().parent.parent
 N = 400
@@ -46,19 +45,9 @@ def failing(tmp_path):
     return _make_run(tmp_path / "failing", nan_from=200)
 
 
-@contextlib.contextmanager
 def no_hang(seconds: int = 30):
     """Fail instead of blocking forever (opening a FIFO for writing blocks until a reader comes)."""
-    def handler(*_):
-        raise TimeoutError(f"blocked for {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+    return time_limit(seconds)
 
 
 def _cli(args, stdout) -> subprocess.CompletedProcess:

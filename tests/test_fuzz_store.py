@@ -26,7 +26,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from hypothesis import strategies as st
 from dyncheck import DyncheckError, open_run
 from dyncheck.cli import main
 from dyncheck.store import RunWriter
+from timelimit import time_limit as _time_limit
 
 PROFILE = os.environ.get("DYNCHECK_FUZZ", "quick")
 if PROFILE not in ("quick", "deep"):
@@ -234,18 +234,8 @@ class Hang(Exception):
     pass
 
 
-@contextlib.contextmanager
 def time_limit(seconds: int):
-    def handler(*_):
-        raise Hang(f"no answer after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+    return _time_limit(seconds, Hang)
 
 
 def _api_call(fn, where: Path) -> bool:
