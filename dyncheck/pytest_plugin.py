@@ -248,8 +248,9 @@ class DyncheckFixture:
                 for name, q in (old.quantities.items() if old else ()):
                     if name in base.quantities:
                         base.quantities[name].kind, base.quantities[name].tolerance = q.kind, q.tolerance
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(base.to_yaml(), encoding="utf-8")
+            from ._io import write_text
+
+            write_text(path, base.to_yaml(), what="baseline")  # atomic, only over a regular file
             what = "regenerated" if existed else "created"
             pytest.fail(f"dyncheck: baseline {what}: {path}\n  commit it; later runs are compared with it "
                         f"(--dyncheck-update-baselines rewrites it)", pytrace=False)

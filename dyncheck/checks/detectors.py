@@ -345,7 +345,7 @@ def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, m
     best = np.minimum.accumulate(fin_sm)
     initial = _initial_level(v, window)
     idx = np.arange(n)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         mask = (sm > factor * best) & (sm - best > lost * (initial - best)) & (best > 0) & np.isfinite(best)
         mask &= np.isfinite(v) & (idx >= min_points - 1)
         ratio = sm / best
