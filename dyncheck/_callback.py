@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 from torch import Tensor, nn
 
 from ._meta import jsonable, module_meta, optimizer_meta, versions
-from .errors import ConfigError, DyncheckError, RuleError
+from .errors import ArgumentError, ConfigError, DyncheckError, RuleError
 from .monitor import Monitor, MonitorConfig
 from .store import STORE_FILENAME, open_run
 
@@ -101,11 +101,6 @@ def _readable_text(path: str) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-class ArgumentError(ConfigError, TypeError):
-    """A call of the wrong shape (a misspelt keyword, a positional argument): a :class:`ConfigError`, and the
-    ``TypeError`` Python itself raises for one, so that ``except TypeError`` keeps working."""
 
 
 def _checked_arguments(init: Callable[..., None]) -> Callable[..., None]:

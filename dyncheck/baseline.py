@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .checks.engine import _json_number
-from .errors import ConfigError
+from .errors import BaselineRefused, ConfigError
 
 __all__ = ["Quantity", "Baseline", "Row", "Comparison", "summarize", "make_baseline", "load_baseline",
            "compare", "format_comparison", "format_comparison_junit", "QUANTITIES", "BASELINE_VERSION",
@@ -59,15 +59,6 @@ QUANTITIES: dict[str, Spec] = {s.name: s for s in (
 )}
 
 _FINAL_SHARE = 0.25
-
-
-class BaselineRefused(ConfigError):
-    """A baseline that would not be a reference: made from a run that did not finish (``unfinished``), or holding
-    no quantity."""
-
-    def __init__(self, message: str, *, unfinished: bool = False) -> None:
-        super().__init__(message)
-        self.unfinished = unfinished
 
 
 def _geomean(v: np.ndarray) -> float:

@@ -20,6 +20,20 @@ class ConfigError(DyncheckError, ValueError):
     """
 
 
+class ArgumentError(ConfigError, TypeError):
+    """A call of the wrong shape (a misspelt keyword, a positional argument): a :class:`ConfigError`, and the
+    ``TypeError`` Python itself raises for one, so that ``except TypeError`` keeps working."""
+
+
+class BaselineRefused(ConfigError):
+    """A baseline that would not be a reference: made from a run that did not finish (``unfinished``), or holding
+    no quantity."""
+
+    def __init__(self, message: str, *, unfinished: bool = False) -> None:
+        super().__init__(message)
+        self.unfinished = unfinished
+
+
 @dataclass(frozen=True)
 class RuleProblem:
     """One problem in a rule file: where (file, 1-based line and column), which check, what was expected."""
