@@ -2,7 +2,7 @@
 seeds reported apart.
 
     python benchmarks/corpus.py [--runs DIR] [--reuse] [--seeds 0 1 2 3] [--tune-seeds 0 1] [--jobs 2]
-                                [--rules default ...] [--only NAME ...] [--show all|fail]
+                                [--rules default ...] [--only NAME ...] [--show all|fail] [--gate]
 
 Every scenario of ``dyncheck/scenarios`` (the original suite plus ``corpus_healthy`` and ``corpus_faults``) is
 trained once per seed with the monitor at its **defaults** (as a user attaches it), into ``DIR/<name>-s<seed>``.
@@ -15,6 +15,12 @@ the others, so the two halves are printed apart; the held-out half is what count
   correct** when the first of ``CheckResult.diagnoses`` is one of them. ``diagnoses`` counts the diagnoses at
   warning or error (the target is at most two).
 - Recall per check: among faulty runs that expect the id, the share where it fired.
+
+``--gate`` judges the faults the pack misses the way a team's CI would: it trains each one's fixed variant (the
+same setup with the bug repaired) for two seeds of the same half, makes a baseline from one and compares the
+faulty run with it (caught when it regresses) and the other fixed run (a false regression when that fails). A loss
+that settles at the wrong level (softmax applied twice, a ReLU on a regression head, symmetric initialisation) is
+invisible without a reference; against the intended run's baseline it is a regression.
 
 ``--reuse`` keeps runs already in DIR whose scenario code has not changed since (re-evaluates only), which makes
 tuning rules fast. Training uses one thread
@@ -53,13 +59,18 @@ def _stamp(name: str) -> str:
     return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
+def _run_name(name: str, seed: int, fixed: bool = False) -> str:
+    return f"{name}{'-fixed' if fixed else ''}-s{seed}"
+
+
 def _fresh(run_dir: Path, name: str) -> bool:
     stamp = run_dir / STAMP
     return (run_dir / STORE_FILENAME).exists() and stamp.exists() and stamp.read_text().strip() == _stamp(name)
 
 
-def _train(job: tuple[str, int, str]) -> tuple[str, int, float, str]:
-    name, seed, out = job
+def _train(job: tuple) -> tuple[str, int, float, str]:
+    name, seed, out, *rest = job
+    fixed = bool(rest and rest[0])
     import warnings
 
     import torch
@@ -71,8 +82,8 @@ def _train(job: tuple[str, int, str]) -> tuple[str, int, float, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            run_dir = run_scenario(name, out, seed=seed, at_defaults=True, run_name=f"{name}-s{seed}",
-                                   monitor_kwargs={"rules": None, "report": False})
+            run_dir = run_scenario(name, out, seed=seed, at_defaults=True, run_name=_run_name(name, seed, fixed),
+                                   monitor_kwargs={"rules": None, "report": False}, fixed=fixed)
         (run_dir / STAMP).write_text(_stamp(name))
         err = ""
     except Exception as e:  # a scenario that cannot train is reported, not fatal for the table
@@ -92,6 +103,9 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", default=None, help="only these scenarios")
     ap.add_argument("--show", choices=["all", "fail"], default="fail", help="which runs to list one per line")
     ap.add_argument("--no-train", action="store_true", help="evaluate only the runs already in --runs")
+    ap.add_argument("--gate", action="store_true",
+                    help="for faults the pack misses: train the fixed variant and judge the faulty run with the "
+                         "gate against a baseline of the fixed run of another seed")
     args = ap.parse_args()
     names = args.only or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -142,10 +156,60 @@ def main() -> int:
         ok_split = _report(split, part, rules, args.show)
         if split == "held-out":
             ok = ok_split
+    if args.gate:
+        _gate(rows, out, args, rules)
     print(f"\n{len(rows)} runs; training {t_train:.0f} s, evaluation {t_eval:.1f} s")
     if tmp is not None:
         tmp.cleanup()
     return 0 if ok else 1
+
+
+def _gate(rows: list[dict], out: Path, args: argparse.Namespace, rules) -> None:
+    """The faults the pack missed, judged by the gate: a baseline of the *fixed* run of another seed of the same
+    half (what a team would have committed), compared with the faulty run (caught when it regresses) and with the
+    fixed run of the same seed (a false regression when that fails)."""
+    from dyncheck.baseline import compare, make_baseline
+
+    missed = [r for r in rows if r.get("verdict") == "MISSED" and r["sc"].has_fix]
+    if not missed:
+        print("\n=== gate: no missed fault with a fixed variant ===")
+        return
+    halves = [set(args.tune_seeds), set(args.seeds) - set(args.tune_seeds)]
+    partner = {}
+    for r in missed:
+        half = sorted(next(h for h in halves if r["seed"] in h))
+        others = [s for s in half if s != r["seed"]] or [r["seed"]]
+        partner[(r["name"], r["seed"])] = others[0]
+    need = sorted({(r["name"], s) for r in missed for s in (r["seed"], partner[(r["name"], r["seed"])])})
+    jobs = [(n, s, str(out), True) for n, s in need
+            if not (args.reuse and _fresh(out / _run_name(n, s, True), n)) and not args.no_train]
+    if jobs:
+        print(f"\ntraining {len(jobs)} fixed runs for the gate ...", flush=True)
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for name, seed, _, err in pool.map(_train, jobs):
+                if err:
+                    print(f"  {name}-fixed-s{seed}: FAILED TO TRAIN: {err}", flush=True)
+    print("\n=== gate: faults the pack missed, against a baseline of the fixed run of another seed ===")
+    for split, half in zip(("tuned", "held-out"), halves):
+        part = [r for r in missed if r["seed"] in half]
+        caught = false_reg = judged = 0
+        for r in part:
+            base_dir = out / _run_name(r["name"], partner[(r["name"], r["seed"])], True)
+            own_fix = out / _run_name(r["name"], r["seed"], True)
+            if not ((base_dir / STORE_FILENAME).exists() and (own_fix / STORE_FILENAME).exists()):
+                print(f"  {r['name']}-s{r['seed']:<4} no fixed runs (train without --no-train)")
+                continue
+            judged += 1
+            base = make_baseline([base_dir / STORE_FILENAME], rules=rules)
+            bad = compare(out / _run_name(r["name"], r["seed"]) / STORE_FILENAME, base, rules=rules)
+            good = compare(own_fix / STORE_FILENAME, base, rules=rules)
+            caught += bad.status == "fail"
+            false_reg += good.status == "fail"
+            print(f"  {split:<8} {r['name'] + '-s' + str(r['seed']):<40} faulty: {bad.status:<4} "
+                  f"{', '.join(bad.regressions) or '-':<36} fixed: {good.status:<4} "
+                  f"{', '.join(good.regressions) or ''}")
+        if judged:
+            print(f"  {split}: caught {caught}/{judged}; false regressions of the fixed runs {false_reg}/{judged}")
 
 
 def _report(split: str, rows: list[dict], rules, show: str) -> bool:

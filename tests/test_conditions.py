@@ -112,6 +112,22 @@ def test_unless_rules_out_at_the_same_step(tmp_path):
     assert len(evaluate({"loss/train": (steps, loss)}, rules).findings) == 1
 
 
+def test_within_run_holds_anywhere_in_the_run(tmp_path):
+    rules = _rules(tmp_path, SPIKE + """
+        unless:
+          - {metrics: logged/ok, detector: threshold, params: {above: 0.5}, within: run}
+    """)
+    steps, loss = _loss_with_jump()
+    late = (np.array([0, 100, 390]), np.array([0.0, 0.0, 1.0]))  # holds only at step 390, far after the jump
+    assert evaluate({"loss/train": (steps, loss), "logged/ok": late}, rules).findings == []
+    never = (np.array([0, 100, 390]), np.array([0.0, 0.0, 0.0]))
+    assert len(evaluate({"loss/train": (steps, loss), "logged/ok": never}, rules).findings) == 1
+    # the parsed condition keeps "anywhere" as the largest step count a run may have
+    from dyncheck.checks.rules import LIMITS
+
+    assert rules.checks["jump"].unless[0].within == LIMITS["steps"]
+
+
 def test_unless_without_within_takes_the_latest_point(tmp_path):
     rules = _rules(tmp_path, SPIKE + """
         unless:
@@ -166,7 +182,8 @@ def test_conditions_combine_with_for_and_warmup(tmp_path):
     ("{metrics: lr/*, detector: step_change, params: {factor: 0.5}}", "expected a number > 1"),
     ("{metrics: nonsense/x, detector: present}", "metric pattern 'nonsense/x' can never match"),
     ("{detector: present}", "missing required key 'metrics'"),
-    ("{metrics: lr/*, detector: present, within: -1}", "'within': expected an integer >= 0"),
+    ("{metrics: lr/*, detector: present, within: -1}", "'within': expected a number of steps (int >= 0) or run"),
+    ("{metrics: lr/*, detector: present, within: always}", "'within': expected a number of steps (int >= 0) or run"),
     ("{metrics: lr/*, detector: present, wihtin: 3}", "unknown key 'wihtin'"),
 ])
 def test_bad_conditions_are_named(tmp_path, cond, expected):

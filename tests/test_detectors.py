@@ -494,3 +494,61 @@ def test_stalled_while_falling_known_answers():
     nan = flat.copy()
     nan[3] = np.nan
     assert stalled_while_falling((steps, train), (vs, nan))[1][-1]
+
+
+def _sawtooth(n: int, period: int, rng: np.random.Generator) -> np.ndarray:
+    """A low level (0.05) with a jump to ~2.0 every ``period`` points that decays by half each point after."""
+    v = 0.05 * np.exp(0.1 * rng.standard_normal(n))
+    for s in range(period, n, period):
+        for k in range(period):
+            if s + k < n:
+                v[s + k] = max(v[s + k], 2.0 * 0.5 ** k)
+    return v
+
+
+def _oscillation_reference(v: np.ndarray, window: int, factor: float, i: int) -> tuple[int, float]:
+    """Count of jump starts (> factor x median of the previous ``window``) after the first window, up to point
+    i, and the lag-1 Pearson autocorrelation of log10 deviations from the previous-window median -- by loops."""
+    x = np.log10(v)
+    up = [j >= window and v[j] > factor * np.median(v[j - window:j]) for j in range(v.size)]
+    count = sum(1 for j in range(window, i + 1) if up[j] and not up[j - 1])
+    r = np.array([x[j] - np.median(x[max(0, j - window):j]) if j > 0 else np.nan for j in range(v.size)])
+    pairs = [(r[j], r[j - 1]) for j in range(2, i + 1)]
+    a, b = np.array(pairs).T
+    return count, float(np.corrcoef(a, b)[0, 1])
+
+
+def test_oscillation_known_answers():
+    from dyncheck.checks.detectors import oscillation
+
+    rng = np.random.default_rng(0)
+    saw = _sawtooth(1000, 12, rng)
+    mask, count, f = oscillation(np.arange(1000), saw)
+    assert mask.any()
+    first = int(np.flatnonzero(mask)[0])
+    assert count[first] == 10 and f["autocorr"][first] >= 0.3
+    assert all(saw[i] > 1.0 for i in np.flatnonzero(mask))  # it holds at the jumps
+    # brute-force reference for the count and the autocorrelation at the end
+    c, a = _oscillation_reference(saw, 50, 10.0, 999)
+    assert count[-1] == c and f["autocorr"][-1] == pytest.approx(a, abs=1e-9)
+    # independent heavy-tailed noise jumps 10x just as often, but is not serially correlated
+    noise = np.exp(1.3 * rng.standard_normal(3000))
+    m, cnt, f2 = oscillation(np.arange(3000), noise)
+    assert cnt[-1] >= 30 and abs(f2["autocorr"][-1]) < 0.3 and not m.any()
+    # a handful of decaying spikes in a long run is no oscillation (fewer than 10, or too far apart)
+    few = _sawtooth(3000, 400, rng)
+    assert not oscillation(np.arange(3000), few)[0].any()
+    sparse = _sawtooth(20000, 800, rng)
+    m, cnt, _ = oscillation(np.arange(20000), sparse)
+    assert cnt[-1] >= 20 and not m.any()
+    assert oscillation(np.arange(20000), sparse, max_spacing=1000)[0].any()
+    # a smooth falling curve: its deviations are correlated, but it never jumps
+    smooth = 2.0 * np.exp(-np.arange(1000) / 200.0)
+    assert not oscillation(np.arange(1000), smooth)[0].any()
+    # too short for two windows, NaN and non-positive values
+    assert not oscillation(np.arange(60), saw[:60])[0].any()
+    holes = saw.copy()
+    holes[::7] = np.nan
+    holes[5::11] = 0.0
+    m, _, _ = oscillation(np.arange(1000), holes)
+    assert m.any()

@@ -7,7 +7,7 @@ import pytest
 from dyncheck.checks.rules import default_rules_path, load_rules
 from dyncheck.errors import ConfigError, RuleError
 
-DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "exploding-gradients", "vanishing-gradients",
+DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "oscillating-loss", "exploding-gradients", "vanishing-gradients",
                "dead-units", "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence",
                "validation-stalled", "over-regularization",
                "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability", "lr-collapse",

@@ -265,6 +265,52 @@ def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, m
     return mask, v, {"level": level, "ratio": ratio}
 
 
+def oscillation(steps, values, *, window=50, factor=10.0, min_count=10, max_spacing=100, min_autocorr=0.3, **_):
+    """Repeated swings: the series jumps to more than ``factor`` times its recent level (the median of the
+    previous ``window`` values) at least ``min_count`` times and on average at least once every ``max_spacing``
+    points (a long run's handful of genuine spikes is no oscillation), and its log deviations from that level are
+    serially correlated (lag-1 autocorrelation at least ``min_autocorr``): each swing decays over several points
+    -- a loss driven up and pulled down again, as by data served in blocks of one class -- instead of independent
+    batch-to-batch noise, which in a batch-2 SGD run jumps as often but is uncorrelated from one step to the
+    next. Holds at the points of every jump once both hold over the series up to there."""
+    v = np.asarray(values, dtype=float)
+    n = v.size
+    mask = np.zeros(n, bool)
+    count = np.zeros(n)
+    auto = np.full(n, np.nan)
+    if n < 2 * window:
+        return mask, count, {"count": count, "autocorr": auto}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(v > 0, np.log10(v), np.nan)
+        low = _rolling(v, window, np.min, include_current=False)
+        cand = np.flatnonzero(v > factor * low)
+        up = np.zeros(n, bool)
+        if cand.size:
+            level = _rolling(v, window, np.median, include_current=False, at=cand)
+            up[cand] = v[cand] > factor * level
+    up[:window] = False
+    starts = up & ~np.concatenate([[False], up[:-1]])
+    count = np.cumsum(starts).astype(float)
+    # deviations from the trailing median (in log10), their lag-1 autocorrelation up to each point
+    r = x - rolling_median_prev(x, window)
+    ok = np.isfinite(r)
+    r0 = np.where(ok, r, 0.0)
+    both = ok & np.concatenate([[False], ok[:-1]])
+    prev = np.concatenate([[0.0], r0[:-1]])
+    c = np.cumsum
+    nb = c(both)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sx, sy = c(np.where(both, r0, 0)), c(np.where(both, prev, 0))
+        sxx, syy = c(np.where(both, r0 * r0, 0)), c(np.where(both, prev * prev, 0))
+        sxy = c(np.where(both, r0 * prev, 0))
+        cov = sxy / nb - (sx / nb) * (sy / nb)
+        varx, vary = sxx / nb - (sx / nb) ** 2, syy / nb - (sy / nb) ** 2
+        auto = np.where((nb >= window) & (varx > 0) & (vary > 0), cov / np.sqrt(varx * vary), np.nan)
+        spacing = (np.arange(n) + 1 - window) / np.maximum(count, 1)
+        mask = starts & (count >= min_count) & (spacing <= max_spacing) & (auto >= min_autocorr)
+    return mask, count, {"count": count, "autocorr": auto}
+
+
 def _log_ratio(v: np.ndarray, window: int) -> np.ndarray:
     """log10 of each value over the median of the ``window`` values before it (NaN where undefined)."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -726,6 +772,11 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
               "min_history": (_COUNT, 5), "tail": ({"type": "number", "minimum": 0}, 0.0),
               "tail_quantile": ({"type": "number", "minimum": 0.5, "maximum": 1}, 0.99),
               "tail_rank": ({"type": "integer", "minimum": 0}, 0)}, ("level", "ratio")),
+    Detector("oscillation", "each", oscillation,
+             {"window": (_COUNT, 50), "factor": ({"type": "number", "exclusiveMinimum": 1}, 10.0),
+              "min_count": (_COUNT, 10), "max_spacing": (_POS, 100),
+              "min_autocorr": ({"type": "number", "minimum": -1, "maximum": 1}, 0.3)},
+             ("count", "autocorr")),
     Detector("divergence", "each", divergence,
              {"window": (_COUNT, 10), "factor": (_POS, 2.0), "lost": (_SHARE, 0.5),
               "at_end": ({"type": "boolean"}, True), "min_points": (_COUNT, 10)},

@@ -18,7 +18,8 @@ A rule file::
           - metrics: lr/*                  #   a companion metric (glob: any matching series)
             detector: step_change          #   any per-series detector; its condition at the same step
             params: {factor: 1.5}
-            within: 20                     #   ... or within this many steps of it (default 0: as of that step)
+            within: 20                     #   ... or within this many steps of it (default 0: as of that step;
+                                           #   run: anywhere in the run)
         when: [...]                        # optional: conditions that must all hold too
         explains: [update-too-large]       # optional: findings of these checks are symptoms of this one
     disable: [update-too-small]            # switch off checks loaded from an earlier file
@@ -102,7 +103,7 @@ CONDITION_SCHEMA: dict[str, Any] = {
         "exclude": {"anyOf": [_GLOB, _GLOBS]},
         "detector": {"enum": sorted(DETECTORS)},
         "params": {"type": "object"},
-        "within": _STEPS,
+        "within": {"anyOf": [_STEPS, {"const": "run"}]},
     },
 }
 _ALL_OF = {"type": "object", "required": ["all"], "additionalProperties": False,
@@ -153,6 +154,7 @@ _EXPECTED = {
     ("metrics", "anyOf"): "a metric name or glob (at most 200 characters), a list of them, or {a: ..., b: ...} "
                           "for a pair detector",
     ("exclude", "anyOf"): "a metric glob (at most 200 characters) or a list of them",
+    ("within", "anyOf"): "a number of steps (int >= 0) or run (anywhere in the run)",
     ("warmup", "anyOf"): 'a number of steps (int >= 0) or a share of the run such as "10%"',
     ("id", "pattern"): "lowercase letters, digits, '.', '_' or '-' (like loss-spike)",
 }
@@ -163,8 +165,9 @@ class Condition:
     """A condition on companion series: ``detector`` with ``params`` on each metric matching ``metrics`` (a
     per-series detector), or on the pair ``pair`` (a pair detector such as ``ratio``); it holds at a step of the
     check when it holds on any matching series as of that step (its latest point at or before it), or with
-    ``within`` at any point within that many steps either side. A detector that gives one verdict for the whole
-    run (no_progress, plateau, present, a median scope) holds everywhere or nowhere."""
+    ``within`` at any point within that many steps either side (``within: run``: anywhere in the run). A detector
+    that gives one verdict for the whole run (no_progress, plateau, present, a median scope) holds everywhere or
+    nowhere."""
 
     metrics: tuple[str, ...]
     detector: str
@@ -946,6 +949,11 @@ def _check_entry(doc: _Doc, i: int, entry: dict[str, Any], known: dict[str, Chec
     )
 
 
+def _within(value: Any) -> int:
+    """``within``: a number of steps, or ``run`` (anywhere in the run: as many steps as a run may have)."""
+    return LIMITS["steps"] if value == "run" else int(value or 0)
+
+
 def _as_condition(d: Mapping[str, Any]) -> Condition:
     """A condition already validated (inherited from an earlier file, in :meth:`Condition.to_dict` form)."""
     if "all" in d:
@@ -955,7 +963,7 @@ def _as_condition(d: Mapping[str, Any]) -> Condition:
     m = d["metrics"]
     pair = (m["a"], m["b"]) if isinstance(m, Mapping) else None
     return Condition(() if pair else tuple(m), d["detector"], dict(d.get("params") or {}),
-                     tuple(d.get("exclude") or ()), int(d.get("within") or 0), pair=pair)
+                     tuple(d.get("exclude") or ()), _within(d.get("within")), pair=pair)
 
 
 def _condition(doc: _Doc, path: list[Any], cond: Mapping[str, Any], cid: str | None) -> Condition | None:
@@ -1009,7 +1017,7 @@ def _condition(doc: _Doc, path: list[Any], cond: Mapping[str, Any], cid: str | N
     if len(doc.problems) > n_before or failed or det is None:
         return None
     return Condition(metrics, det.name, {**det.defaults(), **params}, _as_tuple(cond.get("exclude")),
-                     int(cond.get("within") or 0), pair=pair)
+                     _within(cond.get("within")), pair=pair)
 
 
 def _load_file(path: Path, label: str, rules: RuleSet) -> None:

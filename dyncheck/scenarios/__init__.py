@@ -40,7 +40,7 @@ CHECK_IDS = frozenset({
     "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence", "unchanged-parameters",
     "update-too-large", "update-too-small", "edge-of-stability",
     # added with the calibration corpus (issue 11)
-    "over-regularization", "layers-not-learning", "lr-collapse", "validation-stalled",
+    "over-regularization", "layers-not-learning", "lr-collapse", "validation-stalled", "oscillating-loss",
 })
 FAMILIES = ("mlp", "cnn", "resnet", "transformer", "lstm", "hf")
 
@@ -88,6 +88,13 @@ class Scenario:
                              f"{sorted(self.expected & self.allowed)}")
 
     @property
+    def has_fix(self) -> bool:
+        """Whether ``build(fixed=True)`` trains the same setup with the fault repaired (corpus faults)."""
+        import inspect
+
+        return "fixed" in inspect.signature(self.build).parameters
+
+    @property
     def healthy(self) -> bool:
         return not self.expected
 
@@ -121,7 +128,7 @@ _QUIET = (".*does not have many workers.*", ".*GPU available but not used.*", ".
 
 def run_scenario(name: str, out_dir: str | os.PathLike, *, seed: int = 0, progress_bar: bool = False,
                  monitor_kwargs: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (),
-                 at_defaults: bool = False, run_name: str | None = None) -> Path:
+                 at_defaults: bool = False, run_name: str | None = None, fixed: bool = False) -> Path:
     """Train scenario ``name`` with a ``DynamicsMonitor`` writing to ``<out_dir>/<run_name or name>`` and return
     that directory.
 
@@ -130,7 +137,8 @@ def run_scenario(name: str, out_dir: str | os.PathLike, *, seed: int = 0, progre
     it: per-layer statistics every ``log_every_n_steps`` = 50 steps, sharpness on its time budget), ignoring the
     scenario's schedule; ``monitor_kwargs`` still apply. CPU, seeded with ``pl.seed_everything(seed)`` before
     the model and data are built. Runs that go non-finite keep training to the end (Lightning's default) and
-    finish normally."""
+    finish normally. ``fixed``: train the scenario with its fault repaired (:attr:`Scenario.has_fix`), the run a
+    baseline of the intended training would come from."""
     try:
         sc = SCENARIOS[name]
     except KeyError:
@@ -140,7 +148,9 @@ def run_scenario(name: str, out_dir: str | os.PathLike, *, seed: int = 0, progre
     run_dir = Path(out_dir) / (run_name or name)
     kwargs = {**({} if at_defaults else sc.monitor_kwargs), **(monitor_kwargs or {})}
     pl.seed_everything(seed, verbose=False)
-    setup = sc.build()
+    if fixed and not sc.has_fix:
+        raise ValueError(f"scenario {name!r} has no fixed variant (its build() takes no 'fixed' argument)")
+    setup = sc.build(fixed=True) if fixed else sc.build()
     monitor = DynamicsMonitor(dirpath=run_dir, **kwargs)
     log_every = kwargs.get("every_n_steps") or (50 if at_defaults else 10)
     opts: dict[str, Any] = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
