@@ -291,6 +291,8 @@ def oscillation(steps, values, *, window=50, factor=10.0, min_count=10, max_spac
     up[:window] = False
     starts = up & ~np.concatenate([[False], up[:-1]])
     count = np.cumsum(starts).astype(float)
+    if count[-1] < min_count:  # too few jumps anywhere: the autocorrelation (a rolling median) is not needed
+        return mask, count, {"count": count, "autocorr": auto}
     # deviations from the trailing median (in log10), their lag-1 autocorrelation up to each point
     r = x - rolling_median_prev(x, window)
     ok = np.isfinite(r)
