@@ -1,17 +1,23 @@
 """Phases of training, detected from the loss curve alone (numpy only).
 
-A loss curve is cut into at most four straight pieces (in log loss for positive losses): the cut that fits best,
+A loss curve is cut into at most six straight pieces (in log loss for positive losses): the cut that fits best,
 with a penalty per piece so that noise does not buy extra pieces (BIC). Each piece is named by what the loss does
 on it, relative to the run's whole descent:
 
 - **rapid fitting**: the leading part of a descent, holding at least half of its drop, that falls at least twice
-  as fast as the rest of it (the easy, dominant patterns first);
+  as fast as the rest of it (the easy, dominant patterns first) -- or a descent that never slowed down before the
+  run ended, when it fell 3x or more;
 - **refinement**: still falls, more slowly;
 - **stabilisation**: flat, near the best level the run reached (converged, or waiting for a learning-rate decay);
 - **plateau**: flat while far above it, or a run whose loss barely moved at all;
-- **instability**: the loss rises.
+- **instability**: the loss rises;
+- **recovery**: the loss falls back after an instability, until it is down to where it was before.
 
-Adjacent pieces with the same name are merged.
+A piece is flat when its fitted line moves less than 5% of the run's loss range (in log loss) and, for positive
+losses, by less than a factor 1.5: a run that blew up by orders of magnitude has a range in which a 2x rise looks
+small, yet a loss that doubles is no stabilisation. A step between two pieces (the drop of a staircase, a jump up
+between two flat stretches) counts as the fall or rise it is. Adjacent pieces with the same name are merged
+unless such a step lies between them.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import numpy as np
 
 __all__ = ["Phase", "detect_phases", "PHASE_NAMES"]
 
-PHASE_NAMES = ("rapid fitting", "refinement", "stabilisation", "plateau", "instability")
+PHASE_NAMES = ("rapid fitting", "refinement", "stabilisation", "plateau", "instability", "recovery")
 
 _FLAT = 0.05  # a piece moving less than 5% of the run's loss range is flat
 _RAPID = 2.0  # a falling piece at least this many times the run's average rate is rapid fitting
 _NEAR_BEST = 0.35  # a flat piece within 35% of the range from the best level is stabilisation
 _BARELY = 0.10  # a run whose smoothed loss fell less than 10% overall has no phases but one plateau
+_FACTOR = float(np.log(1.5))  # a positive loss moving by this factor (in log) on a piece is never flat
+_RAPID_ALONE = float(np.log(3.0))  # a descent with nothing after it is rapid fitting when it falls 3x or more
 
 
 @dataclass(frozen=True)
@@ -90,10 +98,13 @@ def _best_cuts(cost: np.ndarray, k: int, min_len: int) -> tuple[float, list[int]
     return float(best[n - 1]), sorted(set(starts))
 
 
-def _name_falls(pieces: list[tuple[str, int, int, float, float]], avg_rate: float) -> list[str]:
+def _name_falls(pieces: list[tuple[str, int, int, float, float]], avg_rate: float,
+                log_drops: list[float] | None = None) -> list[str]:
     """Names of falling pieces: in each run of consecutive falling pieces, the leading pieces that make at least
     half of the run's drop are *rapid fitting* when they fall at least ``_RAPID`` times as fast as the rest of the
-    run (or, for a run of one piece, as the whole training run on average); the rest is *refinement*."""
+    run (or, for a run of one piece, as the whole training run on average, or -- a descent that never slowed down
+    -- when it falls by ``_RAPID_ALONE`` in log loss, ``log_drops`` giving each piece's); the rest is
+    *refinement*."""
     names = ["instability" if k == "rise" else "" for k, *_ in pieces]
     i = 0
     while i < len(pieces):
@@ -116,13 +127,22 @@ def _name_falls(pieces: list[tuple[str, int, int, float, float]], avg_rate: floa
         rest = run[lead:]
         ref = (sum(p[3] for p in rest) / sum(p[4] for p in rest)) if rest else avg_rate
         rapid = rate_lead >= _RAPID * max(ref, 1e-12)
+        if not rest and log_drops is not None and j == len(pieces):  # still falling as fast when the run ended
+            rapid = rapid or sum(log_drops[i:j]) >= _RAPID_ALONE
         for k in range(i, j):
             names[k] = "rapid fitting" if rapid and k < i + lead else "refinement"
         i = j
     return names
 
 
-def detect_phases(steps: np.ndarray, values: np.ndarray, *, max_phases: int = 4, points: int = 200) -> list[Phase]:
+def _jump(change: float, log_range: float | None) -> int:
+    """+1 / -1 when a change of the normalised level between two pieces is a rise / fall of its own (more than
+    twice the flat tolerance, or, for positive losses, a factor 1.5), else 0."""
+    big = abs(change) > 2 * _FLAT or (log_range is not None and abs(change) * log_range >= _FACTOR)
+    return (1 if change > 0 else -1) if big else 0
+
+
+def detect_phases(steps: np.ndarray, values: np.ndarray, *, max_phases: int = 6, points: int = 200) -> list[Phase]:
     """Phases of a (training) loss curve; an empty list for fewer than 10 finite points."""
     steps = np.asarray(steps)
     values = np.asarray(values, dtype=float)
@@ -163,25 +183,52 @@ def detect_phases(steps: np.ndarray, values: np.ndarray, *, max_phases: int = 4,
     bounds = list(zip(starts, starts[1:] + [n]))
     avg_rate = (yn[0] - yn[-1]) if yn[0] > yn[-1] else 1.0  # normalised drop per unit of normalised time
     pieces = []  # (kind, start, stop, drop, duration)
+    log_drops = []  # each piece's fitted fall in log loss (positive losses; 0 otherwise)
+    fitted = []  # each piece's fitted line at its first and last point (normalised)
     for a, b in bounds:
         xs, ys = x[a:b], yn[a:b]
         slope, icpt = np.polyfit(xs, ys, 1) if b - a > 1 else (0.0, ys[0])
         drop = float((slope * xs[0] + icpt) - (slope * xs[-1] + icpt))
-        kind = "rise" if drop < -_FLAT * 2 else "flat" if drop < _FLAT else "fall"
+        log_drop = drop * (hi - lo) if positive and np.isfinite(hi - lo) else 0.0
+        kind = ("rise" if drop < -_FLAT * 2 or log_drop <= -_FACTOR else
+                "fall" if drop >= _FLAT or log_drop >= _FACTOR else "flat")
         pieces.append((kind, a, b, drop, max(float(xs[-1] - xs[0]), 1e-12)))
-    names = _name_falls(pieces, avg_rate)
+        log_drops.append(log_drop)
+        fitted.append((float(slope * xs[0] + icpt), float(slope * xs[-1] + icpt)))
+    names = _name_falls(pieces, avg_rate, log_drops if positive else None)
     seen_descent = False
+    before_rise: float | None = None  # after an instability: the level the loss had before it (normalised)
     named: list[tuple[str, int, int]] = []
-    for (kind, a, b, _, _), name in zip(pieces, names):
-        if kind == "fall":
+    prev_end, prev_kind = 0.0, ""
+    for (kind, a, b, _, _), name, (fit_a, fit_b) in zip(pieces, names, fitted):
+        # a step between two flat pieces (a staircase's drop, a jump up between two flat stretches) counts as
+        # the descent or rise it is, and keeps the pieces apart
+        start_level = fit_a
+        both_flat = prev_kind == "flat" and kind == "flat"  # between sloped pieces a gap is the fit's, not a step
+        jump = _jump(start_level - prev_end, hi - lo if positive else None) if both_flat else 0
+        if jump > 0 and before_rise is None:
+            before_rise = float(np.min(yn[:a]))
+        elif jump < 0:
             seen_descent = True
+        if kind == "rise":
+            if before_rise is None:
+                before_rise = float(np.min(yn[:a])) if a > 0 else float(yn[0])
+        elif kind == "fall":
+            seen_descent = True
+            if before_rise is not None:
+                name = "recovery"
+                if float(np.median(yn[max(a, b - 3):b])) <= before_rise + _FLAT:
+                    before_rise = None  # back where it was: what follows is ordinary training again
         elif kind == "flat":
             near_best = float(np.median(yn[a:b])) <= _NEAR_BEST
-            name = "stabilisation" if seen_descent and near_best else "plateau"
-        if named and named[-1][0] == name:
+            if before_rise is not None and start_level <= before_rise + _FLAT:
+                before_rise = None  # a jump up and straight back down: flat again where it was
+            name = "stabilisation" if seen_descent and near_best and before_rise is None else "plateau"
+        if named and named[-1][0] == name and jump == 0:
             named[-1] = (name, named[-1][1], b)
         else:
             named.append((name, a, b))
+        prev_end, prev_kind = fit_b, kind
     out = []
     for name, a, b in named:
         ya = float(np.median(y[a: min(b, a + 3)]))

@@ -19,7 +19,7 @@ from ._downsample import align, bucket_max, minmax
 
 SEVERITY_COLOURS = {"error": "#c62828", "warning": "#e08600", "info": "#1565c0"}
 PHASE_COLOURS = {"rapid fitting": "#1e88e5", "refinement": "#43a047", "stabilisation": "#8e24aa",
-                 "plateau": "#fb8c00", "instability": "#e53935"}
+                 "plateau": "#fb8c00", "instability": "#e53935", "recovery": "#00897b"}
 LINE_BUCKETS = 1000  # a line keeps at most 2 x this many points
 HEAT_BUCKETS = 400  # a heat map keeps at most this many columns
 MAX_LINES = 12  # more series than this: a heat map instead of lines

@@ -65,7 +65,8 @@ def _loss_section(src: _Series, skipped: dict[str, str]) -> tuple[Section, list[
     sec = Section("loss", "Loss", "Training loss at every step and validation loss at every validation. The shaded "
                   "stretches are the phases of training, detected from the shape of the curve: <b>rapid fitting</b> "
                   "(the loss falls fast), <b>refinement</b> (it still falls, slowly), <b>stabilisation</b> (flat near "
-                  "its best), <b>plateau</b> (flat far above it) and <b>instability</b> (it rises).")
+                  "its best), <b>plateau</b> (flat far above it), <b>instability</b> (it rises) and <b>recovery</b> "
+                  "(it falls back after rising).")
     phases: list[Any] = []
     lines = []
     if "loss/train" in src.names:
