@@ -339,3 +339,28 @@ def test_over_regularization_on_synthetic_runs():
     # weights that stay put: no
     flat = {"loss/train": (steps, stuck), "weight_norm/net.0.weight": (steps, np.full(steps.size, 3.0))}
     assert "over-regularization" not in {f.check for f in evaluate(flat, rules).findings}
+
+
+@pytest.mark.parametrize("until, fires", [("51%", True), (201, True), (199, False), ("49%", False), (None, True)])
+def test_until_keeps_only_the_early_part_of_the_run(tmp_path, until, fires):
+    """``until``: a check that looks at the first steps (or share) of the run only; the jump at step 200 of a
+    400-step run (steps 0-399) is inside the first 51% and 201 steps, not inside the first 199 or 49%."""
+    extra = f"        until: {until!r}\n".replace("'", '"') if until is not None else ""
+    rules = _rules(tmp_path, SPIKE + extra)
+    steps, loss = _loss_with_jump()
+    found = evaluate({"loss/train": (steps, loss)}, rules).findings
+    assert bool(found) == fires
+    if found:
+        assert (found[0].first_step, found[0].last_step) == (200, 202 if until in (None, "51%") else 201)
+    if until is not None:  # it round-trips as written
+        assert rules.checks["jump"].to_dict()["until"] == until
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("-5", "'until': expected a number of steps (int >= 0) or a share of the run such as \"10%\""),
+    ('"150%"', "'until': expected a share of the run up to 100%"),
+])
+def test_bad_until_is_named(tmp_path, value, expected):
+    with pytest.raises(RuleError) as e:
+        _rules(tmp_path, SPIKE + f"        until: {value}\n")
+    assert expected in str(e.value) and "check 'jump'" in str(e.value)

@@ -552,3 +552,14 @@ def test_oscillation_known_answers():
     holes[5::11] = 0.0
     m, _, _ = oscillation(np.arange(1000), holes)
     assert m.any()
+
+
+def test_ratio_scope_first_judges_the_first_finite_point_only():
+    a = (np.array([0, 10, 20, 30]), np.array([np.nan, 5.0, 1.0, 9.0]))
+    b = (np.array([0, 10, 20, 30]), np.full(4, 4.0))
+    steps, mask, r, _ = ratio(a, b, above=1.0, scope="first")
+    assert mask.tolist() == [False, True, False, False]  # 5/4 at step 10; the later 9/4 is not looked at
+    _, mask, _, _ = ratio(a, b, below=0.5, scope="first")
+    assert not mask.any()  # 1/4 at step 20 is below 0.5, but the first finite point (5/4) is not
+    _, mask, _, _ = ratio(a, b, below=0.5)
+    assert mask.tolist() == [False, False, True, False]

@@ -103,3 +103,57 @@ def test_evaluate_reads_a_run_store(tmp_path):
     f = next(f for f in res.findings if f.check == "non-finite")
     assert (f.metric, f.first_step, f.last_step) == ("loss/train", 50, 99)
     assert res.to_dict()["findings"][0]["value"] == "inf"  # JSON has no Infinity: spelled out
+
+
+def _catapult_series(*, first_ratio=1.3, late_ratio=0.4, end_loss=0.01, spike_at=3, n=450):
+    """Full-batch GD: the loss 0.1 at the start jumps ~10x over a few steps from ``spike_at`` and falls back, then
+    decays to ``end_loss``; sharpness probed at steps 4, 68, 200, 449 against a threshold of 4."""
+    s = np.arange(n)
+    loss = 0.1 * np.exp(np.log(end_loss / 0.1) * s / (n - 1))
+    for k, f in enumerate([2.0, 5.0, 11.0, 7.0]):
+        loss[spike_at + k] = 0.1 * f
+    probes = np.array([4, 68, 200, 449])
+    eig = np.array([first_ratio, late_ratio, late_ratio, late_ratio]) * 4.0
+    return {"loss/train": (s, loss), "sharpness/top_eig": (probes, eig),
+            "sharpness/threshold": (probes, np.full(4, 4.0))}
+
+
+@pytest.mark.parametrize("case, fires", [
+    ({}, True),
+    ({"first_ratio": 0.95}, True),  # the first probe a little after the onset, already just below 2/lr
+    ({"first_ratio": 50.0, "late_ratio": 0.9}, False),  # far above the catapult range: a blow-up, not a catapult
+    ({"first_ratio": 0.3, "late_ratio": 0.1}, False),  # started below 2/lr: nothing to catapult out of
+    ({"late_ratio": 1.1}, False),  # sharpness never got below 2/lr
+    ({"end_loss": 0.09}, False),  # the loss did not end well below its start (a blow-up that settles)
+    ({"spike_at": 100}, False),  # the jump is not early (100 of 450 steps)
+])
+def test_catapult_known_answers(case, fires):
+    res = evaluate(_catapult_series(**case), "default")
+    got = [f for f in res.findings if f.check == "catapult"]
+    assert bool(got) == fires, [f.message for f in res.findings]
+    if got:
+        assert got[0].severity == "info" and got[0].first_step == (case.get("spike_at", 3))
+        assert "catapult" in got[0].message
+
+
+@pytest.mark.parametrize("eig, threshold, fires", [
+    (np.linspace(1.0, 3.5, 8), 4.0, True),  # 3.5x, up to 88% of 2/lr
+    (np.linspace(1.0, 1.3, 8), 4.0, False),  # rises only 1.3x
+    (np.linspace(0.1, 1.0, 8), 4.0, False),  # 10x, but stays at a quarter of 2/lr (minibatch SGD's early rise)
+    (np.full(8, 3.0), 4.0, False),  # flat near the threshold: the edge, no sharpening
+    (np.linspace(3.5, 1.0, 8), 4.0, False),  # falling
+    (np.linspace(1.0, 3.5, 8), None, False),  # no known threshold (Adam)
+])
+def test_progressive_sharpening_known_answers(eig, threshold, fires):
+    probes = np.linspace(4, 1000, 8).astype(int)
+    s = np.arange(1001)
+    series = {"loss/train": (s, 2.3 * np.exp(-s / 200) + 0.05), "sharpness/top_eig": (probes, eig)}
+    if threshold is not None:
+        series["sharpness/threshold"] = (probes, np.full(8, threshold))
+    got = [f for f in evaluate(series, "default").findings if f.check == "progressive-sharpening"]
+    assert bool(got) == fires
+    if got:
+        assert got[0].severity == "info"
+        first = int(np.flatnonzero(eig >= 1.5 * eig[0])[0])
+        assert got[0].first_step == probes[first]
+        assert f"from {eig[0]:.3g} at the first probe" in got[0].message

@@ -10,8 +10,8 @@ from dyncheck.errors import ConfigError, RuleError
 DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "oscillating-loss", "exploding-gradients", "vanishing-gradients",
                "dead-units", "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence",
                "validation-stalled", "over-regularization",
-               "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability", "lr-collapse",
-               "layers-not-learning"]
+               "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability",
+               "progressive-sharpening", "catapult", "lr-collapse", "layers-not-learning"]
 
 
 def write(tmp_path, text, name="rules.yaml"):
@@ -72,7 +72,7 @@ def test_unknown_key_lists_allowed_keys(tmp_path):
             treshold: 3
     """)
     assert got == [f"{f}:8:5: check 'my-check': unknown key 'treshold'; expected one of: id, summary, severity, "
-                   "metrics, exclude, detector, params, for, warmup, message, hint, when, unless, explains, enabled"]
+                   "metrics, exclude, detector, params, for, warmup, until, message, hint, when, unless, explains, enabled"]
 
 
 def test_wrong_types_and_enums(tmp_path):
@@ -251,7 +251,7 @@ def test_schema_errors_do_not_hide_the_rest_of_the_entry(tmp_path):
         "one of: act/, grad_nonfinite/, grad_norm/, logged/, loss/, lr/, sharpness/, update_ratio/, weight_norm/, "
         "weight_unchanged/ (see README, 'What is measured')",
         f"{f}:8:5: check 'c1': unknown key 'treshold'; expected one of: id, summary, severity, metrics, exclude, "
-        "detector, params, for, warmup, message, hint, when, unless, explains, enabled",
+        "detector, params, for, warmup, until, message, hint, when, unless, explains, enabled",
         f"{f}:9:14: check 'c1': unknown parameter 'factr' for detector 'spike'; it takes: window, factor, min_jump, "
         "robust_z, max_duration, min_history, tail, tail_quantile, tail_rank",
         f"{f}:9:32: check 'c1': 'window': expected an integer, got a number 0.5",

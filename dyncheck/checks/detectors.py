@@ -608,7 +608,11 @@ def trend(steps, values, *, direction="falling", window=50, z=3.0, min_change=0.
             mask = (change > z * se) & (rel > min_change)
     mask[: 2 * window - 1] = False
     mask &= np.isfinite(change)
-    return mask, change, {"reference": ref, "recent": recent}
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        factor = 10.0 ** change if log else recent / ref
+        shown = (10.0 ** ref, 10.0 ** recent) if log else (ref, recent)
+    # reference / recent as the series' own values (not log10), factor = recent / reference
+    return mask, change, {"reference": shown[0], "recent": shown[1], "factor": factor}
 
 
 # -- pair ---------------------------------------------------------------------------------------------------------
@@ -632,11 +636,12 @@ def _median_between(sa: np.ndarray, va: np.ndarray, sb: np.ndarray) -> np.ndarra
     return out
 
 
-def ratio(a, b, *, above=None, below=None, between=False, to_end=0.0, **_):
+def ratio(a, b, *, above=None, below=None, between=False, to_end=0.0, scope="each", **_):
     """a / b at or above ``above`` or at or below ``below``, on the steps both were recorded -- or, with
     ``between``, at b's steps with ``a`` the median of its values since b's previous point (a per-batch series
     against a per-validation one). ``to_end`` (a share): only the stretch of consecutive points that reaches the
-    last point counts, and only when it covers at least that share of the points (it held, and holds at the end)."""
+    last point counts, and only when it covers at least that share of the points (it held, and holds at the end).
+    ``scope: first``: only the first point with a finite ratio is judged (where a quantity started out)."""
     if between:
         sa, va = np.asarray(a[0]), np.asarray(a[1], float)
         steps, vb = np.asarray(b[0]), np.asarray(b[1], float)
@@ -655,6 +660,12 @@ def ratio(a, b, *, above=None, below=None, between=False, to_end=0.0, **_):
         mask = np.zeros(r.size, bool)
         if runs and runs[-1][1] == r.size and runs[-1][1] - runs[-1][0] >= max(1.0, to_end * r.size):
             mask[runs[-1][0]:] = True
+    if scope == "first":
+        fin = np.flatnonzero(np.isfinite(r))
+        keep = np.zeros(r.size, bool)
+        if fin.size:
+            keep[fin[0]] = mask[fin[0]]
+        mask = keep
     return steps, mask, r, {"a": va, "b": vb}
 
 
@@ -804,9 +815,10 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
              {"direction": ({"enum": ["falling", "rising"]}, "falling"), "window": (_COUNT, 50),
               "z": ({"type": "number", "minimum": 0}, 3.0), "min_change": ({"type": "number", "minimum": 0}, 0.0),
               "log": ({"type": "boolean"}, True), "since": ({"enum": ["window", "start"]}, "window")},
-             ("reference", "recent")),
+             ("reference", "recent", "factor")),
     Detector("ratio", "pair", ratio, {"above": (_NULLNUM, None), "below": (_NULLNUM, None),
-                                      "between": ({"type": "boolean"}, False), "to_end": (_SHARE, 0.0)},
+                                      "between": ({"type": "boolean"}, False), "to_end": (_SHARE, 0.0),
+                                      "scope": ({"enum": ["each", "first"]}, "each")},
              ("a", "b")),
     Detector("opposite_trends", "pair", opposite_trends,
              {"rise": (_NUM, 0.1), "min_rise": (_NUM, 0.0), "fall": (_NUM, 0.0), "min_points": (_COUNT, 3),

@@ -479,11 +479,19 @@ def _warm_start(check: Check, run_span: tuple[int, int]) -> int:
     return lo + max(check.warmup_steps, int(math.ceil(check.warmup_share * (hi - lo))))
 
 
+def _until_end(check: Check, run_span: tuple[int, int]) -> float:
+    """The last step a check may fire at: ``until`` steps, or a share of the run's span, after its start."""
+    lo, hi = run_span
+    if check.until_share is not None:
+        return lo + check.until_share * (hi - lo)
+    return lo + check.until_steps if check.until_steps is not None else math.inf
+
+
 def _fired(check: Check, steps: np.ndarray, mask: np.ndarray, span: tuple[int, int],
            src: "SeriesSource | None" = None) -> np.ndarray:
     """Where the check fires: the condition, where its ``when`` conditions hold and none of its ``unless`` ones,
-    outside warm-up, held for ``for`` steps."""
-    mask = mask & (steps >= _warm_start(check, span))
+    outside warm-up and before ``until``, held for ``for`` steps."""
+    mask = mask & (steps >= _warm_start(check, span)) & (steps <= _until_end(check, span))
     if src is not None and mask.any():
         for cond in check.when:
             mask &= _condition_mask(cond, steps, src, span)
@@ -508,7 +516,7 @@ def _condition_mask(cond: Condition, at: np.ndarray, src: "SeriesSource", span: 
         return out
     det = DETECTORS[cond.detector]
     out = np.zeros(at.size, bool)
-    whole = det.whole_run or cond.params.get("scope") in ("last", "median")
+    whole = det.whole_run or cond.params.get("scope") in ("last", "median", "first")
     for s, mask in _condition_series(cond, det, src):
         if s.size == 0:
             continue
@@ -634,10 +642,14 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
     judged = False
     short: list[tuple[int, str, np.ndarray, np.ndarray]] = []  # (points, name, steps, values) not judged
     blocked: list[str] = []
+    until = _until_end(check, span)
     for n in names:
         s, v = src.get(n)
         if whole:  # the verdict is on the run after warm-up; other detectors see the warm-up as history
             s, v = _cut(s, v, _warm_start(check, span))
+        if until < math.inf and s.size and s[-1] > until:  # ``until``: the detector sees the series up to there
+            keep = int(np.searchsorted(s, until, side="right"))
+            s, v = s[:keep], v[:keep]
         if s.size == 0:
             short.append((0, n, s, v))
             continue

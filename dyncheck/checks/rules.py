@@ -12,6 +12,7 @@ A rule file::
         params: {window: 20, factor: 3}    # the detector's parameters
         for: 10                            # optional: the condition must hold this many steps before it fires
         warmup: 5%                         # optional: steps (int) or a share of the run ("10%") not evaluated
+        until: 10%                         # optional: only the first steps or share of the run are evaluated
         message: "{metric} jumped to {value:.3g} at step {step}"
         hint: What usually causes it, and what to try.
         unless:                            # optional: conditions on other series that rule the finding out
@@ -84,8 +85,8 @@ LIMITS: Mapping[str, int] = MappingProxyType({
     "tail_rank": 100,             # detector parameter 'tail_rank'
     "count": 1_000_000,           # every other integer detector parameter (min_points, max_duration, ...)
 })
-_CHECK_KEYS = ("id", "summary", "severity", "metrics", "exclude", "detector", "params", "for", "warmup", "message",
-               "hint", "when", "unless", "explains", "enabled")
+_CHECK_KEYS = ("id", "summary", "severity", "metrics", "exclude", "detector", "params", "for", "warmup", "until",
+               "message", "hint", "when", "unless", "explains", "enabled")
 _REQUIRED_NEW = ("summary", "severity", "metrics", "detector")
 
 _GLOB = {"type": "string", "minLength": 1, "maxLength": LIMITS["glob_chars"]}
@@ -132,6 +133,8 @@ CHECK_SCHEMA: dict[str, Any] = {
         "for": {**_STEPS, "minimum": 1},
         "warmup": {"anyOf": [_STEPS,
                              {"type": "string", "pattern": r"^\s*\d{1,3}(\.\d{1,6})?\s*%\s*$"}]},
+        "until": {"anyOf": [_STEPS,
+                            {"type": "string", "pattern": r"^\s*\d{1,3}(\.\d{1,6})?\s*%\s*$"}]},
         "message": {"type": "string", "maxLength": LIMITS["template_chars"]},
         "hint": {"type": "string"},
         "when": _CONDITIONS,
@@ -156,6 +159,7 @@ _EXPECTED = {
     ("exclude", "anyOf"): "a metric glob (at most 200 characters) or a list of them",
     ("within", "anyOf"): "a number of steps (int >= 0) or run (anywhere in the run)",
     ("warmup", "anyOf"): 'a number of steps (int >= 0) or a share of the run such as "10%"',
+    ("until", "anyOf"): 'a number of steps (int >= 0) or a share of the run such as "10%"',
     ("id", "pattern"): "lowercase letters, digits, '.', '_' or '-' (like loss-spike)",
 }
 
@@ -206,6 +210,9 @@ class Check:
     for_steps: int = 1
     warmup_steps: int = 0
     warmup_share: float = 0.0
+    #: ``until``: the check looks only at the first steps (or share) of the run (None: to its end)
+    until_steps: int | None = None
+    until_share: float | None = None
     message: str = ""
     hint: str = ""
     when: tuple[Condition, ...] = ()
@@ -219,7 +226,9 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         warmup: Any = f"{self.warmup_share * 100:g}%" if self.warmup_share else self.warmup_steps
-        return {"id": self.id, "summary": self.summary, "severity": self.severity, "detector": self.detector,
+        until: dict[str, Any] = ({"until": f"{self.until_share * 100:g}%"} if self.until_share is not None else
+                                 {"until": self.until_steps} if self.until_steps is not None else {})
+        return {**until, "id": self.id, "summary": self.summary, "severity": self.severity, "detector": self.detector,
                 "metrics": {"a": self.pair[0], "b": self.pair[1]} if self.pair else list(self.metrics),
                 "exclude": list(self.exclude), "params": dict(self.params), "for": self.for_steps,
                 "warmup": warmup, "message": self.message, "hint": self.hint,
@@ -934,6 +943,17 @@ def _check_entry(doc: _Doc, i: int, entry: dict[str, Any], known: dict[str, Chec
     if w_share > 1:
         doc.problem(base + ["warmup"], f"'warmup': expected a share of the run up to 100%, got "
                                        f"{_shown(entry.get('warmup'))}", cid)
+    u_steps: int | None = None
+    u_share: float | None = None
+    if "until" not in failed and merged.get("until") is not None:
+        u_steps, u_share = _parse_warmup(merged.get("until"))
+        if isinstance(merged.get("until"), str):
+            u_steps = None
+            if u_share > 1:
+                doc.problem(base + ["until"], f"'until': expected a share of the run up to 100%, got "
+                                              f"{_shown(entry.get('until'))}", cid)
+        else:
+            u_share = None
     if len(doc.problems) > n_before or failed or cid is None or det is None:
         return None
     node = doc.node(base)
@@ -943,6 +963,7 @@ def _check_entry(doc: _Doc, i: int, entry: dict[str, Any], known: dict[str, Chec
         metrics=() if is_pair else _as_tuple(metrics), pair=(metrics["a"], metrics["b"]) if is_pair else None,
         exclude=_as_tuple(merged.get("exclude")), params={**det.defaults(), **merged["params"]},
         for_steps=int(merged.get("for") or 1), warmup_steps=w_steps, warmup_share=w_share,
+        until_steps=u_steps, until_share=u_share,
         message=merged.get("message") or "", hint=(merged.get("hint") or "").strip(),
         when=tuple(conditions["when"]), unless=tuple(conditions["unless"]), explains=tuple(explains),
         source=f"{doc.file}:{line}",

@@ -41,6 +41,7 @@ CHECK_IDS = frozenset({
     "update-too-large", "update-too-small", "edge-of-stability",
     # added with the calibration corpus (issue 11)
     "over-regularization", "layers-not-learning", "lr-collapse", "validation-stalled", "oscillating-loss",
+    "progressive-sharpening", "catapult",
 })
 FAMILIES = ("mlp", "cnn", "resnet", "transformer", "lstm", "hf")
 
