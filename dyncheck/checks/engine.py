@@ -364,8 +364,7 @@ EVIDENCE: dict[str, Callable[[Mapping[str, Any]], Evidence]] = {
     "ratio": lambda p: Evidence(1),
     "opposite_trends": _opposite_evidence,
     "spread": lambda p: Evidence(1),
-    "oscillation": lambda p: Evidence(2 * max(1, _p(p, "window", 50)), 2 * max(1, _p(p, "window", 50)) - 1, False,
-                                      f"two windows of {max(1, _p(p, 'window', 50))} points (window)"),
+    "oscillation": _trend_evidence,  # like trend: two windows of history before it can judge
 }
 
 

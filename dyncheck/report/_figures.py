@@ -34,6 +34,8 @@ _BASE_LAYOUT: dict[str, Any] = {
     "yaxis": {"gridcolor": "#eceff1", "zeroline": False, "exponentformat": "e"},
     "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "font": {"size": 11}},
     "showlegend": True,
+    # the toolbar shown on hover: no background, so it does not lay a grey strip over a heat map's top right
+    "modebar": {"bgcolor": "rgba(0,0,0,0)", "color": "#90a4ae", "activecolor": "#263238"},
 }
 
 
@@ -100,6 +102,13 @@ def positive_span(values: Sequence[np.ndarray]) -> bool:
     return bool(fin.size and fin.min() > 0 and fin.max() / fin.min() > 20)
 
 
+def _decades(values: Sequence[np.ndarray]) -> float:
+    """How many decades the finite positive values span (0 for none)."""
+    fin = np.concatenate([np.asarray(v, float).ravel() for v in values]) if values else np.zeros(0)
+    fin = fin[np.isfinite(fin) & (fin > 0)]
+    return float(np.log10(fin.max() / fin.min())) if fin.size else 0.0
+
+
 def line_chart(cid: str, lines: Sequence[Line], *, y_title: str = "", log_y: bool | None = None,
                bands: Sequence[Band] = (), hlines: Sequence[tuple[float, str, str]] = (),
                marks: Sequence[tuple[float, float, str, str]] = (), height: int = 300, log_toggle: bool = False,
@@ -148,14 +157,20 @@ def line_chart(cid: str, lines: Sequence[Line], *, y_title: str = "", log_y: boo
                                      marker={"color": colour, "size": 10, "symbol": "circle-open",
                                              "line": {"width": 2.5}},
                                      hovertemplate="%{fullData.name}<br>step %{x}<br>%{y:.4g}<extra></extra>"))
+    # a log axis over several decades: a label per decade only (plotly's 2 and 5 between them crowd together)
+    decade_ticks = {"dtick": 1} if _decades([ln.values for ln in lines]) >= 1.3 else {}
     fig.update_layout(height=height, yaxis={"type": "log" if log_y else "linear", "title": {"text": esc(y_title)},
+                                            **(decade_ticks if log_y else {}),
                                             **({"range": list(y_range)} if y_range else {})})
     if log_toggle:
-        fig.update_layout(updatemenus=[{
-            "type": "buttons", "direction": "left", "x": 1, "xanchor": "right", "y": 1.18, "yanchor": "top",
-            "showactive": True, "active": 1 if log_y else 0, "pad": {"r": 0, "t": 0},
-            "buttons": [{"label": "linear", "method": "relayout", "args": [{"yaxis.type": "linear"}]},
-                        {"label": "log", "method": "relayout", "args": [{"yaxis.type": "log"}]}]}])
+        # the buttons sit at the top left, above the legend, clear of plotly's toolbar at the top right
+        fig.update_layout(margin={**_BASE_LAYOUT["margin"], "t": 58}, updatemenus=[{
+            "type": "buttons", "direction": "left", "x": 0, "xanchor": "left", "y": 1.0, "yanchor": "bottom",
+            "showactive": True, "active": 1 if log_y else 0, "pad": {"l": 0, "b": 26},
+            "buttons": [{"label": "linear", "method": "relayout", "args": [{"yaxis.type": "linear",
+                                                                           "yaxis.dtick": None}]},
+                        {"label": "log", "method": "relayout",
+                         "args": [{"yaxis.type": "log", "yaxis.dtick": decade_ticks.get("dtick")}]}]}])
     return Chart(cid, _to_json(fig), caption, height)
 
 
@@ -180,7 +195,7 @@ def heatmap_chart(cid: str, series: Sequence[tuple[str, np.ndarray, np.ndarray]]
                   "thickness": 12},
         hovertemplate="%{y}<br>" + step_text + "<br>" + esc(what) + " " + value + "<extra></extra>",
         hoverongaps=False), layout=_BASE_LAYOUT)
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 20, "b": 45}, showlegend=False,
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 45}, showlegend=False,
                       yaxis={"automargin": True, "autorange": "reversed", "tickfont": {"size": 10},
                              "gridcolor": "rgba(0,0,0,0)"})
     note = (f"{len(names)} series; each cell is the largest value over its steps" if grid.size > HEAT_BUCKETS

@@ -172,13 +172,24 @@ def _sharpness_section(src: _Series, skipped: dict[str, str]) -> Section:
 
 
 # -- findings -------------------------------------------------------------------------------------------------
-def _bands(spans: Sequence[tuple[int, int]], colour: str, spacing: float) -> list[Band]:
+def _bands(spans: Sequence[tuple[int, int]], colour: str, spacing: float,
+           limits: tuple[float, float] | None = None) -> list[Band]:
+    """Shaded stretches: each span widened by half the series' spacing (so a one-point span shows), kept within
+    ``limits`` (the steps the chart shows: a span at the first probe must not stretch the axis below step 0)."""
     spans = list(spans)
     if len(spans) > MAX_BANDS:  # merge neighbours until few enough remain
         size = math.ceil(len(spans) / MAX_BANDS)
         spans = [(spans[i][0], spans[min(i + size, len(spans)) - 1][1]) for i in range(0, len(spans), size)]
     half = spacing / 2
-    return [Band(a - half, b + half, colour, opacity=0.22) for a, b in spans]
+    lo, hi = limits if limits is not None else (-math.inf, math.inf)
+    return [Band(max(a - half, lo), min(b + half, hi), colour, opacity=0.22) for a, b in spans]
+
+
+def _step_limits(lines: Sequence[Line]) -> tuple[float, float] | None:
+    """The first and last step any of ``lines`` holds (None for no points)."""
+    firsts = [float(np.min(ln.steps)) for ln in lines if np.size(ln.steps)]
+    lasts = [float(np.max(ln.steps)) for ln in lines if np.size(ln.steps)]
+    return (min(firsts), max(lasts)) if firsts else None
 
 
 def _steps_text(first: int, last: int) -> str:
@@ -247,8 +258,8 @@ def _evidence(i: int, f: Any, check: Any, src: _Series) -> Chart | None:
     if check is not None and is_whole_run(check):  # a verdict on the whole run after warm-up: shade all of it
         spans = [(_warm_start(check, src.span), f.last_step)]
     log = positive_span([ln.values for ln in lines])
-    return line_chart(f"chart-finding-{i}", lines, log_y=log, bands=_bands(spans, colour, spacing),
-                      hlines=hlines, marks=marks, height=240)
+    bands = _bands(spans, colour, spacing, _step_limits(lines))
+    return line_chart(f"chart-finding-{i}", lines, log_y=log, bands=bands, hlines=hlines, marks=marks, height=240)
 
 
 # -- metadata -------------------------------------------------------------------------------------------------
