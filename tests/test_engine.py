@@ -157,3 +157,24 @@ def test_progressive_sharpening_known_answers(eig, threshold, fires):
         first = int(np.flatnonzero(eig >= 1.5 * eig[0])[0])
         assert got[0].first_step == probes[first]
         assert f"from {eig[0]:.3g} at the first probe" in got[0].message
+
+
+def test_a_check_skipped_for_a_failed_measurement_says_so(tmp_path):
+    """A sharpness probe that failed and was turned off: the checks reading sharpness are skipped with that
+    reason (the measurement, the step, the error), not "the run was too short for the time budget"."""
+    from dyncheck.store import RunWriter
+
+    s = np.arange(300)
+    with RunWriter(tmp_path / "run.db") as w:
+        w.write({"loss/train": (s, 2.3 * np.exp(-s / 60) + 0.05)})
+        w.set_meta(status="finished", measurement_errors=[
+            {"measurement": "sharpness", "error": "RuntimeError", "step": 12,
+             "message": "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not "
+                        "implemented"}])
+    res = evaluate(tmp_path / "run.db", "default")
+    skipped = {x.check: x.reason for x in res.skipped}
+    for cid in ("edge-of-stability", "progressive-sharpening"):
+        assert skipped[cid].startswith("sharpness failed at step 12 and was turned off"), skipped[cid]
+        assert "RuntimeError: derivative for aten::_scaled_dot_product_flash" in skipped[cid]
+    # a failure of one layer's activations leaves the others measured: no such reason
+    assert "failed" not in skipped.get("dead-units", "")

@@ -733,6 +733,8 @@ def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", 
             result.measurement_errors = [e if isinstance(e, dict) else {"message": str(e)} for e in errors]
     for check in checks:
         outcome = _evaluate_check(check, src, span)
+        if isinstance(outcome, Skipped) and result.measurement_errors:
+            outcome = _failed_measurement_reason(check, outcome, result.measurement_errors)
         if on_check is not None:
             on_check(check, outcome)
         if isinstance(outcome, Skipped):
@@ -743,6 +745,24 @@ def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", 
             result.passed.append(check.id)
     result.findings.sort(key=lambda f: (-_RANK[f.severity], f.first_step, f.check, f.metric))
     return result
+
+
+#: the measurement (``measurement_errors[].measurement``) behind each metric family a check may read
+_MEASURED_BY = {"sharpness/": "sharpness", "act/": "activations", "lr/": "lr", "weight_unchanged/": "weight_unchanged"}
+
+
+def _failed_measurement_reason(check: Check, skipped: Skipped, errors: Sequence[Mapping[str, Any]]) -> Skipped:
+    """A check skipped because a measurement it reads failed during training and was turned off says so (not that
+    the run was too short or the option was off): the measurement, the step and the error."""
+    wanted = {m for pat in check.patterns for prefix, m in _MEASURED_BY.items() if pat.startswith(prefix)}
+    for e in errors:
+        if e.get("measurement") in wanted and "metric" not in e and "layer" not in e:  # the whole measurement off
+            step = e.get("step")
+            at = f" at step {step}" if isinstance(step, int) else ""
+            return Skipped(skipped.check, f"{e['measurement']} failed{at} and was turned off for the rest of the run "
+                                          f"({e.get('error', 'error')}: {str(e.get('message', ''))[:200]}); see the "
+                                          f"run's meta 'measurement_errors'")
+    return skipped
 
 
 def _run_span(src: SeriesSource) -> tuple[int, int]:
