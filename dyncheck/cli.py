@@ -18,8 +18,9 @@ import errno
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .errors import DyncheckError
 
@@ -379,10 +380,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from .baseline import make_baseline
+    from .baseline import BaselineRefused, make_baseline
     from .checks.rules import load_rules
-
-    from .baseline import BaselineRefused
 
     try:
         base = make_baseline(args.runs, rules=load_rules(args.rules or ["default"]),

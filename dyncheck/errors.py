@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-__all__ = ["DyncheckError", "ConfigError", "RuleError", "RuleProblem", "StoreError", "MeasureError", "SourceError"]
+__all__ = ["ConfigError", "DyncheckError", "MeasureError", "RuleError", "RuleProblem", "SourceError", "StoreError"]
 
 
 class DyncheckError(Exception):

@@ -19,7 +19,13 @@ import torch
 
 from dyncheck.cli import main
 from dyncheck.errors import ConfigError, SourceError
-from dyncheck.importers import UNCONFIRMED, detect_format, import_log, imported, load_mapping
+from dyncheck.importers import (
+    UNCONFIRMED,
+    detect_format,
+    import_log,
+    imported,
+    load_mapping,
+)
 from dyncheck.store import open_run
 
 
@@ -148,7 +154,8 @@ def lightning_csv(tmp_path_factory):
 def test_lightning_csv_round_trip(lightning_csv, tmp_path):
     assert detect_format(lightning_csv) == "lightning-csv"
     assert detect_format(lightning_csv.parent) == "lightning-csv"
-    rows = list(csv.DictReader(open(lightning_csv, newline="")))
+    with open(lightning_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
     want = {int(r["step"]): float(r["train_loss"]) for r in rows if r.get("train_loss")}
     want_val = {int(r["step"]): float(r["val_loss"]) for r in rows if r.get("val_loss")}
     summary = import_log(lightning_csv.parent, tmp_path / "run")
@@ -156,7 +163,7 @@ def test_lightning_csv_round_trip(lightning_csv, tmp_path):
     assert dict(zip(steps, vals)) == want and len(want) == 24
     v_steps, v_vals = _series(tmp_path / "run", "loss/val")
     assert dict(zip(v_steps, v_vals)) == want_val and len(want_val) == 3
-    lr_steps, lr_vals = _series(tmp_path / "run", "lr/SGD/pg0")  # LearningRateMonitor's lr-SGD
+    _, lr_vals = _series(tmp_path / "run", "lr/SGD/pg0")  # LearningRateMonitor's lr-SGD
     assert set(lr_vals) == {0.05}
     assert summary.names["lr/SGD/pg0"] == "lr-SGD" and "logged/epoch" in summary.names
     assert summary.status == UNCONFIRMED
@@ -380,6 +387,7 @@ def test_imported_context_removes_its_directory(tmp_path):
     p.write_text("step,train_loss\n0,1.0\n1,0.5\n")
     with imported(p) as (run, summary):
         where = run.dir
+        assert summary.status == UNCONFIRMED
         assert run.series("loss/train").values.tolist() == [1.0, 0.5]
     assert not where.exists()
 
@@ -414,3 +422,53 @@ def test_cli_import_check_report_compare(hf_run, lightning_csv, tmp_path, capsys
     assert main(["compare", str(state), "--baseline", str(tmp_path / "base.yaml")]) == 0
     assert main(["check", str(tmp_path / "run"), "--finished"]) == 2
     assert "--finished applies to a log to import" in capsys.readouterr().err
+
+
+def test_readme_examples_run_as_shown(tb_log, lightning_csv, hf_run, tmp_path, monkeypatch, capsys):
+    """The section "Checking runs you already have": every command of its bash block gives the exit code its
+    comment says (0 where none is said), its Python block runs, its mapping file loads and maps the loop's CSV,
+    and its default-mapping table lists every default."""
+    import shlex
+    import shutil
+
+    from dyncheck.importers import DEFAULT_HISTOGRAMS, DEFAULT_SCALARS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Checking runs you already have"):]
+    section = section[:section.index("\n## ", 5)]
+    bash = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
+    python = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    mapping = re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
+    shutil.copytree(tb_log[0], tmp_path / "runs" / "tb")
+    (tmp_path / "lightning_logs" / "version_0").mkdir(parents=True)
+    shutil.copy(lightning_csv, tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    (tmp_path / "hf-out").mkdir()
+    shutil.copy(hf_run[0] / "trainer_state.json", tmp_path / "hf-out" / "trainer_state.json")
+    (tmp_path / "wandb-history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in WANDB_ROWS))
+    keys = ["_step", "_runtime", "_timestamp", "train/loss", "train/global_step"]
+    (tmp_path / "wandb-history.csv").write_text(",".join(["", *keys]) + "\n" + "".join(
+        ",".join(str(x) for x in [i, *(r[k] for k in keys)]) + "\n" for i, r in enumerate(WANDB_ROWS)))
+    (tmp_path / "mapping.yaml").write_text(mapping)
+    (tmp_path / "my-loop.csv").write_text("iteration,objective,lr_group0,val/acc,wall_time\n" + "".join(
+        f"{i},{1.0 / (i + 1)},0.001,{i / 100},{i * 0.1}\n" for i in range(100)))
+    monkeypatch.chdir(tmp_path)
+    commands = [ln for ln in bash.splitlines() if ln.startswith("dyncheck ")]
+    assert len(commands) >= 10
+    for line in commands:
+        cmd, _, comment = line.partition("#")
+        m = re.search(r"exit (\d)", comment)
+        code = main(shlex.split(cmd)[1:])
+        out = capsys.readouterr()
+        assert code == (int(m.group(1)) if m else 0), f"{line}\n{out.out}\n{out.err}"
+    with open_run("imported/loop") as run:
+        assert run.meta["status"] == "finished"
+        assert {"loss/train", "lr/AdamW/pg0", "logged/val/acc"} <= set(run.metrics())
+        assert "logged/wall_time" not in run.metrics()
+    assert Path("tb-report.html").stat().st_size > 10_000
+    exec(compile(python, "README.md", "exec"), {})  # noqa: S102 - the README's own example
+    assert "loss/train" in capsys.readouterr().out
+    table = section[section.index("| source names | dyncheck name |"):]
+    for source, _ in DEFAULT_SCALARS + DEFAULT_HISTOGRAMS:
+        shown = source.replace("lr-*/pg*", "lr-<Optimizer>/pg<j>").replace("lr-*", "lr-<Optimizer>")
+        shown = shown.replace("grad_2.0_norm/*", "grad_2.0_norm/<param>").replace("*", "<p>")
+        assert f"`{shown}`" in table or source == "*", source

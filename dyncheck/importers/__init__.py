@@ -20,17 +20,30 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import SourceError, StoreError
 from ..store import STORE_FILENAME, RunWriter, open_run
 from ._common import LIMITS, ImportSummary, RawLog, build_series, temp_store
 from ._mapping import DEFAULT_HISTOGRAMS, DEFAULT_SCALARS, Mapping, load_mapping
 
-__all__ = ["FORMATS", "UNCONFIRMED", "import_log", "imported", "detect_format", "read_log", "load_mapping",
-           "Mapping", "ImportSummary", "DEFAULT_SCALARS", "DEFAULT_HISTOGRAMS", "LIMITS", "is_run",
-           "looks_like_log"]
+__all__ = [
+    "DEFAULT_HISTOGRAMS",
+    "DEFAULT_SCALARS",
+    "FORMATS",
+    "LIMITS",
+    "UNCONFIRMED",
+    "ImportSummary",
+    "Mapping",
+    "detect_format",
+    "import_log",
+    "imported",
+    "is_run",
+    "load_mapping",
+    "looks_like_log",
+    "read_log",
+]
 
 #: the formats, by the name ``--from`` takes
 FORMATS = {
@@ -114,6 +127,9 @@ def detect_format(path: str | os.PathLike) -> str:
                               f"file to import, or choose one with --from")
         name, fmt = found[0]
         return fmt
+    if not p.is_file():  # a FIFO would block the first read, a device never end
+        raise SourceError(f"{p} is not a regular file (a FIFO, device or socket); expected a log file or a "
+                          f"directory")
     name = p.name
     if name.startswith("events.out.tfevents."):
         return "tensorboard"

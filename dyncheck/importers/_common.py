@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import SourceError
 from ._mapping import Mapping
 
-__all__ = ["LIMITS", "RawLog", "ImportSummary", "build_series", "number", "check_file", "parse_step"]
+__all__ = ["LIMITS", "ImportSummary", "RawLog", "build_series", "check_file", "number", "parse_step"]
 
 #: bounds on what an import reads (README, "Checking runs you already have")
 LIMITS = {
@@ -135,8 +135,9 @@ class ImportSummary:
     notes: list[str]
 
     def lines(self) -> list[str]:
-        out = [f"imported {self.source} ({self.format}) into {self.run_dir / 'run.db'}: {len(self.names)} series, "
-               f"{self.points:,} values; status {self.status} ({self.status_reason})"]
+        head = (f"imported {self.source} ({self.format}) into {self.run_dir / 'run.db'}: {len(self.names)} series, "
+                f"{self.points:,} values; status {self.status} ({self.status_reason})")
+        out = [head]
         width = max((len(n) for n in self.names), default=0)
         out += [f"  {name:<{width}}  <- {src}" for name, src in sorted(self.names.items())]
         out += [f"  note: {n}" for n in self.notes]

@@ -49,11 +49,9 @@ def csv_flavour(header: list[str]) -> str:
 def read_csv(path: Path, mapping: Mapping, fmt: str | None = None) -> RawLog:
     size = check_file(path, "a CSV log")
     try:
-        f = open(path, "rb")
+        data = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with f:
-        data = f.read()
     if not data.strip():
         raise SourceError(f"{path} is empty; expected a CSV log with a header row (step, metric names ...)")
     if b"\x00" in data[:65536]:

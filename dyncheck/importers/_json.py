@@ -139,11 +139,9 @@ def read_wandb_jsonl(path: Path, mapping: Mapping) -> RawLog:
     raw = RawLog("wandb-jsonl", path)
     rows: list[tuple[int, dict[str, Any]]] = []
     try:
-        f = open(path, "rb")
+        lines = path.read_bytes().split(b"\n")
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with f:
-        lines = f.read().split(b"\n")
     if not any(x.strip() for x in lines):
         raise SourceError(f"{path} is empty; expected W&B history rows, one JSON object per line")
     ends_with_newline = lines[-1] == b""

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jsonschema
 
 from ..names import METRIC_TEMPLATES, pattern_can_match
 
-__all__ = ["Mapping", "load_mapping", "DEFAULT_SCALARS", "DEFAULT_HISTOGRAMS", "MAPPING_KEYS"]
+__all__ = ["DEFAULT_HISTOGRAMS", "DEFAULT_SCALARS", "MAPPING_KEYS", "Mapping", "load_mapping"]
 
 #: the default scalar mapping, first match wins: (source glob, dyncheck name; {1} is what the first * matched)
 DEFAULT_SCALARS: tuple[tuple[str, str], ...] = (
@@ -74,7 +75,7 @@ def _regex(glob: str) -> re.Pattern[str]:
     parts = []
     for ch in glob:
         parts.append("(.*)" if ch == "*" else "(.)" if ch == "?" else re.escape(ch))
-    return re.compile("".join(parts), re.S)
+    return re.compile("".join(parts), re.DOTALL)
 
 
 def _fill(template: str, groups: tuple[str, ...]) -> str | None:
@@ -188,8 +189,8 @@ def load_mapping(path: str | Path) -> Mapping:
         problems.append((line, col, message))
 
     for k, _first in yd.duplicates:
-        problems.append((k.start_mark.line + 1, k.start_mark.column + 1, f"duplicate key '{k.value}'; each key "
-                                                                           f"may appear once"))
+        message = f"duplicate key '{k.value}'; each key may appear once"
+        problems.append((k.start_mark.line + 1, k.start_mark.column + 1, message))
     data = yd.data if yd.data is not None else {}
     for err in sorted(jsonschema.Draft202012Validator(_SCHEMA).iter_errors(data),
                       key=lambda e: [str(x) for x in e.absolute_path]):
