@@ -96,6 +96,22 @@ def test_tensorboard_event_file_alone_and_several_runs(tb_log, tmp_path):
         import_log(two, tmp_path / "out")
 
 
+def test_tensorboard_damaged_and_truncated_files(tb_log, tmp_path):
+    (f,) = tb_log[0].glob("events.out.tfevents.*")
+    data = f.read_bytes()
+    (tmp_path / "bad").mkdir()
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad" / f.name).write_bytes(bytes(damaged))
+    with pytest.raises(SourceError, match=r"the event file is damaged \(.*crc"):
+        import_log(tmp_path / "bad", tmp_path / "r1")  # the reader would stop there, silently: refused
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / f.name).write_bytes(data[:-5])
+    s = import_log(tmp_path / "cut", tmp_path / "r2")
+    assert any("the last record is incomplete" in n for n in s.notes)
+    assert len(_series(tmp_path / "r2", "loss/train")[0]) == 120
+
+
 def test_tensorboard_missing_package_names_the_extra(tb_log, tmp_path, monkeypatch):
     import builtins
 
@@ -406,7 +422,8 @@ def test_cli_import_check_report_compare(hf_run, lightning_csv, tmp_path, capsys
     res = json.loads(capsys.readouterr().out)
     assert code in (0, 1) and res["run_status"] == "finished"
     reasons = {s["check"]: s["reason"] for s in res["skipped"]}
-    assert "no recorded metric matches act/dead/*" in reasons["dead-units"]
+    assert reasons["dead-units"] == ("no recorded metric matches act/dead/*: the imported log (hf-trainer-state) has "
+                                     "no such series (a mapping file can map one of its names onto it)")
     # a Lightning CSV log does not say it finished: not judged (3) unless --finished or --allow-unfinished
     assert main(["check", str(lightning_csv)]) == 3
     err = capsys.readouterr().err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,22 @@ def read_tensorboard(path: Path, mapping: Mapping) -> RawLog:
                 ea_mod.AUDIO: 1, ea_mod.COMPRESSED_HISTOGRAMS: 1}
     raw = RawLog("tensorboard", path)
     tb_log = logging.getLogger("tensorboard")
-    old_level = tb_log.level
-    tb_log.setLevel(logging.ERROR)  # its warnings (a truncated record...) are raised or noted here instead
+    old_level, old_propagate = tb_log.level, tb_log.propagate
+    stops = _Stops()
+    # the reader stops at a damaged or truncated record and says so only in a debug message: catch it
+    tb_log.setLevel(logging.DEBUG)
+    tb_log.propagate = False
+    tb_log.addHandler(stops)
     try:
         acc = ea_mod.EventAccumulator(target, size_guidance=guidance, purge_orphaned_data=False)
         acc.Reload()
+        for message in stops.messages:
+            m = re.fullmatch(r"Truncated record in (.*?) \((.*)\)", message, re.DOTALL)
+            where, why = (m.group(1), m.group(2)) if m else (target, message)
+            if "crc" in why.lower() or "corrupt" in why.lower():
+                raise SourceError(f"{where}: the event file is damaged ({why}): the events after the damaged "
+                                  f"record cannot be read, and dyncheck does not import part of a damaged log")
+            raw.notes.append(f"{where}: the last record is incomplete (still being written, or cut off): left out")
         tags = acc.Tags()
         for tag in tags.get(ea_mod.SCALARS, []):
             for ev in acc.Scalars(tag):
@@ -112,7 +124,9 @@ def read_tensorboard(path: Path, mapping: Mapping) -> RawLog:
         raise SourceError(f"{target}: cannot read the TensorBoard events: {type(exc).__name__}: "
                           f"{str(exc)[:200] or 'no detail'} (is the file damaged or not an event file?)") from None
     finally:
+        tb_log.removeHandler(stops)
         tb_log.setLevel(old_level)
+        tb_log.propagate = old_propagate
     if left:
         raw.notes.append("left out (not scalars or histograms with a sum of squares): " + ", ".join(sorted(left)[:10])
                          + (", ..." if len(left) > 10 else ""))
@@ -120,6 +134,22 @@ def read_tensorboard(path: Path, mapping: Mapping) -> RawLog:
     raw.meta["event_files"] = [str(f) for f in files]
     raw.status_reason = "TensorBoard event files do not say whether training finished"
     return raw
+
+
+class _Stops(logging.Handler):
+    """Collects the reader's "Truncated record in FILE (why)" messages."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a message that cannot be formatted is not one of these
+            return
+        if message.startswith("Truncated record") and len(self.messages) < 100:
+            self.messages.append(message[:300])
 
 
 def _step(step: Any, path: Path, tag: str) -> int:
