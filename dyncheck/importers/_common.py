@@ -25,6 +25,7 @@ LIMITS = {
     "points": 50_000_000,          # values in one log, all series together
     "step": 2**62,                 # the largest step
 }
+_SHOWN = 100  # series listed by ImportSummary.lines()
 _NONFINITE = {"nan": math.nan, "+nan": math.nan, "-nan": math.nan, "inf": math.inf, "+inf": math.inf,
               "-inf": -math.inf, "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf}
 
@@ -139,7 +140,10 @@ class ImportSummary:
                 f"{self.points:,} values; status {self.status} ({self.status_reason})")
         out = [head]
         width = max((len(n) for n in self.names), default=0)
-        out += [f"  {name:<{width}}  <- {src}" for name, src in sorted(self.names.items())]
+        names = sorted(self.names.items())
+        out += [f"  {name:<{width}}  <- {src}" for name, src in names[:_SHOWN]]
+        if len(names) > _SHOWN:
+            out.append(f"  ... and {len(names) - _SHOWN:,} more (all of them in the run's meta['import']['series'])")
         out += [f"  note: {n}" for n in self.notes]
         return out
 
@@ -181,6 +185,9 @@ def build_series(raw: RawLog, mapping: Mapping) -> tuple[dict[str, tuple[np.ndar
     for table, mapper, what in ((raw.scalars, mapping.scalar, "scalar"),
                                 (raw.histograms, mapping.histogram, "histogram")):
         for key, (steps, values) in table.items():
+            if not key.strip():
+                raw.notes.append(f"a {what} with an empty name ({len(steps):,} values): left out")
+                continue
             name = mapper(key)
             if name is None:
                 ignored.append(key)

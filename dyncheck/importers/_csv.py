@@ -108,7 +108,12 @@ def read_csv(path: Path, mapping: Mapping, fmt: str | None = None) -> RawLog:
             skip.add(i)
         if flavour == "wandb-csv" and h in _WANDB_AXES:
             skip.add(i)
-    keep = [(i, columns[i]) for i in range(len(header)) if i not in skip]
+    unnamed = [i + 1 for i, c in enumerate(columns) if i not in skip and not c.strip()]
+    if unnamed:
+        raw.notes.append(f"column{'s' if len(unnamed) > 1 else ''} {', '.join(map(str, unnamed[:10]))} of the header "
+                         f"{'have' if len(unnamed) > 1 else 'has'} no name: left out")
+    keep = [(i, columns[i]) for i in range(len(header))
+            if i not in skip and columns[i].strip() and not mapping.ignored(columns[i])]
     lenient = flavour != "lightning-csv"  # W&B histories hold media (JSON objects) in their cells
     objects: dict[str, int] = {}
     no_step = 0
@@ -150,7 +155,8 @@ def read_csv(path: Path, mapping: Mapping, fmt: str | None = None) -> RawLog:
                         continue
                     shown = text_ if len(text_) <= 40 else text_[:37] + "..."
                     raise SourceError(f"{path}:{line}: column {header[i]!r}: {shown!r} is not a number; expected "
-                                      f"a number, nan, inf or an empty cell") from None
+                                      f"a number, nan, inf or an empty cell (a column that is not a metric can be "
+                                      f"left out with 'ignore:' in a mapping file)") from None
                 if value is not None:
                     raw.scalar(key, step, value)
             if ts_i is not None and row[ts_i]:

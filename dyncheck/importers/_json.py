@@ -95,7 +95,8 @@ def read_trainer_state(path: Path, mapping: Mapping) -> RawLog:
                     continue
                 shown = json.dumps(value)[:40] if not isinstance(value, str) else repr(value[:40])
                 raise SourceError(f"{where}.{key} is {_kind(value)} {shown}; expected a number (NaN and "
-                                  f"Infinity are numbers)")
+                                  f"Infinity are numbers; a key that is not a metric can be left out with "
+                                  f"'ignore:' in a mapping file)")
             raw.scalar(key, step, x)
     if nulls:
         raw.notes.append("null values left out: " + ", ".join(f"{k} ({n})" for k, n in sorted(nulls.items())[:10]))
