@@ -24,7 +24,7 @@ from timelimit import time_limit
 
 from dyncheck.cli import main
 from dyncheck.errors import DyncheckError
-from dyncheck.importers import LIMITS, import_log
+from dyncheck.importers import LIMITS, import_log, load_mapping
 from dyncheck.store import open_run
 
 PROFILE = os.environ.get("DYNCHECK_FUZZ", "quick")
@@ -243,6 +243,71 @@ def test_fifo_oversized_and_large_logs(tmp_path, monkeypatch):
     monkeypatch.setitem(LIMITS, "file_bytes", 4 * 1024**3)
     monkeypatch.setitem(LIMITS, "points", 10)
     assert _attempt(big, tmp_path, "too many points") == "error"
+
+
+MAPPING = (b"metrics:\n  objective: loss/train\n  'lr_group*': 'lr/AdamW/pg{1}'\n  'val/*': 'logged/val/{1}'\n"
+           b"histograms:\n  'grads/*': 'grad_norm/{1}'\nignore: [wall_time]\nstep: iteration\ndefaults: true\n")
+_YAML_VALUE = st.recursive(st.one_of(st.none(), st.booleans(), st.floats(), st.integers(), st.text(max_size=12),
+                                     st.sampled_from(["loss/train", "lr/{1}", "grad_norm/{2}", "{0}", "*", "x/*/y",
+                                                      "weight_norm/{1}", "logged/{1-1}"])),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                   st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                           max_leaves=10)
+
+
+def _mapping_attempt(path, log, tmp):
+    """Load a mapping file: it loads (and then maps a log) or fails with a ConfigError naming the file."""
+    COUNTS["mapping tried"] += 1
+    try:
+        with time_limit(HANG_S, Hang):
+            m = load_mapping(path)
+            import_log(log, tmp / f"m{COUNTS['mapping tried']}", mapping=m)
+    except Hang:
+        COUNTS["hangs"] += 1
+        raise AssertionError(f"mapping: no answer after {HANG_S} s on {path}") from None
+    except DyncheckError as e:
+        if path.name not in str(e) and log.name not in str(e):
+            COUNTS["unclear"] += 1
+            raise AssertionError(f"mapping: the error does not name the file: {e}") from None
+        COUNTS["mapping clean errors"] += 1
+        return
+    except BaseException as e:
+        COUNTS["tracebacks"] += 1
+        raise AssertionError(f"mapping: {type(e).__name__}: {e}") from e
+    COUNTS["mapping loaded"] += 1
+
+
+@pytest.fixture(scope="module")
+def loop_log(tmp_path_factory):
+    p = tmp_path_factory.mktemp("loop") / "loop.csv"
+    p.write_text("iteration,objective,lr_group0,val/acc,wall_time,step\n" + "".join(
+        f"{i},{1.0 / (i + 1)},0.001,{i / 10},{i},{i}\n" for i in range(10)))
+    return p
+
+
+def test_mutated_mapping_files(tmp_path, loop_log):
+    @settings(max_examples=N, **FUZZ)
+    @given(ops=_MUTATIONS)
+    def prop(ops):
+        p = tmp_path / f"map{COUNTS['mapping tried']}.yaml"
+        p.write_bytes(_mutate(MAPPING, ops))
+        _mapping_attempt(p, loop_log, tmp_path)
+
+    prop()
+
+
+def test_random_mapping_files(tmp_path, loop_log):
+    import yaml
+
+    @settings(max_examples=N, **FUZZ)
+    @given(doc=st.dictionaries(st.sampled_from(["metrics", "histograms", "ignore", "step", "defaults", "other"]),
+                               _YAML_VALUE, max_size=4))
+    def prop(doc):
+        p = tmp_path / f"rmap{COUNTS['mapping tried']}.yaml"
+        p.write_text(yaml.safe_dump(doc))
+        _mapping_attempt(p, loop_log, tmp_path)
+
+    prop()
 
 
 def test_zz_counts():

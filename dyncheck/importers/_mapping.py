@@ -101,7 +101,7 @@ def _apply(rules: Iterable[tuple[str, str]], name: str) -> str | None:
         m = _regex(glob).fullmatch(name)
         if m:
             target = _fill(template, m.groups())
-            if target:
+            if target and not target.endswith("/"):  # a * that matched nothing names no layer
                 return target
     return None
 
