@@ -1,4 +1,7 @@
-"""The ``dyncheck`` command line: ``check``, ``report``, ``demo``, ``baseline``, ``compare`` and ``rules``.
+"""The ``dyncheck`` command line: ``check``, ``report``, ``demo``, ``baseline``, ``compare``, ``import`` and ``rules``.
+
+``check``, ``report`` and ``compare`` take a dyncheck run or a log to import (TensorBoard, Lightning CSV, HF
+``trainer_state.json``, W&B export): a log is imported into a temporary directory, removed when the command ends.
 
 Exit codes: 0 pass (nothing at or above ``--fail-on``, no regression); 1 findings at or above ``--fail-on`` fired
 (``check``) or something regressed (``compare``); 2 usage, configuration, input or I/O error; 3 the run could not
@@ -10,12 +13,14 @@ whole run's); ``baseline`` exits 3 rather than write a baseline from an unfinish
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import DyncheckError
 
@@ -54,6 +59,24 @@ class _RulesAction(argparse.Action):
                 parser.error(f"argument --rules: expected a rule file or 'default', got {v!r}")
             items.extend(parts)
         setattr(namespace, self.dest, items)
+
+
+_RUN_OR_LOG = ("run directory (holding run.db) or .db file, or a log to import: a TensorBoard log directory or "
+               "event file, a Lightning metrics.csv, a trainer_state.json, a W&B history export (.csv, .jsonl)")
+
+
+def _source_args(p: argparse.ArgumentParser, *, importing: bool = False) -> None:
+    """The options that say how to read a log that is not a dyncheck run."""
+    from .importers import FORMATS
+
+    p.add_argument("--from", dest="source_format", choices=["auto", *FORMATS], default="auto",
+                   help="the log's format (default: auto, from its name or the files a directory holds)")
+    p.add_argument("--mapping", metavar="FILE", help="YAML file mapping the log's names onto dyncheck's "
+                                                     "(README, 'Checking runs you already have')")
+    p.add_argument("--finished", action="store_true",
+                   help="the training this log comes from finished: record the run as finished (otherwise only "
+                        "a log that says so is; the others are 'unconfirmed'"
+                        + (")" if importing else ", which exits 3 unless --allow-unfinished)"))
 
 
 def _is_rule_file(value: str) -> bool:
@@ -159,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate the checks of the rule files on a recorded run. Exit 0: pass; 1: a "
                                    "finding at or above --fail-on; 2: usage or input error; 3: the run could not "
                                    "be judged (it did not finish, holds no series, or every check was skipped).")
-    p.add_argument("run", metavar="RUN", help="run directory (holding run.db) or the .db file")
+    p.add_argument("run", metavar="RUN", help=_RUN_OR_LOG)
     _rules_arg(p)
+    _source_args(p)
     p.add_argument("--format", choices=["text", "json", "junit"], default="text", help="output format (text)")
     p.add_argument("--fail-on", choices=["error", "warning", "never"], default="error",
                    help="exit 1 when a finding has at least this severity (error); 'never' still exits 3 for a "
@@ -171,9 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write the HTML health report of a run",
                        description="Write a run's self-contained HTML health report (opens offline; no server).")
-    p.add_argument("run", metavar="RUN", help="run directory (holding run.db) or the .db file")
-    p.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: RUN/report.html)")
+    p.add_argument("run", metavar="RUN", help=_RUN_OR_LOG)
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: RUN/report.html; for a log: "
+                                                          "report.html in the log's directory)")
     _rules_arg(p)
+    _source_args(p)
     p.add_argument("--no-checks", action="store_true", help="leave the checks out (charts and metadata only)")
     p.add_argument("--title", help="title shown in the report (default: the run directory's name)")
 
@@ -202,12 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare a run with a baseline; exit 1 on a regression",
                        description="Compare a run with a baseline file: a quantity worse than its tolerance, or a "
                                    "check that fires now but did not in the baseline, is a regression (exit 1).")
-    p.add_argument("run", metavar="RUN", help="run directory (holding run.db) or the .db file")
+    p.add_argument("run", metavar="RUN", help=_RUN_OR_LOG)
     p.add_argument("--baseline", metavar="FILE", required=True, help="baseline written by dyncheck baseline")
     _rules_arg(p)
+    _source_args(p)
     p.add_argument("--format", choices=["text", "json", "junit"], default="text", help="output format (text)")
     p.add_argument("--allow-unfinished", action="store_true", help=_ALLOW_HELP)
     p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE instead of stdout")
+
+    p = sub.add_parser("import", help="read an existing log (TensorBoard, Lightning CSV, HF trainer_state.json, "
+                                      "W&B export) into a dyncheck run",
+                       description="Read a log that another tool wrote into a dyncheck run store (RUN/run.db), "
+                                   "mapping its names onto dyncheck's (README, 'Checking runs you already have'). "
+                                   "Prints what it imported, from which source name, and what it left out.")
+    p.add_argument("source", metavar="SOURCE", help="a TensorBoard log directory or event file, a Lightning "
+                                                    "metrics.csv, a trainer_state.json, a W&B history export "
+                                                    "(.csv, .jsonl), or a directory holding one")
+    p.add_argument("-o", "--output", metavar="RUN", required=True, help="run directory to write (RUN/run.db)")
+    _source_args(p, importing=True)
+    p.add_argument("--force", action="store_true", help="replace RUN/run.db if it exists")
 
     r = sub.add_parser("rules", help="list the checks of rule files, validate a rule file, list detectors")
     rsub = r.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=_RulesParser)
@@ -226,12 +265,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .checks.engine import evaluate
     from .checks.output import format_json, format_junit, format_text
     from .checks.rules import load_rules
-    from .store import open_run
 
     rules = load_rules(args.rules or ["default"])
     allow = args.allow_unfinished
-    with open_run(args.run) as run:
+    with _open(args) as (run, imported):
         result = evaluate(run, rules)
+    if imported is not None:
+        from .importers import explain_skips
+
+        explain_skips(result, imported)
     if args.format == "json":
         out = format_json(result, allow_unfinished=allow)
     elif args.format == "junit":
@@ -243,13 +285,36 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     why = result.not_judged(allow)
     if why:
-        return _unjudged("check", args.run, why, result.unfinished and not allow)
+        return _unjudged("check", args.run, why, result.unfinished and not allow, imported)
     return EXIT_OK
 
 
-def _unjudged(command: str, run: str, why: str, unfinished: bool) -> int:
+@contextlib.contextmanager
+def _open(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """The run that RUN names, and None; or, for a log, the run imported into a temporary directory (removed
+    afterwards) and the import's summary. The import options given with a run are an error."""
+    from .importers import imported, looks_like_log
+    from .store import open_run
+
+    if args.source_format == "auto" and not looks_like_log(args.run):
+        if args.mapping or args.finished:
+            given = "--mapping" if args.mapping else "--finished"
+            raise DyncheckError(f"{given} applies to a log to import; {args.run} is a dyncheck run")
+        with open_run(args.run) as run:
+            yield run, None
+        return
+    with imported(args.run, fmt=args.source_format, mapping=args.mapping, finished=args.finished) as (run, summary):
+        print(f"dyncheck {args.command}: imported {args.run} ({summary.format}, {len(summary.names)} series; status "
+              f"{summary.status}: {summary.status_reason}) into a temporary run", file=sys.stderr)
+        yield run, summary
+
+
+def _unjudged(command: str, run: str, why: str, unfinished: bool, imported: Any = None) -> int:
     """Say on stderr why the run could not be judged (also when the output went to a file); exit 3."""
     hint = " (--allow-unfinished judges it on what it recorded)" if unfinished else ""
+    if unfinished and imported is not None and imported.status == "unconfirmed":
+        hint = (" (the log does not say that training finished: --finished says it did, --allow-unfinished "
+                "judges it on what it recorded)")
     print(f"dyncheck {command}: not judged: {run}: {why}{hint}", file=sys.stderr)
     return EXIT_UNJUDGED
 
@@ -265,7 +330,6 @@ def _emit(text: str, output: str | None) -> None:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    from .store import open_run
 
     rules = None
     if not args.no_checks:
@@ -274,8 +338,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
         rules = load_rules(args.rules or ["default"])
     elif args.rules:
         raise DyncheckError("--no-checks and --rules exclude each other")
-    with open_run(args.run) as run:
-        path = write_report(run, args.output, rules=rules, title=args.title)
+    with _open(args) as (run, imported):
+        output, title = args.output, args.title
+        if imported is not None:
+            src = Path(args.run)
+            output = output or str((src if src.is_dir() else src.parent) / "report.html")
+            title = title or (src.resolve().name if src.is_dir() else f"{src.resolve().parent.name}/{src.name}")
+        result = None
+        if imported is not None and rules is not None:
+            from .checks.engine import evaluate
+            from .importers import explain_skips
+
+            result = evaluate(run, rules)
+            explain_skips(result, imported)
+        path = write_report(run, output, result=result, rules=rules, title=title)
     print(path)
     return EXIT_OK
 
@@ -315,10 +391,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from .baseline import make_baseline
+    from .baseline import BaselineRefused, make_baseline
     from .checks.rules import load_rules
-
-    from .baseline import BaselineRefused
 
     try:
         base = make_baseline(args.runs, rules=load_rules(args.rules or ["default"]),
@@ -340,7 +414,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     base = load_baseline(args.baseline)
     allow = args.allow_unfinished
-    cmp = compare(args.run, base, rules=load_rules(args.rules or ["default"]))
+    rules = load_rules(args.rules or ["default"])
+    with _open(args) as (run, imported):
+        cmp = compare(run, base, rules=rules)
     if args.format == "json":
         out = json.dumps(cmp.to_dict(allow), indent=2, allow_nan=False)
     elif args.format == "junit":
@@ -351,8 +427,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     _emit(out, args.output)
     why = cmp.not_judged(allow)
     if why:  # before regressions: a partial run's losses are not comparable with a whole run's
-        return _unjudged("compare", args.run, why, bool(cmp.run_ended) and not allow)
+        return _unjudged("compare", args.run, why, bool(cmp.run_ended) and not allow, imported)
     return EXIT_FAIL if cmp.regressions else EXIT_OK
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .importers import import_log
+
+    summary = import_log(args.source, args.output, fmt=args.source_format, mapping=args.mapping,
+                         finished=args.finished, overwrite=args.force)
+    for line in summary.lines():
+        print(line)
+    return EXIT_OK
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:
@@ -434,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
             command = args.command
             commands = {"check": _cmd_check, "report": _cmd_report, "demo": _cmd_demo, "baseline": _cmd_baseline,
-                        "compare": _cmd_compare, "rules": _cmd_rules}
+                        "compare": _cmd_compare, "rules": _cmd_rules, "import": _cmd_import}
             code = commands[command](args)
         except BaseException:  # also argparse's SystemExit (--help | head): flush, keep the first error
             try:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-__all__ = ["DyncheckError", "ConfigError", "RuleError", "RuleProblem", "StoreError", "MeasureError"]
+__all__ = ["ConfigError", "DyncheckError", "MeasureError", "RuleError", "RuleProblem", "SourceError", "StoreError"]
 
 
 class DyncheckError(Exception):
@@ -65,3 +65,9 @@ class StoreError(DyncheckError):
 
 class MeasureError(DyncheckError):
     """A measurement cannot be taken as asked (e.g. no parameter takes part in the probe loss)."""
+
+
+class SourceError(DyncheckError):
+    """A log to import (TensorBoard event file, Lightning ``metrics.csv``, Hugging Face ``trainer_state.json``,
+    W&B history export) cannot be read: missing, of an unknown format, beyond the import limits, or damaged. The
+    message names the file and, where it applies, the line, row, entry or key and what was expected."""
