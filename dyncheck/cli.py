@@ -270,10 +270,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
     allow = args.allow_unfinished
     with _open(args) as (run, imported):
         result = evaluate(run, rules)
-    if imported is not None:
-        from .importers import explain_skips
-
-        explain_skips(result, imported)
     if args.format == "json":
         out = format_json(result, allow_unfinished=allow)
     elif args.format == "junit":
@@ -344,14 +340,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             src = Path(args.run)
             output = output or str((src if src.is_dir() else src.parent) / "report.html")
             title = title or (src.resolve().name if src.is_dir() else f"{src.resolve().parent.name}/{src.name}")
-        result = None
-        if imported is not None and rules is not None:
-            from .checks.engine import evaluate
-            from .importers import explain_skips
-
-            result = evaluate(run, rules)
-            explain_skips(result, imported)
-        path = write_report(run, output, result=result, rules=rules, title=title)
+        path = write_report(run, output, rules=rules, title=title)
     print(path)
     return EXIT_OK
 

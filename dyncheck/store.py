@@ -304,7 +304,7 @@ def _int(v: Any) -> bool:
 
 _META_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "schema_version": (_int, "an integer"),
-    "status": (_str, "a string ('running', 'finished', 'interrupted' or 'crashed')"),
+    "status": (_str, "a string ('running', 'finished', 'interrupted', 'crashed', 'ended' or 'unconfirmed')"),
     "host": (_str, "a string"),
     "started": (_opt(_is_num), "a number (seconds since the epoch) or null"),
     "ended": (_opt(_is_num), "a number (seconds since the epoch) or null"),

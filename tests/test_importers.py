@@ -489,3 +489,17 @@ def test_readme_examples_run_as_shown(tb_log, lightning_csv, hf_run, tmp_path, m
         shown = source.replace("lr-*/pg*", "lr-<Optimizer>/pg<j>").replace("lr-*", "lr-<Optimizer>")
         shown = shown.replace("grad_2.0_norm/*", "grad_2.0_norm/<param>").replace("*", "<p>")
         assert f"`{shown}`" in table or source == "*", source
+
+
+def test_evaluate_on_an_imported_run_says_the_log_lacks_a_series(tmp_path):
+    """The engine itself (Python API, check, report and compare alike) words a missing metric of an imported run
+    as the log's, not as a monitor option never set."""
+    from dyncheck.checks import evaluate
+    from dyncheck.importers import import_log
+
+    log = tmp_path / "metrics.csv"
+    log.write_text("step,train_loss\n" + "".join(f"{i},{2.0 / (1 + i)}\n" for i in range(60)))
+    import_log(log, tmp_path / "run", finished=True)
+    reasons = {s.check: s.reason for s in evaluate(tmp_path / "run", "default").skipped}
+    assert reasons["dead-units"].startswith("no recorded metric matches act/dead/*: the imported log (")
+    assert "has no such series" in reasons["dead-units"] and "activations_every_n_steps" not in reasons["dead-units"]

@@ -28,7 +28,8 @@ __all__ = ["Finding", "Skipped", "Diagnosis", "CheckResult", "diagnose", "evalua
 #: whose process was killed stays ``running``), then ``finished``, ``interrupted`` (KeyboardInterrupt), ``crashed``
 #: (another exception), or ``ended`` (torn down without saying how). Only ``finished`` is a finished run.
 FINISHED = "finished"
-RUN_STATUSES = ("running", "finished", "interrupted", "crashed", "ended")
+#: ``unconfirmed``: an imported log that does not say the training finished (``dyncheck import``)
+RUN_STATUSES = ("running", "finished", "interrupted", "crashed", "ended", "unconfirmed")
 
 _RANK = {s: i for i, s in enumerate(reversed(SEVERITIES))}  # info 0, warning 1, error 2
 
@@ -191,6 +192,9 @@ class CheckResult:
         at = f" at step {last}" if last is not None else ""
         if self.run_status == "unknown":
             return f"status not recorded (the store was not written by DynamicsMonitor){at.replace(' at', ', last')}"
+        if self.run_status == "unconfirmed":
+            return (f"unconfirmed{at.replace(' at', ', last')}: the imported log does not say the training finished "
+                    f"(import it with --finished if it did)")
         if self.run_status == "running":
             return (f"running{at}: still training, or its process was killed before it could record how it "
                     f"ended")
@@ -731,10 +735,14 @@ def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", 
         errors = meta.get("measurement_errors")
         if isinstance(errors, list):
             result.measurement_errors = [e if isinstance(e, dict) else {"message": str(e)} for e in errors]
+    imported = meta.get("import") if isinstance(meta, Mapping) else None
+    log_format = imported.get("format") if isinstance(imported, Mapping) else None
     for check in checks:
         outcome = _evaluate_check(check, src, span)
         if isinstance(outcome, Skipped) and result.measurement_errors:
             outcome = _failed_measurement_reason(check, outcome, result.measurement_errors)
+        if isinstance(outcome, Skipped) and isinstance(log_format, str):
+            outcome = _imported_reason(outcome, log_format)
         if on_check is not None:
             on_check(check, outcome)
         if isinstance(outcome, Skipped):
@@ -763,6 +771,17 @@ def _failed_measurement_reason(check: Check, skipped: Skipped, errors: Sequence[
                                           f"({e.get('error', 'error')}: {str(e.get('message', ''))[:200]}); see the "
                                           f"run's meta 'measurement_errors'")
     return skipped
+
+
+def _imported_reason(skipped: Skipped, log_format: str) -> Skipped:
+    """For a run imported from another tool's log (``meta["import"]``): a check skipped for want of a metric says
+    that the log has no such series -- the reasons for a monitored run name monitor options the log never had."""
+    prefix = "no recorded metric matches "
+    if not skipped.reason.startswith(prefix):
+        return skipped
+    patterns = skipped.reason[len(prefix):].split(": ", 1)[0]
+    return Skipped(skipped.check, f"{prefix}{patterns}: the imported log ({log_format}) has no such series (a "
+                                  f"mapping file can map one of its names onto it)")
 
 
 def _run_span(src: SeriesSource) -> tuple[int, int]:

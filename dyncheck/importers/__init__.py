@@ -22,7 +22,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from ..errors import SourceError, StoreError
 from ..store import STORE_FILENAME, RunWriter, open_run
@@ -38,7 +37,6 @@ __all__ = [
     "ImportSummary",
     "Mapping",
     "detect_format",
-    "explain_skips",
     "import_log",
     "imported",
     "is_run",
@@ -244,20 +242,6 @@ def import_log(source: str | os.PathLike, run_dir: str | os.PathLike, *, fmt: st
             with contextlib.suppress(OSError):
                 Path(str(tmp) + suffix).unlink()
     return ImportSummary(out_dir, src, raw.format, origin, points, status, why, list(raw.notes))
-
-
-def explain_skips(result: Any, summary: ImportSummary) -> None:
-    """In ``result`` (a :class:`~dyncheck.checks.CheckResult` of an imported run), say of the checks skipped for
-    want of a metric that the log has no such series: the engine's reasons speak of the monitor's options
-    (``activations_every_n_steps``, ``val_loss_key``), which an imported log never had."""
-    from ..checks import Skipped
-
-    prefix = "no recorded metric matches "
-    for i, s in enumerate(result.skipped):
-        if s.reason.startswith(prefix):
-            patterns = s.reason[len(prefix):].split(": ", 1)[0]
-            result.skipped[i] = Skipped(s.check, f"{prefix}{patterns}: the imported log ({summary.format}) has "
-                                                 f"no such series (a mapping file can map one of its names onto it)")
 
 
 @contextlib.contextmanager
