@@ -700,7 +700,7 @@ def _update_small() -> Setup:
 
 @_scenario("edge-of-stability-gd", "mlp",
            "full-batch GD (MSE): sharpness rises steadily until it crosses 2/lr, then hovers there "
-           "(progressive sharpening); the loss keeps falling", expected={"edge-of-stability"},
+           "(progressive sharpening); the loss keeps falling", expected={"edge-of-stability", "progressive-sharpening"},
            sharpness_every_n_steps=5)
 def _eos() -> Setup:
     train, val = digits(1000, batch_size=None)

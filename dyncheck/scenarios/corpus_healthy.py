@@ -512,7 +512,7 @@ def _gd_slow() -> Setup:
 
 @_scenario("healthy-mlp-catapult", "mlp",
            "healthy: wide MLP, MSE, full-batch GD at lr = 3/sharpness(init) -- the loss climbs ~10x in the first "
-           "steps while sharpness collapses (catapult), then falls steadily", allowed=EOS)
+           "steps while sharpness collapses (catapult), then falls steadily", allowed=EOS | {"catapult"})
 def _catapult() -> Setup:
     train, val = _digits(256)
     net = mlp([64, 1024, 10])
