@@ -148,12 +148,15 @@ def nonfinite_counts(tensors: Sequence[Tensor]) -> Tensor:
     return _stack(counts, tensors[0].device).to(torch.float32)
 
 
-def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], plan: NormPlan | None = None) -> Tensor:
+def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], plan: NormPlan | None = None, *,
+                  in_place: bool = False) -> Tensor:
     """||after - before|| / ||before|| for each pair of tensors (the update-to-weight ratio).
 
     Undefined where ||before|| is 0 (a zero-initialised bias before its first update): NaN there, so that rules
     treat it as missing rather than as an infinitely large update. ``plan``: a :class:`NormPlan` made for
-    ``before`` (its exclusions apply: the result then holds the kept pairs only)."""
+    ``before`` (its exclusions apply: the result then holds the kept pairs only). ``in_place``: overwrite
+    ``before`` (copies the caller owns) with the differences instead of allocating them: no memory beyond the
+    inputs."""
     if len(before) != len(after):
         raise ValueError(f"update_ratios: {len(before)} tensors before but {len(after)} after")
     if not before:
@@ -164,7 +167,70 @@ def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], plan: NormP
         if not before:
             return torch.empty(0)
     plan = plan or NormPlan(before)
-    deltas = torch._foreach_sub([a.detach() for a in after], list(before))
-    num = plan(deltas)
     den = plan(before)
+    if in_place:
+        deltas = list(before)
+        torch._foreach_sub_(deltas, [a.detach() for a in after])  # before - after: the same norm
+    else:
+        deltas = torch._foreach_sub([a.detach() for a in after], list(before))
+    num = plan(deltas)
     return torch.where(den > 0, num / den, torch.full_like(den, float("nan")))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fingerprints: has a tensor changed since an earlier look, without keeping a copy of it
+# ----------------------------------------------------------------------------------------------------------------
+#: elements fingerprinted per chunk: bounds the transient memory of :func:`fingerprint` (about 24 bytes per element
+#: of a chunk: the normalised copy, its bits widened to int64, their weighted product)
+FINGERPRINT_CHUNK = 1 << 20
+_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_WEIGHTS: dict[torch.device, Tensor] = {}
+
+
+def _position_weights(device: torch.device) -> Tensor:
+    """One odd pseudo-random int64 weight below 2**31 per position of a chunk (made once per device)."""
+    w = _WEIGHTS.get(device)
+    if w is None:
+        i = torch.arange(FINGERPRINT_CHUNK, dtype=torch.int64, device=device)
+        w = _WEIGHTS[device] = ((i * 2654435761 + 40503) % (1 << 30)) * 2 + 1
+    return w
+
+
+def fingerprint(t: Tensor) -> Tensor:
+    """A fingerprint of the values of a dense tensor: an int64 tensor of 4 on its device, computed without a host
+    synchronisation and with transient memory bounded by :data:`FINGERPRINT_CHUNK` (not by the tensor's size).
+
+    It holds the element count, the number of NaN elements, and two wrapping sums over the elements' bit patterns
+    (``-0.0`` taken as ``0.0``): their plain sum, and the sum weighted by an odd pseudo-random weight per position
+    (times an odd factor per chunk). Two tensors compare equal in the sense of :func:`torch.equal` (same values,
+    NaN never equal to itself) exactly when ``same_fingerprint`` says so, except for collisions: a change of one
+    element always changes the plain sum, a swap of two elements always changes the weighted one; several changes
+    go unseen only when their bit differences cancel in both 64-bit sums at once. Complex tensors are taken as
+    their real and imaginary parts. Raises for sparse tensors and for dtypes without a bit view (callers keep a
+    copy of those)."""
+    if t.layout != torch.strided:
+        raise TypeError(f"fingerprint needs a dense tensor, got {t.layout}")
+    x = t.detach()
+    if x.is_complex():
+        x = torch.view_as_real(x)
+    if not x.is_floating_point():
+        raise TypeError(f"fingerprint needs a floating-point tensor, got {x.dtype}")
+    itype = _INT_VIEW[x.element_size()]
+    flat = x.reshape(-1)
+    n = flat.numel()
+    weights = _position_weights(flat.device)
+    acc = torch.zeros(3, dtype=torch.int64, device=flat.device)  # plain sum, weighted sum, NaN count
+    for k, lo in enumerate(range(0, n, FINGERPRINT_CHUNK)):
+        c = flat[lo: lo + FINGERPRINT_CHUNK]
+        z = c + 0.0  # -0.0 + 0.0 == +0.0: torch.equal takes them as equal
+        bits = z.view(itype).to(torch.int64)
+        acc[0] += bits.sum()
+        acc[1] += bits.mul_(weights[: bits.numel()]).sum() * (2 * k + 1)
+        acc[2] += torch.isnan(c).sum()
+    return torch.cat([torch.tensor([n], dtype=torch.int64, device=flat.device), acc])
+
+
+def same_fingerprint(a: Tensor, b: Tensor) -> Tensor:
+    """0-d bool tensor (on the device, no synchronisation): the fingerprinted tensors are equal in the sense of
+    :func:`torch.equal` -- same fingerprint and no NaN in either (NaN is never equal to itself)."""
+    return (a == b).all() & (a[3] == 0) & (b[3] == 0)
