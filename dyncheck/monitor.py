@@ -204,6 +204,8 @@ class Monitor:
         self._step: int | None = None
         self._measuring = False
         self._active: list[Collector] = []  # collectors due at this step
+        self._stateful: list[Collector] = []  # those of them with per-step state
+        self._lists: dict[tuple[bool, ...], tuple[list[Collector], ...]] = {}  # hook lists per due pattern
         self._on_batch: list[Collector] = []
         self._on_grads: list[Collector] = []
         self._on_end: list[Collector] = []
@@ -248,7 +250,8 @@ class Monitor:
         self._host.clear()
         self._step = None
         self._measuring = False
-        self._active = []
+        self._active, self._stateful = [], []
+        self._lists = {}
         self._param_names = {id(p): n for n, p in module.named_parameters()}
         self._opt_params, self._opt_sizes = {}, {}
         self.failures = failures = Failures(on_new=self._errors_changed)
@@ -341,9 +344,13 @@ class Monitor:
         try:
             fn(*args)
         except Exception as exc:  # a measurement must never break the training it observes
-            c.enabled = False
-            step = self._step if isinstance(self._step, int) else None
-            self.failures.failed(c.name, [(None, exc)], step)
+            self._collector_failed(c, exc)
+
+    def _collector_failed(self, c: Collector, exc: BaseException) -> None:
+        c.enabled = False
+        self._lists.clear()
+        step = self._step if isinstance(self._step, int) else None
+        self.failures.failed(c.name, [(None, exc)], step)
 
     def _emit(self, step: int, names: tuple[str, ...], values: Tensor, op: str) -> None:
         self._blocks.append(_Block(step, names, values, op))
@@ -364,20 +371,30 @@ class Monitor:
             return
         self._step = step
         self._measuring = self.schedules["layers"].due(step)
-        active = self._active = [c for c in self.collectors if c.enabled and c.due(step)]
-        for c in active:
-            c.new_step()
-        for c in active:
-            if c.overrides("step_start"):
-                if c.schedule == "budget":  # its time is not training time
-                    t = time.perf_counter()
-                    self._guard(c, "step_start", c.step_start, step)
-                    self._budget_s += time.perf_counter() - t
-                else:
-                    self._guard(c, "step_start", c.step_start, step)
-        self._on_batch = [c for c in active if c.overrides("batch")]
-        self._on_grads = [c for c in active if c.overrides("gradients")]
-        self._on_end = [c for c in active if c.overrides("step_end")]
+        # which collectors are due: few combinations in a run, so the hook lists are made once per combination
+        due = tuple(c.enabled and c.due(step) for c in self.collectors)
+        lists = self._lists.get(due)
+        if lists is None:
+            active = [c for c, d in zip(self.collectors, due) if d]
+            lists = self._lists[due] = (active, [c for c in active if c.overrides("step_start")],
+                                        [c for c in active if c.overrides("batch")],
+                                        [c for c in active if c.overrides("gradients")],
+                                        [c for c in active if c.overrides("step_end")],
+                                        [c for c in active if c.has_step_state])
+        self._active, on_start, self._on_batch, self._on_grads, self._on_end, self._stateful = lists
+        for c in self._stateful:
+            c.now = c.Step()
+        for c in on_start:
+            if not c.enabled:
+                continue
+            budgeted = c.schedule == "budget"  # its time is not training time
+            t = time.perf_counter() if budgeted else 0.0
+            try:
+                c.step_start(step)
+            except Exception as exc:  # a measurement must never break the training it observes
+                self._collector_failed(c, exc)
+            if budgeted:
+                self._budget_s += time.perf_counter() - t
 
     def before_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are final here (after accumulation, all-reduce and AMP unscaling, before clipping)."""
@@ -389,34 +406,48 @@ class Monitor:
         # parameters added during training: a new param group (seen at once), or appended to one (at measuring steps)
         if len(groups) != sizes[0] or (self._measuring and sum(len(g["params"]) for g in groups) != sizes[1]):
             params = self._index_optimizer(optimizer, step)
-        if not self._on_grads:
+        if not self._on_grads or not params:
             return
-        named = [(n, p) for n, p in params if p.grad is not None]
-        if not named:
-            return
-        g = GradStep(optimizer, params, named, [p.grad for _, p in named])
+        grads = [p.grad for _, p in params]
+        if any(g is None for g in grads):
+            named = [(n, p) for (n, p), g in zip(params, grads) if g is not None]
+            if not named:
+                return
+            grads = [g for g in grads if g is not None]
+        else:
+            named = params
+        gs = GradStep(optimizer, params, named, grads)
         for c in self._on_grads:
             if c.enabled:
-                self._guard(c, "gradients", c.gradients, step, g)
+                try:
+                    c.gradients(step, gs)
+                except Exception as exc:  # a measurement must never break the training it observes
+                    self._collector_failed(c, exc)
 
     def batch_end(self, step: int, loss: Tensor | None, *, stepped: bool) -> None:
         """``stepped``: an optimizer step completed in this batch (False while accumulating gradients)."""
         for c in self._on_batch:
             if c.enabled:
-                self._guard(c, "batch", c.batch, step, loss)
+                try:
+                    c.batch(step, loss)
+                except Exception as exc:  # a measurement must never break the training it observes
+                    self._collector_failed(c, exc)
         if not stepped:
             return
         self._steps_seen += 1
         for c in self._on_end:
             if c.enabled:
-                self._guard(c, "step_end", c.step_end, step)
+                try:
+                    c.step_end(step)
+                except Exception as exc:
+                    self._collector_failed(c, exc)
         if self._measuring:
             self.schedules["layers"].take(step)
         self._steps_since_flush += 1
         if self._steps_since_flush >= self.config.flush_every_n_steps:
             self.flush()
-        for c in self._active:
-            c.new_step()  # frees the step's tensors (loss, weight copies) now
+        for c in self._stateful:
+            c.now = c.Step()  # frees the step's tensors (loss, weight copies) now
         self._measuring = False
         self._step = step
 

@@ -276,6 +276,7 @@ class Collector:
     reduce: ClassVar[str] = "none"
     needs: ClassVar[frozenset[str]] = frozenset()
     schedule: ClassVar[str] = "scalars"  # "scalars" | "layers" | "activations" | "budget"
+    has_step_state: ClassVar[bool] = False  # its Step has fields (set for each subclass)
 
     @dataclass
     class Fit:
@@ -311,6 +312,10 @@ class Collector:
 
     def new_step(self) -> None:
         self.now = self.Step()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.has_step_state = bool(fields(cls.Step))
 
     def close(self) -> None:
         """End of the fit: drop what refers to the model or its tensors."""
