@@ -137,15 +137,29 @@ def tensor_norms(tensors: Sequence[Tensor], plan: NormPlan | None = None) -> Ten
     return (plan or NormPlan(tensors))(tensors)
 
 
+#: elements per chunk of :func:`nonfinite_counts` on large tensors (its temporary is one byte per element)
+NONFINITE_CHUNK = 1 << 22
+
+
+def _count_nonfinite(t: Tensor) -> Tensor:
+    if t.layout != torch.strided:
+        t = sparse_values(t)
+    n = t.numel()
+    if n <= NONFINITE_CHUNK or not t.is_contiguous():
+        return torch.count_nonzero(torch.isfinite(t).logical_not_())
+    flat = t.reshape(-1)  # a view: contiguous
+    return torch.stack([torch.count_nonzero(torch.isfinite(flat[lo: lo + NONFINITE_CHUNK]).logical_not_())
+                        for lo in range(0, n, NONFINITE_CHUNK)]).sum()
+
+
 def nonfinite_counts(tensors: Sequence[Tensor]) -> Tensor:
     """Number of NaN or +-Inf elements of each tensor (of the values of a sparse tensor; a complex element counts
     when its real or imaginary part is not finite), as a 1-D float32 tensor (float so that it can travel with other
-    statistics in one buffer; exact up to 2**24 per tensor)."""
+    statistics in one buffer; exact up to 2**24 per tensor). Transient memory: one byte per element of at most
+    :data:`NONFINITE_CHUNK` elements at a time."""
     if not tensors:
         return torch.empty(0)
-    counts = [torch.count_nonzero(~torch.isfinite(t if t.layout == torch.strided else sparse_values(t)))
-              for t in tensors]
-    return _stack(counts, tensors[0].device).to(torch.float32)
+    return _stack([_count_nonfinite(t) for t in tensors], tensors[0].device).to(torch.float32)
 
 
 def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], plan: NormPlan | None = None, *,
@@ -180,9 +194,10 @@ def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], plan: NormP
 # ----------------------------------------------------------------------------------------------------------------
 # fingerprints: has a tensor changed since an earlier look, without keeping a copy of it
 # ----------------------------------------------------------------------------------------------------------------
-#: elements fingerprinted per chunk: bounds the transient memory of :func:`fingerprint` (about 24 bytes per element
-#: of a chunk: the normalised copy, its bits widened to int64, their weighted product)
-FINGERPRINT_CHUNK = 1 << 20
+#: elements fingerprinted per chunk: bounds the transient memory of :func:`fingerprint` (about 12 bytes per element
+#: of a chunk -- the normalised copy, its bits widened to int64 -- plus 8 per element for the position weights,
+#: made once per device: 5 MB in all)
+FINGERPRINT_CHUNK = 1 << 18
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _WEIGHTS: dict[torch.device, Tensor] = {}
 
@@ -191,8 +206,9 @@ def _position_weights(device: torch.device) -> Tensor:
     """One odd pseudo-random int64 weight below 2**31 per position of a chunk (made once per device)."""
     w = _WEIGHTS.get(device)
     if w is None:
-        i = torch.arange(FINGERPRINT_CHUNK, dtype=torch.int64, device=device)
-        w = _WEIGHTS[device] = ((i * 2654435761 + 40503) % (1 << 30)) * 2 + 1
+        w = torch.arange(FINGERPRINT_CHUNK, dtype=torch.int64, device=device)
+        w.mul_(2654435761).add_(40503).remainder_(1 << 30).mul_(2).add_(1)
+        _WEIGHTS[device] = w
     return w
 
 
