@@ -137,18 +137,23 @@ def test_no_host_copy_of_the_weights(tmp_path):
     assert open_run(tmp_path / "run.db").meta["unchanged_parameters"] == ["bias", "weight"]
 
 
-def test_changed_tensors_are_not_fingerprinted_after_a_flush(tmp_path, monkeypatch):
+@pytest.mark.parametrize("host_norms", [True, False])
+def test_changed_tensors_are_not_fingerprinted_again(tmp_path, monkeypatch, host_norms):
+    """On the host a clearly changed norm tells at once; otherwise (a device: no synchronisation) the flush does."""
     import dyncheck.collect.weights as W
 
     calls = []
     real = W.fingerprint
     monkeypatch.setattr(W, "fingerprint", lambda t: calls.append(t.shape) or real(t))
+    if not host_norms:
+        monkeypatch.setattr(W, "_clearly_differ", lambda a, b: False)
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     drive(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), 6,
           config=MonitorConfig(sharpness_budget=0, flush_every_n_steps=2, activations_every_n_steps=0))
-    # start: 2; steps 0 and 1: 2 each; after the flush at step 1 both are known changed: none more
-    assert len(calls) == 6
+    # start: 2; then with host norms none; without: steps 0 and 1, 2 each, and after the flush at step 1 none
+    assert len(calls) == (2 if host_norms else 6)
+    assert open_run(tmp_path / "run.db").series("weight_unchanged/weight").values.tolist() == [0.0] * 6
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex64])

