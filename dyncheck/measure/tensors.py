@@ -10,12 +10,12 @@ groups is worked out once, by :class:`NormPlan`, and reused while the list keeps
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["NormPlan", "tensor_norms", "nonfinite_counts", "update_ratios", "sparse_values"]
+__all__ = ["NormPlan", "nonfinite_counts", "sparse_values", "tensor_norms", "update_ratios"]
 
 #: dtypes whose norms are taken in float32 (upcast: a float16 sum of squares would overflow)
 _FLOAT32_NORM = frozenset({torch.float32, torch.float16, torch.bfloat16})
@@ -63,7 +63,7 @@ class NormPlan:
     (:meth:`probe` makes a new one).
     """
 
-    __slots__ = ("n", "kept", "dtype", "_fast", "_f32", "_groups", "_sparse")
+    __slots__ = ("_f32", "_fast", "_groups", "_sparse", "dtype", "kept", "n")
 
     def __init__(self, tensors: Sequence[Tensor], exclude: Sequence[int] = ()) -> None:
         self.n = len(tensors)
