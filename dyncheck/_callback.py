@@ -1,35 +1,38 @@
-"""The Lightning callback: trainer hooks translated into :class:`dyncheck.monitor.Monitor` calls.
+"""The Lightning callback: trainer hooks translated into :class:`dyncheck.monitor.Monitor` calls (what is
+measured: :mod:`dyncheck.collect`) and :class:`dyncheck._evaluation.Evaluation` calls (checks, findings, report).
+Nothing here measures or evaluates.
 
 The hook logic lives in :class:`DynamicsMonitorHooks`, which uses only what ``lightning.pytorch`` and
 ``pytorch_lightning`` have in common; each package gets a concrete class that mixes it into that package's
 ``Callback`` (this module: ``pytorch_lightning``; :mod:`dyncheck.lightning`: ``lightning.pytorch``).
+
+Options are declared once: :class:`~dyncheck.monitor.MonitorConfig` (measuring) and
+:class:`~dyncheck._evaluation.EvaluationOptions` (checks and report); the signature and the ``Args`` of the
+docstring are made from their fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import inspect
-import json
 import math
-import os
 import socket
-import warnings
+import textwrap
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 from torch import Tensor, nn
 
+from ._evaluation import Evaluation, EvaluationOptions
 from ._meta import jsonable, module_meta, optimizer_meta, versions
-from .errors import ArgumentError, ConfigError, DyncheckError, RuleError
+from .errors import ArgumentError
 from .monitor import Monitor, MonitorConfig
-from .store import STORE_FILENAME, open_run
-
-FINDINGS_FILENAME = "findings.json"
-_LIVE_BUDGET = 0.02  # share of training time that live evaluation (stop_on) may take
+from .store import STORE_FILENAME
 
 __all__ = ["DynamicsMonitor", "DynamicsMonitorHooks", "default_probe_loss"]
 
@@ -69,40 +72,6 @@ def _planned_steps(trainer: Any) -> int | None:
     return max(int(total) - int(trainer.global_step), 0) or None
 
 
-def _load_rules_option(owner: str, rules: Any) -> Any:
-    if rules is None or rules is False:
-        return None
-    from .checks.rules import load_rules
-
-    given = rules
-    if isinstance(rules, os.PathLike):
-        rules = os.fspath(rules)
-    expected = "expected 'default', a path to a YAML rule file (UTF-8), a list of them, or None"
-    if not isinstance(rules, (str, list, tuple)) or not all(
-            isinstance(r, (str, os.PathLike)) for r in ([rules] if isinstance(rules, str) else rules)):
-        raise ConfigError(f"{owner}(rules={given!r}): {expected}")
-    sources = [rules] if isinstance(rules, str) else [os.fspath(r) for r in rules]
-    try:
-        return load_rules(sources)
-    except RuleError as exc:  # names the file, line and check: say which argument it came from
-        exc.args = (f"{owner}(rules={given!r}): invalid rule file\n{exc}",)
-        raise
-    except ConfigError as exc:
-        raise ConfigError(f"{owner}(rules={given!r}): {exc}") from None
-    except Exception as exc:  # unreadable file: not UTF-8, not a file we can read, nested too deep
-        bad = next((src for src in sources if src != "default" and not _readable_text(src)), None)
-        what = f"cannot read rule file {bad!r}" if bad is not None else "cannot load the rules"
-        raise ConfigError(f"{owner}(rules={given!r}): {what} ({type(exc).__name__}: {exc}); {expected}") from None
-
-
-def _readable_text(path: str) -> bool:
-    try:
-        Path(path).read_text(encoding="utf-8")
-        return True
-    except (OSError, ValueError):
-        return False
-
-
 def _checked_arguments(init: Callable[..., None]) -> Callable[..., None]:
     """Wrap ``__init__`` so that a wrong call shape -- a misspelt keyword, a positional argument -- is an
     :class:`ArgumentError` naming the class the user called (not ``DynamicsMonitorHooks.__init__``) and the
@@ -135,101 +104,37 @@ def _loss_of(outputs: Any) -> Tensor | None:
     return None
 
 
+def _option_fields() -> list[dataclasses.Field]:
+    """Every option, in the documented order: the measuring options, then the evaluation options."""
+    return [f for cls in (MonitorConfig, EvaluationOptions) for f in dataclasses.fields(cls) if f.name != "owner"]
+
+
+def _signature() -> inspect.Signature:
+    return inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        for f in _option_fields()], return_annotation=None)
+
+
+def _docstring() -> str:
+    lines = ['Records the training dynamics of a Lightning fit into a run store (see README: "What is measured").',
+             "", "Args:"]
+    for f in _option_fields():
+        lines += textwrap.wrap(f"{f.name}: {f.metadata['doc']}", width=112, initial_indent="    ",
+                               subsequent_indent="        ")
+    return "\n".join(lines) + "\n"
+
+
 class DynamicsMonitorHooks:
-    """Records the training dynamics of a Lightning fit into a run store (see README: "What is measured").
+    __doc__ = _docstring()
 
-    Args:
-        dirpath: directory of the run (``run.db`` and, later, findings and report). Default:
-            ``<trainer.log_dir or default_root_dir>/dyncheck``.
-        every_n_steps: per-layer statistics (gradient norms and non-finite counts per tensor, weight norms,
-            update-to-weight ratios, unchanged parameters) and other logged scalars every this many optimizer
-            steps. Default: ``trainer.log_every_n_steps``.
-        scalars_every_n_steps: training loss, learning rates and global gradient norm every this many steps (1).
-        activations_every_n_steps: activation statistics every this many steps; default ``every_n_steps``;
-            0 turns them off.
-        activation_modules: glob patterns over module names to hook (default: every leaf module except dropout,
-            identity, flatten and embeddings).
-        flush_every_n_steps: copy buffered values to the host and the store every this many steps (100); also at
-            every validation, checkpoint and the end of the fit. Bounds the monitor's memory.
-        sharpness_budget: share of training wall time that sharpness probes may take (0.02); 0 turns them off
-            unless ``sharpness_every_n_steps`` is set. Probes are spread evenly over the planned run
-            (``trainer.estimated_stepping_batches``), the first at 1% of it; runs of 200 to 3000 steps may take
-            the budget of a 3000-step run (at most 8 probes' worth, at most 2 s; README: "Sharpness schedule").
-            The value at step s is the Hessian at the weights step s's loss was computed with.
-        sharpness_every_n_steps: probe sharpness on this fixed schedule (steps that are multiples of it) instead
-            of the time budget; 0 turns sharpness off.
-        sharpness_max_iter: Hessian-vector products per probe at most (20).
-        sharpness_tol: relative residual at which Lanczos stops (1e-4; see ``lanczos_top_eig``).
-        sharpness_loss_fn: ``fn(module, batch) -> loss`` for the probe; default ``training_step(batch, 0)`` with
-            logging silenced (needed for manual optimization, where training_step steps the optimizers).
-        train_loss_key: logged metric used as training loss when ``training_step`` returns none.
-        val_loss_key: logged metric recorded as ``loss/val`` (default: the first of ``val_loss``, ``val/loss``,
-            ``valid_loss``, ``validation_loss``, ``loss/val``, ``val_loss_epoch`` that is logged; else the mean of
-            the ``loss`` returned by ``validation_step``).
-        rules: the checks evaluated at the end of the fit and after a crash: ``"default"`` (the built-in pack),
-            a path to a YAML rule file, or a list of them layered in order (``["default", "mine.yaml"]``);
-            None turns checking off. Findings go to ``findings.json`` beside the store, a one-screen summary to
-            the log, and finding counts (``dyncheck/errors``, ``dyncheck/warnings``, ``dyncheck/info``) to the
-            trainer's loggers.
-        stop_on: ``"error"`` or ``"warning"``: also evaluate the checks live, at flushes and validation ends
-            (within 2% of the training time), and stop training -- all processes together -- when a finding of
-            at least this severity fires. Checks that judge the whole run (no-progress, premature-plateau,
-            medians) wait for the end. None (default): never stop.
-        report: write the HTML health report ``report.html`` beside the store at the end of the fit and after a
-            crash (True, default); ``dyncheck report RUN`` writes it later from the store.
-    """
-
-    @_checked_arguments
-    def __init__(
-        self,
-        *,
-        dirpath: str | os.PathLike | None = None,
-        every_n_steps: int | None = None,
-        scalars_every_n_steps: int = 1,
-        activations_every_n_steps: int | None = None,
-        activation_modules: Sequence[str] | None = None,
-        flush_every_n_steps: int = 100,
-        sharpness_budget: float = 0.02,
-        sharpness_every_n_steps: int | None = None,
-        sharpness_max_iter: int = 20,
-        sharpness_tol: float = 1e-4,
-        sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
-        train_loss_key: str | None = None,
-        val_loss_key: str | None = None,
-        rules: str | os.PathLike | Sequence[str | os.PathLike] | None = "default",
-        stop_on: str | None = None,
-        report: bool = True,
-    ) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.rules = _load_rules_option(owner, rules)
-        if stop_on not in (None, "error", "warning"):
-            raise ConfigError(f"{owner}(stop_on={stop_on!r}): expected 'error', 'warning' or None")
-        if stop_on is not None and self.rules is None:
-            raise ConfigError(f"{owner}(stop_on={stop_on!r}): needs rules to evaluate; got rules=None")
-        self.stop_on = stop_on
-        if not isinstance(report, bool):
-            raise ConfigError(f"{owner}(report={report!r}): expected True or False")
-        self.report = report
-        self.result: Any = None  # the CheckResult of the last evaluation (after the fit: the final one)
-        self.stopped_by: Any = None  # the Finding that stopped training, if stop_on did
-        self.config = MonitorConfig(
-            dirpath=os.fspath(dirpath) if isinstance(dirpath, os.PathLike) else dirpath,
-            every_n_steps=every_n_steps,
-            scalars_every_n_steps=scalars_every_n_steps,
-            activations_every_n_steps=activations_every_n_steps,
-            activation_modules=tuple(activation_modules) if isinstance(activation_modules, (list, tuple)) and all(
-                isinstance(p, str) for p in activation_modules) else activation_modules,
-            flush_every_n_steps=flush_every_n_steps,
-            sharpness_budget=sharpness_budget,
-            sharpness_every_n_steps=sharpness_every_n_steps,
-            sharpness_max_iter=sharpness_max_iter,
-            sharpness_tol=sharpness_tol,
-            sharpness_loss_fn=sharpness_loss_fn,
-            train_loss_key=train_loss_key,
-            val_loss_key=val_loss_key,
-            owner=type(self).__name__,
-        )
+        names = {f.name for f in dataclasses.fields(EvaluationOptions)}
+        self._evaluation_options = EvaluationOptions(**{k: v for k, v in options.items() if k in names},
+                                                     owner=owner)
+        self.config = MonitorConfig(**{k: v for k, v in options.items() if k not in names}, owner=owner)
+        self.evaluation = Evaluation(self._evaluation_options, warn=self._warn_once, info=self._info)
         self.monitor = Monitor(self.config)
         self._state_key = self._generate_state_key(dirpath=self.config.dirpath)  # type: ignore[attr-defined]
         self._resume: dict[str, Any] | None = None
@@ -241,8 +146,36 @@ class DynamicsMonitorHooks:
         self._val_sum: Tensor | None = None
         self._val_count = 0
         self._flushes_seen = 0
-        self._eval_cost = 0.0
-        self._eval_last = 0.0
+
+    __init__.__signature__ = _signature()  # type: ignore[attr-defined]
+    __init__ = _checked_arguments(__init__)
+
+    # -- evaluation, as the callback's attributes ----------------------------------------------------------------
+    @property
+    def rules(self) -> Any:
+        """The loaded rules (None: checking off)."""
+        return self.evaluation.rules
+
+    @property
+    def stop_on(self) -> str | None:
+        return self.evaluation.stop_on
+
+    @property
+    def report(self) -> bool:
+        return self.evaluation.report
+
+    @property
+    def result(self) -> Any:
+        """The CheckResult of the last evaluation (after the fit: the final one)."""
+        return self.evaluation.result
+
+    @property
+    def stopped_by(self) -> Any:
+        """The Finding that stopped training, if ``stop_on`` did."""
+        return self.evaluation.stopped_by
+
+    def _warn_once(self, key: str, message: str) -> None:
+        self.monitor.warn_once(key, message)
 
     @property
     def state_key(self) -> str:
@@ -301,8 +234,7 @@ class DynamicsMonitorHooks:
         self._resume = None
         self._running = True
         self._flushes_seen = mon.flushes
-        self._eval_last = 0.0
-        self.stopped_by = None
+        self.evaluation.fit_started()
         self._fits += 1
         self._seen.clear()
 
@@ -350,30 +282,8 @@ class DynamicsMonitorHooks:
             self._running = False
             store = self.monitor.store_path if self.monitor.store is not None else None
             self.monitor.finish(status, error=error, reduce=reduce)
-            if store is None:
-                return
-            summary = self._final_check(trainer, store) if self.rules is not None else None
-            result = self.result if summary is not None else None
-            report = self._write_report(store, result) if self.report else None
-            if summary is not None:
-                where = f"\n  report:  {report}" if report is not None else ""
-                self._info(summary + where + f"\n  details: {store.parent / FINDINGS_FILENAME}  "
-                                             f"(or: dyncheck check {store.parent})")
-            elif report is not None:
-                self._info(f"dyncheck report: {report}")
-
-    def _write_report(self, store: Path, result: Any) -> Path | None:
-        """The HTML report beside the store; failures warn (the run store is intact) and never raise."""
-        from .report import write_report
-
-        try:
-            with open_run(store) as run:
-                return write_report(run, result=result, rules=self.rules if result is not None else None)
-        except Exception as exc:
-            self.monitor.warn_once("report", f"dyncheck: writing the HTML report failed ({type(exc).__name__}: "
-                                             f"{exc}); the run store is intact, run `dyncheck report "
-                                             f"{store.parent}`")
-            return None
+            if store is not None:
+                self.evaluation.final(store, step=int(trainer.global_step), loggers=getattr(trainer, "loggers", []))
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._end(trainer, "finished")
@@ -390,70 +300,17 @@ class DynamicsMonitorHooks:
         share this function)."""
         pl.utilities.rank_zero_info(message)
 
-    def _evaluate(self, store: Path, *, final: bool = True) -> Any:
-        from .checks.engine import evaluate
-
-        t = time.perf_counter()
-        try:
-            with open_run(store) as run:
-                return evaluate(run, self.rules, final=final)
-        except Exception as exc:  # checking must never break the training it observes
-            self.monitor.warn_once("checks", f"dyncheck: evaluating the checks failed ({type(exc).__name__}: "
-                                             f"{exc}); the run store is intact, run `dyncheck check {store.parent}`")
-            return None
-        finally:
-            self._eval_cost = time.perf_counter() - t
-            self._eval_last = time.perf_counter()
-
-    def _final_check(self, trainer: Any, store: Path) -> str | None:
-        """Evaluate, write findings.json, log the counts; return the summary for the log (None if it failed)."""
-        from .checks.output import format_text
-
-        result = self._evaluate(store)
-        if result is None:
-            return None
-        self.result = result
-        doc = {**result.to_dict(), "run": str(store.parent), "rules": self.rules.sources,
-               "step": int(trainer.global_step)}
-        if self.stopped_by is not None:
-            doc["stopped_by"] = self.stopped_by.to_dict()
-        path = store.parent / FINDINGS_FILENAME
-        try:
-            from ._io import write_text
-
-            write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n", what="findings")
-        except (OSError, DyncheckError) as exc:  # a file it cannot write must not break the end of the fit
-            warnings.warn(f"dyncheck: cannot write {path}: {exc}", stacklevel=2)
-        counts = result.counts()
-        for logger in getattr(trainer, "loggers", []) or []:
-            try:
-                logger.log_metrics({f"dyncheck/{k}{'s' if k != 'info' else ''}": float(v) for k, v in counts.items()},
-                                   step=int(trainer.global_step))
-            except Exception as exc:  # a logger that cannot take them must not break the end of the fit
-                self.monitor.warn_once("logger", f"dyncheck: could not log finding counts to "
-                                                 f"{type(logger).__name__}: {exc}")
-        return format_text(result, title=str(store.parent), hints=False, max_findings=10)
-
     def _live_check(self, trainer: Any) -> None:
-        """At a flush boundary (every process reaches it at the same step): rank 0 evaluates when the time budget
-        allows; all processes then agree whether to stop (one boolean collective)."""
-        fired = None
-        store = self.monitor.store_path if self.monitor.store is not None else None
-        if store is not None:
-            since = time.perf_counter() - self._eval_last
-            if self._eval_last == 0.0 or self._eval_cost <= _LIVE_BUDGET * since:
-                result = self._evaluate(store, final=False)
-                if result is not None:
-                    self.result = result
-                    fired = next(iter(result.at_or_above(self.stop_on)), None)
-        stop = trainer.strategy.reduce_boolean_decision(fired is not None, all=False)
-        if stop:
-            if fired is not None:
-                self.stopped_by = fired
-                self.monitor.store.set_meta(stopped_by=fired.to_dict())
-                self._info(f"dyncheck: stopping training at step {trainer.global_step}: {fired.severity} "
-                      f"{fired.check} on {fired.metric}: {fired.message}")
+        """At a flush boundary: evaluate (rank 0, within the budget) and stop all processes together."""
+        mon = self.monitor
+
+        def stop() -> None:
             trainer.should_stop = True
+
+        self.evaluation.live(mon.store_path if mon.store is not None else None,
+                             lambda fired: trainer.strategy.reduce_boolean_decision(fired, all=False), stop,
+                             step=int(trainer.global_step),
+                             set_meta=lambda **kw: mon.store.set_meta(**kw) if mon.store is not None else None)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._end(trainer, "ended", reduce=False)  # normally a no-op: on_fit_end or on_exception came first

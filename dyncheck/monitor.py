@@ -20,24 +20,34 @@ off), "error" (exception type), "message", "step"}``.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .collect import (
+    PROBE_BATCH,
+    ActivationCollector,
+    Collector,
+    Context,
+    Every,
+    Failures,
+    GradStep,
+    Modulo,
+    default_collectors,
+)
+from .collect.base import interned
 from .errors import ConfigError, MeasureError
-from .measure.activations import ActivationRecorder, select_modules
-from .measure.sharpness import (SharpnessSchedule, hvp_operator, lanczos_top_eig, preserved_training_state,
-                                stability_threshold)
-from .measure.tensors import NormPlan, nonfinite_counts, update_ratios
 from .store import RunWriter, open_run
 
-__all__ = ["MonitorConfig", "Monitor"]
+__all__ = ["Monitor", "MonitorConfig"]
 
 ReduceFn = Callable[[Tensor, str], Tensor]
 
@@ -64,27 +74,61 @@ def _check_float(owner: str, name: str, value: Any, *, lo: float, hi: float, lo_
         raise ConfigError(f"{owner}({name}={value!r}): expected a number in {'(' if lo_open else '['}{lo}, {hi}]")
 
 
+def _opt(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
-    """Validated options of :class:`~dyncheck.DynamicsMonitor` (see its docstring for their meaning)."""
+    """Validated measuring options of :class:`~dyncheck.DynamicsMonitor`: each option is declared here once, with
+    its default, its meaning (``metadata["doc"]``, from which the callback's signature and docstring are made) and
+    its validation (``__post_init__``)."""
 
-    dirpath: str | None = None
-    every_n_steps: int | None = None
-    scalars_every_n_steps: int = 1
-    activations_every_n_steps: int | None = None
-    activation_modules: tuple[str, ...] | None = None
-    flush_every_n_steps: int = 100
-    sharpness_budget: float = 0.02
-    sharpness_every_n_steps: int | None = None
-    sharpness_max_iter: int = 20
-    sharpness_tol: float = 1e-4
-    sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = None
-    train_loss_key: str | None = None
-    val_loss_key: str | None = None
+    dirpath: str | None = _opt(None, (
+        "directory of the run (``run.db`` and, later, findings and report). Default: "
+        "``<trainer.log_dir or default_root_dir>/dyncheck``."))
+    every_n_steps: int | None = _opt(None, (
+        "per-layer statistics (gradient norms and non-finite counts per tensor, weight norms, update-to-weight "
+        "ratios, unchanged parameters) and other logged scalars every this many optimizer steps. Default: "
+        "``trainer.log_every_n_steps``. Update ratios need a copy of the weights before the step: above 64 MiB "
+        "of trainable weights they cover a rotating subset of tensors of 64 MiB per measuring step."))
+    scalars_every_n_steps: int = _opt(1, (
+        "training loss, learning rates and global gradient norm every this many steps (1)."))
+    activations_every_n_steps: int | None = _opt(None, (
+        "activation statistics every this many steps; default ``every_n_steps``; 0 turns them off."))
+    activation_modules: tuple[str, ...] | None = _opt(None, (
+        "glob patterns over module names to hook (default: every leaf module except dropout, identity, flatten "
+        "and embeddings)."))
+    flush_every_n_steps: int = _opt(100, (
+        "copy buffered values to the host and the store every this many steps (100); also at every validation, "
+        "checkpoint and the end of the fit. Bounds the monitor's memory."))
+    sharpness_budget: float = _opt(0.02, (
+        "share of training wall time that sharpness probes may take (0.02); 0 turns them off unless "
+        "``sharpness_every_n_steps`` is set. Probes are spread evenly over the planned run "
+        "(``trainer.estimated_stepping_batches``), the first at 1% of it; runs of 200 to 3000 steps may take the "
+        "budget of a 3000-step run (at most 8 probes' worth, at most 2 s; README: \"Sharpness schedule\"). The "
+        "value at step s is the Hessian at the weights step s's loss was computed with."))
+    sharpness_every_n_steps: int | None = _opt(None, (
+        "probe sharpness on this fixed schedule (steps that are multiples of it) instead of the time budget; 0 "
+        "turns sharpness off."))
+    sharpness_max_iter: int = _opt(20, "Hessian-vector products per probe at most (20).")
+    sharpness_tol: float = _opt(1e-4, "relative residual at which Lanczos stops (1e-4; see ``lanczos_top_eig``).")
+    sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = _opt(None, (
+        "``fn(module, batch) -> loss`` for the probe; default ``training_step(batch, 0)`` with logging silenced "
+        "(needed for manual optimization, where training_step steps the optimizers)."))
+    train_loss_key: str | None = _opt(None, "logged metric used as training loss when ``training_step`` returns none.")
+    val_loss_key: str | None = _opt(None, (
+        "logged metric recorded as ``loss/val`` (default: the first of ``val_loss``, ``val/loss``, ``valid_loss``, "
+        "``validation_loss``, ``loss/val``, ``val_loss_epoch`` that is logged; else the mean of the ``loss`` "
+        "returned by ``validation_step``)."))
     owner: str = field(default="DynamicsMonitor", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         o = self.owner
+        if isinstance(self.dirpath, os.PathLike):
+            object.__setattr__(self, "dirpath", os.fspath(self.dirpath))
+        if isinstance(self.activation_modules, list) and all(isinstance(p, str) for p in self.activation_modules):
+            object.__setattr__(self, "activation_modules", tuple(self.activation_modules))
         if self.dirpath is not None and not isinstance(self.dirpath, (str, Path)):
             raise ConfigError(f"{o}(dirpath={self.dirpath!r}): expected a path (str or pathlib.Path) or None")
         _check_int(o, "every_n_steps", self.every_n_steps, minimum=1)
@@ -124,66 +168,59 @@ class _Block:
     step: int
     names: tuple[str, ...]
     values: Tensor
-    op: str  # how to reduce across processes: "mean" | "sum" | "max" | "none"
+    op: str  # how to reduce across processes: "mean" | "sum" | "max" | "norm" | "none"
 
 
 class Monitor:
     """Framework-neutral monitor. Call :meth:`start`, then per batch :meth:`batch_start`,
-    :meth:`before_optimizer_step` (once per optimizer step) and :meth:`batch_end`; :meth:`record` for other
-    scalars; :meth:`finish` at the end. ``reduce`` is called on every process at the same points (flushes)."""
+    :meth:`before_optimizer_step` (once per optimizer step and optimizer) and :meth:`batch_end`; :meth:`record`
+    for other scalars; :meth:`finish` at the end. ``reduce`` is called on every process at the same points
+    (flushes).
 
-    def __init__(self, config: MonitorConfig) -> None:
+    The monitor owns the schedules (``scalars``, ``layers``, ``activations``; a collector may bring its own, as
+    sharpness does with its time budget), the device-side buffer, the flush (one reduction per operation, one
+    transfer, one store write) and the time accounting of budgeted collectors; what is measured is the
+    collectors' (:mod:`dyncheck.collect`). ``collectors``: default :func:`~dyncheck.collect.default_collectors`.
+    """
+
+    def __init__(self, config: MonitorConfig, collectors: Sequence[Collector] | None = None) -> None:
         self.config = config
+        self.collectors: list[Collector] = list(collectors) if collectors is not None else \
+            default_collectors(config)
         self.store: RunWriter | None = None
         self.store_path: Path | None = None
         self.every_n = config.every_n_steps or 50
         self._reduce: ReduceFn = _no_reduce
         self._module: nn.Module | None = None
-        self._recorder: ActivationRecorder | None = None
+        self._ctx: Context | None = None
+        # the device-side buffer (values stay on the device until a flush) and host values (Python floats)
         self._blocks: list[_Block] = []
         self._host: list[tuple[int, tuple[str, ...], list[float]]] = []
-        self._reset_step_state()
-        # state that travels in checkpoints
-        self._last_bucket: int | None = None
+        # schedules; their positions travel in checkpoints
+        self.schedules: dict[str, Any] = {"scalars": Modulo(config.scalars_every_n_steps), "layers": Every(50),
+                                          "activations": Every(0)}
         self._last_seq = 0
-        # per-fit state
+        # per step
+        self._step: int | None = None
+        self._measuring = False
+        self._active: list[Collector] = []  # collectors due at this step
+        self._stateful: list[Collector] = []  # those of them with per-step state
+        self._lists: dict[tuple[bool, ...], tuple[list[Collector], ...]] = {}  # hook lists per due pattern
+        self._on_batch: list[Collector] = []
+        self._on_grads: list[Collector] = []
+        self._on_end: list[Collector] = []
+        # per fit
+        self.failures = Failures()
+        self._opt_params: dict[int, list[tuple[str, Tensor]]] = {}  # (name, parameter) of each optimizer
+        self._opt_sizes: dict[int, tuple[int, int]] = {}  # (param groups, parameters) when indexed
         self._param_names: dict[int, str] = {}
-        self._opt_params: dict[int, list[tuple[str, Tensor]]] = {}
-        self._opt_names: list[tuple[torch.optim.Optimizer, str]] = []
-        self._initial: dict[str, Tensor] = {}
-        self._unchanged: dict[str, bool] = {}
-        self._probe_batch: Any = None
-        self._probe_fn: Callable[[nn.Module, Any], Tensor] | None = None
-        self._eigvec: Tensor | None = None
-        self._sharp_gen = torch.Generator().manual_seed(0)
-        self._sharp_time = 0.0
-        self._sharp_count = 0
-        self._sched: SharpnessSchedule | None = None
+        self._needs_probe = False
         self._t0 = 0.0
+        self._budget_s = 0.0  # seconds spent in budgeted collectors (sharpness): not training time
         self._steps_seen = 0
         self._steps_since_flush = 0
-        self._last_act_bucket: int | None = None
         self._warned: set[str] = set()
-        # measurements that failed (per fit): the run meta's measurement_errors, and what is turned off
-        self._errors: list[dict[str, Any]] = []
-        self._error_keys: set[tuple[str, str | None]] = set()  # reported in this fit
-        self._prior_keys: set[tuple[str, str | None]] = set()  # recorded by the fits this one continues
-        self._off: set[str] = set()  # whole measurements
-        self._off_items: dict[str, set[str]] = {}  # measurement -> parameter / metric names turned off
-        self._plans: dict[Any, NormPlan] = {}  # how to take the norms of each list of tensors (made at first use)
-        self._opt_sizes: dict[int, tuple[int, int]] = {}  # (param groups, parameters) of each optimizer when
-        # indexed: to see parameters added during training
-        self._lr_slow = False  # a learning rate that is not a number: read them one by one
         self.flushes = 0  # flush calls so far: the boundaries at which live checks may run
-
-    def _reset_step_state(self) -> None:
-        self._step: int | None = None
-        self._loss_sum: Tensor | None = None
-        self._loss_count = 0
-        self._grad_vecs: list[Tensor] = []
-        self._before: dict[str, Tensor] = {}
-        self._measuring = False
-        self._measuring_acts = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(
@@ -205,495 +242,254 @@ class Monitor:
         ``resume`` is a state from :meth:`state_dict`: the store is truncated to what it held at that checkpoint.
         ``planned_steps``: the optimizer steps this fit will take from ``start_step`` (default
         ``meta["start_step"]`` or 0), None if unknown; the sharpness schedule is planned over them."""
+        cfg = self.config
         self.every_n = every_n_steps
         self._reduce = reduce or _no_reduce
         self._module = module
         self._blocks.clear()
         self._host.clear()
-        self._reset_step_state()
+        self._step = None
+        self._measuring = False
+        self._active, self._stateful = [], []
+        self._lists = {}
         self._param_names = {id(p): n for n, p in module.named_parameters()}
-        self._opt_params = {}
-        self._opt_sizes = {}
-        self._opt_names = []
-        self._plans = {}
-        self._errors, self._error_keys, self._prior_keys, self._off, self._off_items = [], set(), set(), set(), {}
-        self._lr_slow = False
-        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        self._unchanged = {n: True for n, _ in trainable}
-        self._initial = {n: p.detach().to("cpu", copy=True) for n, p in trainable}
+        self._opt_params, self._opt_sizes = {}, {}
+        self.failures = failures = Failures(on_new=self._errors_changed)
+        act_every = cfg.activations_every_n_steps
+        layers, acts = self.schedules["layers"], self.schedules["activations"]
+        layers.every = every_n_steps
+        acts.every = every_n_steps if act_every is None else act_every
+        if resume is not None:
+            layers.last = resume.get("last_bucket")
+            acts.last = resume.get("last_act_bucket")
+            self._last_seq = int(resume.get("seq", 0))
+            for c in self.collectors:
+                state = resume.get("collectors", {}).get(c.name)
+                if isinstance(state, Mapping):
+                    c.load_state_dict(state)
+        else:
+            acts.last = None
         counts: dict[str, int] = {}
+        named_opts = []
         for opt in optimizers:
             cls = type(opt).__name__
             counts[cls] = counts.get(cls, 0) + 1
-            self._opt_names.append((opt, cls if counts[cls] == 1 else f"{cls}-{counts[cls] - 1}"))
-            self._index_optimizer(opt)
-        self._lr_names: tuple[str, ...] = ()
-        act_every = self.config.activations_every_n_steps
-        act_every = self.every_n if act_every is None else act_every
-        self._act_every = act_every
-        self._recorder = ActivationRecorder(select_modules(module, self.config.activation_modules)) if act_every else None
-        self._probe_fn = probe_loss
-        self._probe_batch = None
+            named_opts.append((opt, cls if counts[cls] == 1 else f"{cls}-{counts[cls] - 1}"))
         self._t0 = time.perf_counter()
-        self._sharp_time = 0.0
-        self._sharp_count = 0
-        self._eigvec = None
+        self._budget_s = 0.0
         self._steps_seen = 0
-        cfg = self.config
-        self._sched = SharpnessSchedule(
-            budget=cfg.sharpness_budget if cfg.sharpness_enabled else 0.0,
-            every_n=cfg.sharpness_every_n_steps if cfg.sharpness_enabled else 0,
-            total_steps=planned_steps, max_iter=cfg.sharpness_max_iter,
-            start_step=int(start_step if start_step is not None else meta.get("start_step", 0) or 0))
-        if resume is not None:
-            self._last_bucket = resume.get("last_bucket")
-            self._last_seq = int(resume.get("seq", 0))
-            self._last_act_bucket = resume.get("last_act_bucket")
-        else:
-            self._last_act_bucket = None
+        first = int(start_step if start_step is not None else meta.get("start_step", 0) or 0)
         if store_path is not None:
             mode = "a" if (resume is not None or append) else "w"
             if mode == "w" and Path(store_path).exists():
                 warnings.warn(f"dyncheck: replacing the existing run store {store_path}", stacklevel=2)
             if mode == "a":
-                self._load_errors(store_path)
-            self.store = RunWriter(store_path, mode=mode)
+                failures.load(self._prior_errors(store_path))
+            self.store = RunWriter(store_path, mode=mode, sync_every_s=_SYNC_EVERY_S)
             self.store_path = self.store.path
             if resume is not None and "seq" in resume:
                 dropped = self.store.truncate(self._last_seq)
                 self.store.set_meta(resumed_from_step=meta.get("start_step"), resume_dropped_chunks=dropped)
             self.store.set_meta(**meta)
-            self.store.set_meta(status="running", ended=None, exception=None, measurement_errors=self._errors)
-        if cfg.sharpness_enabled and probe_loss is not None:
-            step0 = self._sched.start
-            complex_params = [n for n, p in trainable if p.is_complex()]
-            if not trainable:
-                self._sharpness_failed(step0, MeasureError("the model has no trainable parameters"))
-            elif complex_params:
-                self._sharpness_failed(step0, MeasureError(
-                    f"complex parameters ({', '.join(complex_params[:5])}): the Hessian probe works on real "
-                    "parameters only"))
+            self.store.set_meta(status="running", ended=None, exception=None, measurement_errors=failures.errors)
+        self._ctx = ctx = Context(
+            module=module, optimizers=named_opts, schedules=self.schedules, emit=self._emit,
+            emit_host=self._emit_host, failures=failures, probe_loss=probe_loss, has_store=self.store is not None,
+            start_step=first, planned_steps=planned_steps, clock=self._train_seconds)
+        for c in self.collectors:
+            self._guard(c, "start", c.start, ctx)
+        for opt, _ in named_opts:
+            self._index_optimizer(opt)
+        self._needs_probe = probe_loss is not None and any(PROBE_BATCH in c.needs and c.enabled
+                                                           for c in self.collectors)
+
+    def _train_seconds(self) -> float:
+        """Training seconds of this fit so far (the time budgeted collectors took excluded)."""
+        return time.perf_counter() - self._t0 - self._budget_s
 
     def finish(self, status: str, *, error: BaseException | None = None, reduce: bool = True) -> None:
         """Flush and close; record how the run ended (``finished``, ``interrupted`` or ``crashed``)."""
-        if self._recorder is not None:
-            self._recorder.detach()
+        for c in self.collectors:
+            if isinstance(c, ActivationCollector) and c.fit.recorder is not None:
+                c.fit.recorder.detach()  # first: nothing may stay hooked into the model
         try:
             self.flush(reduce=reduce)
         finally:
             if self.store is not None and not self.store.closed:
-                info: dict[str, Any] = {"status": status, "ended": time.time(), "unchanged_parameters":
-                                        sorted(n for n, u in self._unchanged.items() if u)}
-                info["sharpness_time_s"] = round(self._sharp_time, 6)
-                info["sharpness_probes"] = self._sharp_count
-                if self._sched is not None:
-                    info["sharpness_schedule"] = self._sched.facts()
+                info: dict[str, Any] = {"status": status, "ended": time.time()}
+                for c in self.collectors:
+                    try:
+                        info.update(c.meta())
+                    except Exception as exc:  # a collector's summary must not cost the run its ending
+                        self.failures.failed(c.name, [(None, exc)], None, what="summary failed")
+                info.setdefault("unchanged_parameters", [])
                 info["duration_s"] = round(time.perf_counter() - self._t0, 6)
-                info["measurement_errors"] = self._errors
+                info["measurement_errors"] = self.failures.errors
                 if error is not None:
                     info["exception"] = {"type": type(error).__name__, "message": str(error)[:2000]}
                 self.store.set_meta(**info)
                 self._last_seq = self.store.last_seq()
                 self.store.close()
             self.store = None
-            self._initial.clear()
-            self._probe_batch = None
-            self._eigvec = None
+            for c in self.collectors:
+                c.close()
+            if self._ctx is not None:
+                self._ctx.probe_batch = None
+            self._ctx = None
             self._module = None
 
-    # -- per batch ---------------------------------------------------------------------------------------------
-    def _due(self, step: int, every: int, last: int | None) -> bool:
-        return every > 0 and step // every != last
+    # -- collectors --------------------------------------------------------------------------------------------
+    def _guard(self, c: Collector, hook: str, fn: Callable[..., None], *args: Any) -> None:
+        """Call a collector's hook; an exception turns the collector off (one warning, measurement_errors)."""
+        try:
+            fn(*args)
+        except Exception as exc:  # a measurement must never break the training it observes
+            self._collector_failed(c, exc)
 
+    def _collector_failed(self, c: Collector, exc: BaseException) -> None:
+        c.enabled = False
+        self._lists.clear()
+        step = self._step if isinstance(self._step, int) else None
+        self.failures.failed(c.name, [(None, exc)], step)
+
+    def _emit(self, step: int, names: tuple[str, ...], values: Tensor, op: str) -> None:
+        self._blocks.append(_Block(step, names, values, op))
+
+    def _emit_host(self, step: int, names: tuple[str, ...], values: list[float]) -> None:
+        self._host.append((step, names, values))
+
+    # -- per batch ---------------------------------------------------------------------------------------------
     def batch_start(self, step: int, batch: Any) -> None:
-        new_step = self._step != step  # a new optimizer step begins (several batches share one with accumulation)
-        if self._probe_batch is None and self.config.sharpness_enabled and self._probe_fn is not None:
-            self._probe_batch = _clone_batch(batch)
-        if new_step:
-            self._reset_step_state()
-            self._step = step
-            sched = self._sched
-            if sched is not None and step >= sched.next_step and self._probe_batch is not None and \
-                    self._probe_fn is not None and self.store is not None:
-                # before this step's forward, so at the weights its loss is computed with, and before the
-                # activation hooks are attached (the probe's forward must not count as this step's)
-                try:
-                    limit = sched.admit(step, time.perf_counter() - self._t0 - self._sharp_time)
-                    if limit is not None:
-                        self._measure_sharpness(step, limit)
-                except Exception as exc:  # never break the training it observes
-                    self._sharpness_failed(step, exc, "scheduling failed")
-            self._measuring = self._due(step, self.every_n, self._last_bucket)
-            if self._recorder is not None and self._due(step, self._act_every, self._last_act_bucket):
-                self._measuring_acts = True
-                self._recorder.attach()
-            if step % self.config.scalars_every_n_steps == 0:
-                lrs = None
-                if not self._lr_slow:
-                    try:
-                        lrs = [float(g["lr"]) for opt, _ in self._opt_names for g in opt.param_groups]
-                    except Exception:  # a learning rate that is not a number (e.g. Adafactor's lr=None)
-                        self._lr_slow = True
-                if lrs is None:
-                    names, lrs = self._read_lrs(step)
-                else:
-                    if len(lrs) != len(self._lr_names):  # param groups added during training
-                        self._lr_names = _interned(tuple(f"lr/{oname}/pg{j}" for opt, oname in self._opt_names
-                                                         for j in range(len(opt.param_groups))))
-                    names = self._lr_names
-                if lrs:
-                    self._host.append((step, names, lrs))
+        ctx = self._ctx
+        if ctx is None:
+            return
+        if self._needs_probe and ctx.probe_batch is None:
+            self._needs_probe = any(PROBE_BATCH in c.needs and c.enabled for c in self.collectors)
+            if self._needs_probe:
+                ctx.probe_batch = _clone_batch(batch)
+        if self._step == step:  # another batch of the same optimizer step (gradient accumulation)
+            return
+        self._step = step
+        self._measuring = self.schedules["layers"].due(step)
+        # which collectors are due: few combinations in a run, so the hook lists are made once per combination
+        due = tuple(c.enabled and c.due(step) for c in self.collectors)
+        lists = self._lists.get(due)
+        if lists is None:
+            active = [c for c, d in zip(self.collectors, due) if d]
+            lists = self._lists[due] = (active, [c for c in active if c.overrides("step_start")],
+                                        [c for c in active if c.overrides("batch")],
+                                        [c for c in active if c.overrides("gradients")],
+                                        [c for c in active if c.overrides("step_end")],
+                                        [c for c in active if c.has_step_state])
+        self._active, on_start, self._on_batch, self._on_grads, self._on_end, self._stateful = lists
+        for c in self._stateful:
+            c.now = c.Step()
+        for c in on_start:
+            if not c.enabled:
+                continue
+            budgeted = c.schedule == "budget"  # its time is not training time
+            t = time.perf_counter() if budgeted else 0.0
+            try:
+                c.step_start(step)
+            except Exception as exc:  # a measurement must never break the training it observes
+                self._collector_failed(c, exc)
+            if budgeted:
+                self._budget_s += time.perf_counter() - t
 
     def before_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are final here (after accumulation, all-reduce and AMP unscaling, before clipping)."""
         key = id(optimizer)
-        named = self._opt_params.get(key)
-        if named is None:
+        params = self._opt_params.get(key)
+        if params is None:
             return
         groups, sizes = optimizer.param_groups, self._opt_sizes[key]
         # parameters added during training: a new param group (seen at once), or appended to one (at measuring steps)
         if len(groups) != sizes[0] or (self._measuring and sum(len(g["params"]) for g in groups) != sizes[1]):
-            named = self._index_optimizer(optimizer)
-        with_grad = [(n, p) for n, p in named if p.grad is not None]
-        if not with_grad:
+            params = self._index_optimizer(optimizer, step)
+        if not self._on_grads or not params:
             return
-        grads = [p.grad for _, p in with_grad]
-        # one plan per optimizer while every parameter has a gradient (the common case: a cheap key), made at the
-        # first step; the hot path is the plan's call: one _foreach_norm + stack for float32-like dense gradients
-        pkey = key if len(with_grad) == len(named) else (key, tuple(n for n, _ in with_grad))
-        plan = self._plans.get(pkey)
-        norms = None
-        if plan is not None:
-            try:
-                norms = plan(grads)
-            except Exception:  # the gradients changed make-up (dtype, layout, device): plan again
-                plan = None
-        if plan is None:
-            got = self._planned("grad_norm", pkey, with_grad, grads, step)
-            if got is not None:
-                plan, norms = got
-        if plan is not None and plan.kept != ():  # kept == (): every gradient left out
-            self._grad_vecs.append(norms)
-            if self._measuring:
-                names = tuple(n for n, _ in with_grad)
-                kept = names if plan.kept is None else tuple(names[i] for i in plan.kept)
-                self._blocks.append(_Block(step, _interned(tuple(f"grad_norm/{n}" for n in kept)), norms, "none"))
-        if self._measuring:
-            counted = self._guarded("grad_nonfinite", with_grad, grads, nonfinite_counts, step)
-            if counted is not None:
-                self._blocks.append(_Block(step, _interned(tuple(f"grad_nonfinite/{n}" for n in counted[0])),
-                                           counted[1], "none"))
-            for n, p in with_grad:
-                if n not in self._before:
-                    self._before[n] = p.detach().clone()
+        grads = [p.grad for _, p in params]
+        if any(g is None for g in grads):
+            named = [(n, p) for (n, p), g in zip(params, grads) if g is not None]
+            if not named:
+                return
+            grads = [g for g in grads if g is not None]
+        else:
+            named = params
+        gs = GradStep(optimizer, params, named, grads)
+        for c in self._on_grads:
+            if c.enabled:
+                try:
+                    c.gradients(step, gs)
+                except Exception as exc:  # a measurement must never break the training it observes
+                    self._collector_failed(c, exc)
 
     def batch_end(self, step: int, loss: Tensor | None, *, stepped: bool) -> None:
         """``stepped``: an optimizer step completed in this batch (False while accumulating gradients)."""
-        if isinstance(loss, Tensor) and loss.numel() == 1:
-            loss = loss.detach()
-            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
-            self._loss_count += 1
+        for c in self._on_batch:
+            if c.enabled:
+                try:
+                    c.batch(step, loss)
+                except Exception as exc:  # a measurement must never break the training it observes
+                    self._collector_failed(c, exc)
         if not stepped:
             return
         self._steps_seen += 1
-        if step % self.config.scalars_every_n_steps == 0:
-            if self._loss_sum is not None:
-                value = self._loss_sum if self._loss_count == 1 else self._loss_sum / self._loss_count
-                self._blocks.append(_Block(step, _LOSS, value, "mean"))
-            if self._grad_vecs:
-                vec = self._grad_vecs[0] if len(self._grad_vecs) == 1 else torch.cat(self._grad_vecs)
-                self._blocks.append(_Block(step, _GRAD_TOTAL, vec, "norm"))
+        for c in self._on_end:
+            if c.enabled:
+                try:
+                    c.step_end(step)
+                except Exception as exc:
+                    self._collector_failed(c, exc)
         if self._measuring:
-            self._measure_layers(step)
-        if self._measuring_acts:
-            self._collect_activations(step)
+            self.schedules["layers"].take(step)
         self._steps_since_flush += 1
         if self._steps_since_flush >= self.config.flush_every_n_steps:
             self.flush()
-        self._reset_step_state()
+        for c in self._stateful:
+            c.now = c.Step()  # frees the step's tensors (loss, weight copies) now
+        self._measuring = False
         self._step = step
 
-    def _measure_layers(self, step: int) -> None:
-        module = self._module
-        assert module is not None
-        self._last_bucket = step // self.every_n
-        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        if params:
-            names = _interned(tuple(n for n, _ in params))
-            got = self._planned("weight_norm", ("weight_norm", names), params, [p.detach() for _, p in params],
-                                step)
-            if got is not None and got[0].kept != ():
-                plan, norms = got
-                kept = names if plan.kept is None else tuple(names[i] for i in plan.kept)
-                self._blocks.append(_Block(step, _interned(tuple(f"weight_norm/{n}" for n in kept)), norms, "none"))
-            moved = [(n, p) for n, p in params if n in self._before] if self._before else []
-            if moved:
-                mnames = _interned(tuple(n for n, _ in moved))
-                before = [self._before[n] for n, _ in moved]
-                after = [p for _, p in moved]
-                got = self._planned("update_ratio", ("update_ratio", mnames), moved, before, step,
-                                    compute=lambda plan: update_ratios(before, after, plan))
-                if got is not None and got[0].kept != ():
-                    plan, ratios = got
-                    kept = mnames if plan.kept is None else tuple(mnames[i] for i in plan.kept)
-                    self._blocks.append(_Block(step, _interned(tuple(f"update_ratio/{n}" for n in kept)),
-                                               ratios, "none"))
-            self._check_unchanged(step, params)
-
-    def _collect_activations(self, step: int) -> None:
-        rec = self._recorder
-        assert rec is not None
-        rec.detach()
-        self._last_act_bucket = step // self._act_every
-        failed = rec.take_errors()  # modules that could not be hooked or measured: turned off in the recorder
-        if failed:
-            self._failed("activations", [(name, exc) for name, exc in failed], step, target="layer")
-        try:
-            groups = rec.collect()
-        except Exception as exc:
-            self._recorder = None
-            self._failed("activations", [(None, exc)], step)
-            return
-        for op, (names, values) in groups.items():
-            self._blocks.append(_Block(step, _interned(tuple(names)), values, op))
-
-    def _check_unchanged(self, step: int, params: list[tuple[str, Tensor]]) -> None:
-        names, flags = [], []
-        off = self._off_items.get("weight_unchanged", ())
-        for n, p in params:
-            if n in off:
-                continue
-            if n not in self._unchanged:  # a parameter created during training: compare with its value now
-                self._unchanged[n] = True
-                self._initial[n] = p.detach().to("cpu", copy=True)
-            if self._unchanged[n]:
-                ref = self._initial.get(n)
-                try:
-                    same = ref is not None and torch.equal(p.detach().to("cpu"), ref)
-                except Exception as exc:
-                    self._unchanged.pop(n, None)
-                    self._initial.pop(n, None)
-                    self._off_items.setdefault("weight_unchanged", set()).add(n)
-                    self._failed("weight_unchanged", [(f"weight_unchanged/{n}", exc)], step)
-                    continue
-                if not same:
-                    self._unchanged[n] = False
-                    self._initial.pop(n, None)
-            names.append(n)
-            flags.append(1.0 if self._unchanged[n] else 0.0)
-        self._host.append((step, _interned(tuple(f"weight_unchanged/{n}" for n in names)), flags))
-
-    # -- what cannot be measured -------------------------------------------------------------------------------
-    def _index_optimizer(self, opt: torch.optim.Optimizer) -> list[tuple[str, Tensor]]:
+    # -- parameters --------------------------------------------------------------------------------------------
+    def _index_optimizer(self, opt: torch.optim.Optimizer, step: int | None = None) -> list[tuple[str, Tensor]]:
         """(name, parameter) of every parameter the optimizer holds, in param-group order; called at the start
-        and again when parameters were added to it (new ones get their reference copy for ``weight_unchanged``
-        then, before their first update)."""
+        and again when parameters were added to it (the collectors see the new ones then, before their first
+        update)."""
         params = [p for g in opt.param_groups for p in g["params"]]
         if self._module is not None and any(id(p) not in self._param_names for p in params):
             self._param_names = {id(p): n for n, p in self._module.named_parameters()}
         named = [(self._param_names.get(id(p), f"param{i}"), p) for i, p in enumerate(params)]
         if id(opt) in self._opt_sizes:  # added during training
-            self._plans.clear()
-            for n, p in named:
-                if p.requires_grad and n not in self._unchanged:
-                    self._unchanged[n] = True
-                    self._initial[n] = p.detach().to("cpu", copy=True)
+            assert self._ctx is not None
+            self._ctx.plans.clear()
+            for c in self.collectors:
+                if c.enabled and c.overrides("new_parameters"):
+                    self._guard(c, "new_parameters", c.new_parameters, step if step is not None else 0, named)
         self._opt_params[id(opt)] = named
         self._opt_sizes[id(opt)] = (len(opt.param_groups), len(params))
         return named
 
-    def _planned(self, measurement: str, key: Any, named: Sequence[tuple[str, Tensor]], tensors: list[Tensor],
-                 step: int, compute: Callable[[NormPlan], Tensor] | None = None) -> tuple[NormPlan, Tensor] | None:
-        """Norms of ``tensors`` (``compute(plan)`` instead, when given) with the :class:`NormPlan` kept under
-        ``key``, made at the first use: tensors whose norm cannot be taken are left out of it (``plan.kept``) and
-        reported. None when the measurement is off."""
-        plan = self._plans.get(key)
-        if plan is not None:
-            try:
-                return plan, plan(tensors) if compute is None else compute(plan)
-            except Exception:  # the tensors changed make-up (dtype, layout, device): plan again
-                pass
-        if measurement in self._off:
-            return None
-        try:
-            plan, values, failures = NormPlan.probe(tensors)
-            if compute is not None:
-                values = compute(plan)
-        except Exception as exc:
-            self._off.add(measurement)
-            self._failed(measurement, [(None, exc)], step)
-            return None
-        if failures:
-            self._failed(measurement, [(f"{measurement}/{named[i][0]}", exc) for i, exc in failures], step)
-        if len(self._plans) >= 256:  # parameters with and without gradients in ever new combinations
-            self._plans.clear()
-        self._plans[key] = plan
-        return plan, values
-
-    def _guarded(self, measurement: str, named: Sequence[tuple[str, Tensor]], tensors: Sequence[Tensor],
-                 fn: Callable[[Sequence[Tensor]], Tensor], step: int) -> tuple[tuple[str, ...], Tensor] | None:
-        """``(names, fn(tensors))``, one value per tensor; a tensor ``fn`` fails on is turned off (left out from
-        now on, reported once). None when nothing is left or the measurement is off."""
-        if measurement in self._off:
-            return None
-        off = self._off_items.get(measurement)
-        pairs = [(n, t) for (n, _), t in zip(named, tensors) if n not in off] if off else \
-            [(n, t) for (n, _), t in zip(named, tensors)]
-        if not pairs:
-            return None
-        try:
-            return tuple(n for n, _ in pairs), fn([t for _, t in pairs])
-        except Exception:
-            pass
-        failures, kept = [], []
-        for n, t in pairs:
-            try:
-                fn([t])
-                kept.append((n, t))
-            except Exception as exc:
-                failures.append((n, exc))
-        self._off_items.setdefault(measurement, set()).update(n for n, _ in failures)
-        self._failed(measurement, [(f"{measurement}/{n}", exc) for n, exc in failures], step)
-        if not kept:
-            return None
-        try:
-            return tuple(n for n, _ in kept), fn([t for _, t in kept])
-        except Exception as exc:
-            self._off.add(measurement)
-            self._failed(measurement, [(None, exc)], step)
-            return None
-
-    def _read_lrs(self, step: int) -> tuple[tuple[str, ...], list[float]]:
-        """The learning rates one by one; one that is not a number is turned off."""
-        names: list[str] = []
-        vals: list[float] = []
-        off = self._off_items.setdefault("lr", set())
-        for opt, oname in self._opt_names:
-            for j, g in enumerate(opt.param_groups):
-                name = f"lr/{oname}/pg{j}"
-                if name in off:
-                    continue
-                try:
-                    vals.append(float(g["lr"]))
-                    names.append(name)
-                except Exception as exc:
-                    off.add(name)
-                    self._failed("lr", [(name, exc)], step)
-        return _interned(tuple(names)), vals
-
-    def _sharpness_failed(self, step: int | None, exc: BaseException, what: str = "measurement failed") -> None:
-        self._probe_fn = None
-        self._failed("sharpness", [(None, exc)], step, what=what)
-
-    def _failed(self, measurement: str, failures: Sequence[tuple[str | None, BaseException]], step: int | None,
-                *, target: str = "metric", what: str = "") -> None:
-        """Record measurements that cannot be taken and are now turned off: ``failures`` holds (metric or module
-        name -- None: the whole measurement --, exception). The new ones get one warning and go to the run's meta
-        (``measurement_errors``) at once, so that a run that crashes later still tells."""
-        new = []
-        for name, exc in failures:
-            key = (measurement, name)
-            if key in self._error_keys:
-                continue
-            self._error_keys.add(key)
-            entry: dict[str, Any] = {"measurement": measurement}
-            if name is not None:
-                entry[target] = name
-            entry.update(error=type(exc).__name__, message=str(exc)[:500], step=step)
-            if key not in self._prior_keys:  # a resumed fit warns again but lists each failure once
-                self._errors.append(entry)
-            new.append(entry)
-        if not new:
-            return
+    # -- what cannot be measured -------------------------------------------------------------------------------
+    def _errors_changed(self, errors: list[dict[str, Any]]) -> None:
         if self.store is not None and not self.store.closed:
-            try:
-                self.store.set_meta(measurement_errors=self._errors)
-            except Exception:  # the store's own failure shows at the next flush
-                pass
-        where = ", ".join(str(e.get(target)) for e in new[:5] if target in e)
-        where += f" and {len(new) - 5} more" if len(new) > 5 else ""
-        first = new[0]
-        warnings.warn(f"dyncheck: {measurement} {what or 'measurement failed'} and is turned off for "
-                      f"{where or 'this fit'} ({first['error']}: {first['message']}); the rest is recorded, see "
-                      f"the run's meta 'measurement_errors'", stacklevel=3)
+            self.store.set_meta(measurement_errors=errors)
 
-    def _load_errors(self, store_path: str | Path) -> None:
+    @staticmethod
+    def _prior_errors(store_path: str | Path) -> Any:
         """When a fit continues a run: the measurement errors it recorded so far."""
         try:
             with open_run(store_path) as run:
-                errors = run.meta.get("measurement_errors")
+                return run.meta.get("measurement_errors")
         except Exception:
-            return
-        if isinstance(errors, list):
-            for e in errors:
-                if isinstance(e, dict):
-                    self._errors.append(e)
-                    self._prior_keys.add((str(e.get("measurement")), e.get("metric", e.get("layer"))))
-
-    # -- sharpness ---------------------------------------------------------------------------------------------
-    def _measure_sharpness(self, step: int, limit: float) -> None:
-        """Probe at the current weights (those of step ``step``'s forward) and label the value ``step``. A finite
-        ``limit`` (no probe measured yet): stop after the second product when ``max_iter`` of them would cost
-        more than ``limit`` seconds in all, and let the schedule plan with the measured costs."""
-        module, sched = self._module, self._sched
-        if module is None or self._probe_fn is None or self.store is None or sched is None:
-            return
-        params = [p for p in module.parameters() if p.requires_grad]
-        max_iter = self.config.sharpness_max_iter
-        cold = self._eigvec is None
-        t = time.perf_counter()
-        graph_s = 0.0
-        res = timed = None
-        try:
-            # TorchScript's profiling executor specialises its graphs by call history: the probe's forward must
-            # not count, or the training after it would run other kernels (other roundings)
-            with preserved_training_state(module, params), torch.enable_grad(), \
-                    torch.jit.optimized_execution(False):
-                loss = self._probe_fn(module, self._probe_batch)
-                matvec, n = hvp_operator(loss, params)
-                graph_s = time.perf_counter() - t
-                timed = _TimedMatvec(matvec, graph_s, limit, max_iter)
-                size = n * max_iter
-                res = lanczos_top_eig(timed, n, max_iter=max_iter,
-                                      tol=self.config.sharpness_tol, v0=self._eigvec, generator=self._sharp_gen,
-                                      reorthogonalize=size <= _REORTH_MAX,
-                                      basis_device="cpu" if size <= _HOST_BASIS_MAX else None)
-                del matvec, loss
-        except _OverLimit:
-            pass
-        except Exception as exc:  # a measurement must never end the training it observes
-            self._sharpness_failed(step, exc)
-            return
-        finally:
-            if timed is not None:
-                timed.matvec = None  # type: ignore[assignment]  # free the gradient graph
-            cost = time.perf_counter() - t
-            self._sharp_time += cost
-        assert timed is not None
-        if res is None:
-            sched.record_abort(step, cost, graph_s=graph_s, hvp_s=timed.hvp_s)
-            return
-        sched.record(step, cost, n_hvp=res.n_hvp, graph_s=graph_s, cold=cold, hvp_s=timed.hvp_s,
-                     products_s=sum(timed.times))
-        self._sharp_count += 1
-        self._eigvec = res.vector
-        opts = [opt for opt, _ in self._opt_names]
-        try:
-            thr = stability_threshold(opts[0]) if opts else None  # this step's learning rate: not stepped yet
-        except Exception:  # a learning rate that is not a number: no threshold
-            thr = None
-        names, vals = ["sharpness/top_eig", "sharpness/n_hvp"], [res.value, float(res.n_hvp)]
-        if thr is not None:
-            names.append("sharpness/threshold")
-            vals.append(thr)
-        self._host.append((step, _interned(tuple(names)), vals))
+            return None
 
     # -- other scalars -----------------------------------------------------------------------------------------
     def record(self, step: int, values: Mapping[str, Tensor | float], op: str = "mean") -> None:
         """Buffer scalar values (tensors stay on the device) for metrics named by the keys."""
         if not values:
             return
-        off = self._off_items.get("record")
+        off = self.failures.off_items.get("record")
         if off:
             values = {k: v for k, v in values.items() if k not in off}
             if not values:
@@ -707,12 +503,12 @@ class Monitor:
                 try:
                     kept[k] = _scalar(v, device)
                 except Exception as exc:
-                    self._off_items.setdefault("record", set()).add(k)
-                    self._failed(k.split("/", 1)[0], [(k, exc)], step)
+                    self.failures.off_items.setdefault("record", set()).add(k)
+                    self.failures.failed(k.split("/", 1)[0], [(k, exc)], step)
             if not kept:
                 return
             values, vals = kept, torch.stack(list(kept.values()))
-        self._blocks.append(_Block(step, _interned(tuple(values)), vals, op))
+        self._blocks.append(_Block(step, interned(tuple(values)), vals, op))
 
     # -- flushing ----------------------------------------------------------------------------------------------
     def flush(self, reduce: bool = True) -> None:
@@ -752,6 +548,7 @@ class Monitor:
                     mats[i] = (names, o, steps, flat[offset: offset + mat.numel()].reshape(mat.shape))
                     offset += mat.numel()
         if self.store is None:
+            self._flushed()
             return
         if mats:
             device = mats[0][3].device
@@ -772,6 +569,12 @@ class Monitor:
                 v.append(val)
         self.store.write({k: (np.asarray(s), np.asarray(v)) for k, (s, v) in series.items()})
         self._last_seq = self.store.last_seq()
+        self._flushed()
+
+    def _flushed(self) -> None:
+        for c in self.collectors:
+            if c.enabled and c.overrides("flushed"):
+                self._guard(c, "flushed", c.flushed)
 
     # -- checkpoint state --------------------------------------------------------------------------------------
     @property
@@ -783,58 +586,24 @@ class Monitor:
         """What a checkpoint must carry so that a resumed run continues its series without duplicates.
         Flushes first (a collective under DDP: every process saves checkpoints at the same points)."""
         self.flush()
-        return {"seq": self._last_seq, "last_bucket": self._last_bucket,
-                "last_act_bucket": self._last_act_bucket,
-                "store": str(self.store_path) if self.store_path is not None else None}
+        state: dict[str, Any] = {"seq": self._last_seq, "last_bucket": self.schedules["layers"].last,
+                                 "last_act_bucket": self.schedules["activations"].last,
+                                 "store": str(self.store_path) if self.store_path is not None else None}
+        saved = {c.name: c.state_dict() for c in self.collectors}
+        saved = {k: v for k, v in saved.items() if v}
+        if saved:
+            state["collectors"] = saved
+        return state
 
     def warn_once(self, key: str, message: str) -> None:
-        self._warn(key, message)
-
-    def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, stacklevel=3)
+            warnings.warn(message, stacklevel=2)
 
 
-#: Lanczos basis sizes (values): full reorthogonalisation on the device up to 64M (256 MB in float32); above, the
-#: basis is kept in host memory, only to return the eigenvector for warm starts, up to 256M values (1 GB)
-_REORTH_MAX = 64_000_000
-_HOST_BASIS_MAX = 256_000_000
-_INTERNED: dict[tuple[str, ...], tuple[str, ...]] = {}
-_LOSS = ("loss/train",)
-_GRAD_TOTAL = ("grad_norm/total",)
-
-
-class _OverLimit(Exception):
-    pass
-
-
-class _TimedMatvec:
-    """``matvec`` that times its products; with a finite ``limit``, raises :class:`_OverLimit` after the second
-    product (the first may pay one-time initialisation) if ``max_iter`` products after the graph build
-    (``graph_s``) would take more than ``limit`` seconds."""
-
-    def __init__(self, matvec: Callable[[Tensor], Tensor], graph_s: float, limit: float, max_iter: int) -> None:
-        self.matvec, self.graph_s, self.limit, self.max_iter = matvec, graph_s, limit, max_iter
-        self.device = getattr(matvec, "device", "cpu")
-        self.times: list[float] = []
-
-    def __call__(self, v: Tensor) -> Tensor:
-        t = time.perf_counter()
-        out = self.matvec(v)
-        self.times.append(time.perf_counter() - t)
-        k = len(self.times)
-        if k == min(2, self.max_iter) and math.isfinite(self.limit):
-            if self.graph_s + sum(self.times) + self.hvp_s * (self.max_iter - k) > self.limit:
-                raise _OverLimit()
-        return out
-
-    @property
-    def hvp_s(self) -> float:
-        """Typical seconds per product: the median (the first may pay one-time initialisation: it counts only
-        when it is all there is)."""
-        times = self.times[1:] or self.times
-        return float(np.median(times)) if times else 0.0
+#: the run store reaches the disk (fsync) at least this often while training, and at the end; in between each
+#: flush reaches the operating system (a killed process loses nothing flushed). See README, "Durability".
+_SYNC_EVERY_S = 30.0
 
 
 def _real(t: Tensor) -> Tensor:
@@ -849,11 +618,6 @@ def _scalar(v: Tensor | float, device: torch.device) -> Tensor:
         return v.detach().reshape(()).to(device=device, dtype=torch.float64 if v.dtype == torch.float64
                                           else torch.float32)
     return torch.tensor(float(v), device=device)
-
-
-def _interned(names: tuple[str, ...]) -> tuple[str, ...]:
-    """One tuple object per distinct name list, so that grouping at flush hashes cheaply."""
-    return _INTERNED.setdefault(names, names)
 
 
 def _clone_batch(batch: Any) -> Any:

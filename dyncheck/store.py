@@ -24,6 +24,13 @@ it had not flushed, and a ``run.db`` copied without its ``-wal``/``-shm`` holds 
 At close the store leaves WAL mode (``journal_mode=DELETE``, unless a reader still has it open): a finished
 ``run.db`` is a plain single-file SQLite database.
 
+How often it reaches the disk: by default every checkpoint is synced (``PRAGMA synchronous=NORMAL``: an fsync of
+the log and of the file, ~10 ms on a typical disk). ``RunWriter(sync_every_s=S)`` (what the monitor uses, S = 30)
+syncs at most every S seconds and at close (``synchronous=OFF`` in between): each flush still reaches the
+operating system at once -- a killed process loses nothing flushed, a copy of ``run.db`` holds it -- but after a
+power cut or an operating-system crash the writes of the last S seconds may be missing and, as with any SQLite
+file written without syncs, the file may be damaged (reported as a :class:`~dyncheck.errors.StoreError`).
+
 Readers never change a store: they open it with ``mode=ro``. A WAL-mode file (a run that is still going, or was
 killed) needs a ``-shm`` beside it, which SQLite creates where it can; where the directory is read-only and there is
 none, the reader opens the file ``immutable=1`` (no ``-wal`` either) or, when a ``-wal`` with data lies beside it,
@@ -44,6 +51,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,10 +114,13 @@ class RunWriter:
     Every committed write is checkpointed into the ``.db`` file (see the module's "Durability").
     """
 
-    def __init__(self, path: str | os.PathLike, mode: str = "w") -> None:
+    def __init__(self, path: str | os.PathLike, mode: str = "w", *, sync_every_s: float | None = None) -> None:
         if mode not in ("w", "a"):
             raise ValueError(f"RunWriter(mode={mode!r}): expected 'w' or 'a'")
         self.path = _resolve(path)
+        #: None: every checkpoint is synced to the disk; else at most every this many seconds (and at close)
+        self.sync_every_s = sync_every_s
+        self._synced = time.monotonic()
         self._con: sqlite3.Connection | None = None
         #: how many checkpoints have run (one per committed write)
         self.checkpoints = 0
@@ -124,6 +135,8 @@ class RunWriter:
             self._con.execute("PRAGMA journal_mode=WAL")
             self._con.execute("PRAGMA synchronous=NORMAL")
             self._con.executescript(_SCHEMA)
+            if sync_every_s is not None:
+                self._con.execute("PRAGMA synchronous=OFF")
             version = self._con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             ids = list(self._con.execute("SELECT id, name FROM metrics"))
         except (OSError, *_SQL_ERRORS) as exc:
@@ -191,8 +204,17 @@ class RunWriter:
     def checkpoint(self) -> bool:
         """Copy what the write-ahead log holds into the ``.db`` file without waiting for readers (``PASSIVE``);
         True when everything was copied. Called after every committed write."""
+        con = self._live()
+        sync = self.sync_every_s is not None and time.monotonic() - self._synced >= self.sync_every_s
         try:
-            busy, log, done = self._live().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if sync:  # this checkpoint reaches the disk
+                con.execute("PRAGMA synchronous=NORMAL")
+            try:
+                busy, log, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                if sync:
+                    con.execute("PRAGMA synchronous=OFF")
+                    self._synced = time.monotonic()
         except _SQL_ERRORS:  # not fatal: the data are safe in the -wal, the next checkpoint copies them
             return False
         self.checkpoints += 1
@@ -205,6 +227,7 @@ class RunWriter:
         if con is None:
             return
         try:
+            con.execute("PRAGMA synchronous=NORMAL")  # what remains reaches the disk
             con.execute("PRAGMA busy_timeout=0")  # a reader's lock must not make the end of a fit wait
             try:
                 con.execute("PRAGMA journal_mode=DELETE").fetchall()

@@ -266,3 +266,62 @@ def test_dead_share_semantics_with_nan():
     x[0, 1] = float("nan")  # a NaN output is not a dead unit
     x[2, 2] = 1.0
     assert activation_stats(x, 1)[4].item() == pytest.approx(1 / 3)
+
+
+# -- fingerprints (weight_unchanged without a copy) -----------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex64])
+def test_fingerprint_agrees_with_torch_equal_on_small_changes(monkeypatch, dtype):
+    from dyncheck.measure import tensors as T
+
+    monkeypatch.setattr(T, "FINGERPRINT_CHUNK", 16)  # several chunks: cross-chunk swaps are seen too
+    monkeypatch.setattr(T, "_WEIGHTS", {})
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(7, 11, generator=gen).to(dtype)
+    fp = T.fingerprint(base)
+    flat = base.reshape(-1)
+    cases = [base.clone()]  # unchanged
+    for i in torch.randint(0, flat.numel(), (20,), generator=gen).tolist():
+        c = base.clone().reshape(-1)
+        real = torch.view_as_real(c) if c.is_complex() else c.unsqueeze(-1)
+        real[i, 0] = torch.nextafter(real[i, 0].float(), torch.tensor(1e9)).to(real.dtype) \
+            if dtype in (torch.float32, torch.float64) else real[i, 0] + 1  # the smallest change of one element
+        cases.append(c.reshape(base.shape))
+    for i, j in torch.randint(0, flat.numel(), (20, 2), generator=gen).tolist():
+        c = base.clone().reshape(-1)
+        c[[i, j]] = c[[j, i]]  # a swap (no change when the two are equal)
+        cases.append(c.reshape(base.shape))
+    for c in cases:
+        assert bool(T.same_fingerprint(fp, T.fingerprint(c))) == torch.equal(base, c)
+
+
+def test_fingerprint_takes_values_as_torch_equal_does():
+    from dyncheck.measure.tensors import fingerprint, same_fingerprint
+
+    z = torch.zeros(5)
+    assert bool(same_fingerprint(fingerprint(z), fingerprint(-z))) == torch.equal(z, -z) is True
+    n = torch.tensor([1.0, float("nan")])
+    assert not bool(same_fingerprint(fingerprint(n), fingerprint(n.clone()))) and not torch.equal(n, n)
+    assert not bool(same_fingerprint(fingerprint(torch.ones(3)), fingerprint(torch.ones(4))))
+    with pytest.raises(TypeError):
+        fingerprint(torch.ones(3).to_sparse())
+
+
+def test_nonfinite_counts_in_chunks_equal_the_whole(monkeypatch):
+    from dyncheck.measure import tensors as T
+
+    t = torch.randn(1000)
+    t[[3, 500, 999]] = float("nan")
+    t[17] = float("inf")
+    whole = T.nonfinite_counts([t, t[:10]]).tolist()
+    monkeypatch.setattr(T, "NONFINITE_CHUNK", 64)
+    assert T.nonfinite_counts([t, t[:10]]).tolist() == whole == [4.0, 1.0]
+
+
+def test_update_ratios_in_place_equal_the_copying_ones():
+    gen = torch.Generator().manual_seed(1)
+    before = [torch.randn(5, 3, generator=gen), torch.zeros(4)]
+    after = [b + 0.1 * torch.randn(b.shape, generator=gen) for b in before]
+    expected = update_ratios(before, after)
+    mine = [b.clone() for b in before]
+    got = update_ratios(mine, after, in_place=True)
+    assert torch.equal(got[:1], expected[:1]) and torch.isnan(got[1]) and torch.isnan(expected[1])

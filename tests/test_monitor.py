@@ -382,3 +382,82 @@ def test_measurement_errors_survive_a_second_fit_listed_once(tmp_path):
     assert [e["measurement"] for e in run.meta["measurement_errors"]] == ["sharpness"]
     assert run.meta["measurement_errors"][0]["step"] == 0
     assert len(run.series("grad_norm/total")) == 16 and "sharpness/top_eig" not in run
+
+
+# -- the framework-neutral monitor, driven directly -------------------------------------------------------------
+def test_a_new_quantity_is_a_collector_the_monitor_schedules_and_flushes(tmp_path):
+    """A collector the monitor has never heard of: declared metrics, schedule and reduction; the monitor calls only
+    the hooks it overrides, on the steps it is due, and writes what it emits."""
+    from dataclasses import dataclass
+
+    from dyncheck.collect import Collector, default_collectors
+    from dyncheck.monitor import Monitor, MonitorConfig
+    from loop import drive
+
+    class SquaredGradSum(Collector):
+        name = "grad_sq"
+        metrics = ("grad_sq/total",)
+        reduce = "sum"
+        schedule = "layers"
+
+        @dataclass
+        class Step:
+            parts: list = None
+
+        def gradients(self, step, g):
+            self.now.parts = [torch.stack([x.square().sum() for x in g.grads]).sum()]
+
+        def step_end(self, step):
+            self.ctx.emit(step, ("grad_sq/total",), self.now.parts[0], self.reduce)
+
+    cfg = MonitorConfig(sharpness_budget=0)
+    mon = Monitor(cfg, collectors=default_collectors(cfg) + [SquaredGradSum()])
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    drive(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), 7, every_n_steps=3, monitor=mon)
+    run = open_run(tmp_path / "run.db")
+    s = run.series("grad_sq/total")
+    assert s.steps.tolist() == [0, 3, 6]
+    np.testing.assert_allclose(s.values, run.series("grad_norm/total").values[[0, 3, 6]] ** 2, rtol=1e-5)
+
+
+def test_a_collector_that_raises_is_turned_off_alone_with_one_warning(tmp_path):
+    from dyncheck.collect import Collector, default_collectors
+    from dyncheck.monitor import Monitor, MonitorConfig
+    from loop import drive
+
+    class Broken(Collector):
+        name = "broken"
+
+        def step_end(self, step):
+            if step == 2:
+                raise RuntimeError("cannot measure this")
+
+    cfg = MonitorConfig(sharpness_budget=0)
+    broken = Broken()
+    mon = Monitor(cfg, collectors=default_collectors(cfg) + [broken])
+    model = nn.Linear(3, 1)
+    with pytest.warns(UserWarning, match="broken measurement failed and is turned off for this fit") as rec:
+        drive(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), 5, monitor=mon)
+    assert sum("dyncheck" in str(w.message) for w in rec) == 1 and not broken.enabled
+    run = open_run(tmp_path / "run.db")
+    assert len(run.series("loss/train")) == 5  # the others went on
+    assert run.meta["measurement_errors"] == [{"measurement": "broken", "error": "RuntimeError",
+                                               "message": "cannot measure this", "step": 2}]
+
+
+def test_checkpoint_state_carries_schedules_and_collector_state(tmp_path):
+    from dyncheck.monitor import Monitor, MonitorConfig
+    from loop import drive
+
+    model = nn.Linear(3, 1)
+    mon = drive(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), 5, every_n_steps=2,
+                config=MonitorConfig(sharpness_budget=0, activations_every_n_steps=4))
+    state = mon.state_dict()
+    assert state["last_bucket"] == 2 and state["last_act_bucket"] == 1 and state["seq"] > 0
+    assert state["collectors"] == {"weights": {"update_cursor": 0}}
+    again = Monitor(MonitorConfig(sharpness_budget=0))
+    again.start(module=model, optimizers=[torch.optim.SGD(model.parameters(), lr=0.1)],
+                store_path=tmp_path / "run.db", meta={}, every_n_steps=2, resume=state)
+    assert again.schedules["layers"].last == 2 and not again.schedules["layers"].due(5)
+    again.finish("finished")

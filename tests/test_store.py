@@ -96,3 +96,35 @@ def test_newer_schema_refused(tmp_path):
         w.set_meta(schema_version=SCHEMA_VERSION + 1)
     with pytest.raises(StoreError, match="schema version"):
         open_run(tmp_path)
+
+
+def test_sync_every_s_still_puts_every_write_in_the_db_file(tmp_path, monkeypatch):
+    """The monitor's writer syncs to disk at most every S seconds; each write still reaches run.db itself (a copy
+    of the file alone has it), and the periodic sync and the close sync."""
+    import shutil
+
+    from dyncheck import store as S
+
+    w = S.RunWriter(tmp_path / "live" / "run.db", sync_every_s=1000.0)
+    synced = []
+    real = w.checkpoint
+
+    def spy():
+        synced.append(w._con.execute("PRAGMA synchronous").fetchone()[0])
+        return real()
+
+    monkeypatch.setattr(w, "checkpoint", spy)
+    for k in range(3):
+        w.write({"loss/train": (np.arange(10 * k, 10 * k + 10), np.ones(10))})
+        (tmp_path / f"copy{k}").mkdir()
+        shutil.copy2(tmp_path / "live" / "run.db", tmp_path / f"copy{k}" / "run.db")
+        with S.open_run(tmp_path / f"copy{k}") as run:
+            assert len(run.series("loss/train")) == 10 * (k + 1)
+    assert synced == [0, 0, 0]  # synchronous=OFF between syncs
+    before = w._synced
+    w.sync_every_s = 0.0  # due: this checkpoint syncs
+    w.write({"loss/train": (np.arange(30, 31), np.ones(1))})
+    assert w._synced > before and w._con.execute("PRAGMA synchronous").fetchone()[0] == 0
+    w.close()
+    with S.open_run(tmp_path / "live") as run:
+        assert len(run.series("loss/train")) == 31

@@ -1,0 +1,77 @@
+"""One collector per measured quantity, on top of :mod:`dyncheck.measure` (see :mod:`.base` for the protocol).
+
+=======================  ==========================================================  ==========  ===========
+collector                metrics                                                     schedule    reduce
+=======================  ==========================================================  ==========  ===========
+:class:`LossCollector`   ``loss/train``                                              scalars     mean
+:class:`LearningRate..`  ``lr/<Optimizer>/pg<j>``                                    scalars     none
+:class:`GradientColl..`  ``grad_norm/total``; ``grad_norm/<p>``, ``grad_nonfinite/<p>``  scalars; layers  norm; none
+:class:`WeightCollect..` ``weight_norm/<p>``, ``update_ratio/<p>``, ``weight_unchanged/<p>``  layers   none
+:class:`ActivationCo..`  ``act/<stat>/<module>``                                     activations mean/max/sum
+:class:`SharpnessColl..` ``sharpness/top_eig``, ``sharpness/n_hvp``, ``sharpness/threshold``  budget  none
+=======================  ==========================================================  ==========  ===========
+
+A new quantity is a new :class:`Collector` subclass added to :func:`default_collectors` (or passed to
+:class:`~dyncheck.monitor.Monitor`); the monitor, the adapters and the store need no change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .activations import ActivationCollector
+from .base import (
+    FORWARD_HOOKS,
+    GRADIENTS,
+    LOSS,
+    PROBE_BATCH,
+    WEIGHTS_BEFORE_STEP,
+    Collector,
+    Context,
+    Every,
+    Failures,
+    GradStep,
+    Modulo,
+)
+from .grads import GradientCollector
+from .loss import LossCollector
+from .lr import LearningRateCollector
+from .sharpness import SharpnessCollector
+from .weights import WeightCollector
+
+__all__ = [
+    "FORWARD_HOOKS",
+    "GRADIENTS",
+    "LOSS",
+    "PROBE_BATCH",
+    "WEIGHTS_BEFORE_STEP",
+    "ActivationCollector",
+    "Collector",
+    "Context",
+    "Every",
+    "Failures",
+    "GradStep",
+    "GradientCollector",
+    "LearningRateCollector",
+    "LossCollector",
+    "Modulo",
+    "SharpnessCollector",
+    "WeightCollector",
+    "default_collectors",
+]
+
+
+def default_collectors(config: Any) -> list[Collector]:
+    """The collectors of a :class:`~dyncheck.monitor.MonitorConfig`, in the order they run at each hook
+    (sharpness first: its probe runs before the activation hooks are attached)."""
+    on = config.sharpness_enabled
+    return [
+        SharpnessCollector(budget=config.sharpness_budget if on else 0.0,
+                           every_n=config.sharpness_every_n_steps if on else 0,
+                           max_iter=config.sharpness_max_iter, tol=config.sharpness_tol),
+        LearningRateCollector(),
+        LossCollector(),
+        GradientCollector(),
+        WeightCollector(),
+        ActivationCollector(config.activation_modules),
+    ]

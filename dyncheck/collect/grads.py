@@ -1,0 +1,80 @@
+"""Gradient statistics, from the final gradients of each optimizer step (after accumulation, all-reduce and AMP
+unscaling, before clipping):
+
+- ``grad_norm/total`` on the scalars schedule: the global L2 norm, reduced across processes as a norm (each
+  process's per-tensor norms travel; the flush takes the norm of their stack);
+- ``grad_norm/<param>`` and ``grad_nonfinite/<param>`` on the per-layer schedule (rank zero's values).
+
+The hot path is one :class:`~dyncheck.measure.tensors.NormPlan` call per optimizer: one ``_foreach_norm`` and
+one ``stack`` for dense float32-like gradients. Plans are made at the first step and kept while the list keeps its
+make-up; a gradient whose norm cannot be taken is left out (one warning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..measure.tensors import nonfinite_counts
+from .base import GRADIENTS, Collector, GradStep, interned
+
+__all__ = ["GradientCollector"]
+
+_TOTAL = ("grad_norm/total",)
+
+
+class GradientCollector(Collector):
+    name = "grad_norm"
+    metrics = ("grad_norm/total", "grad_norm/*", "grad_nonfinite/*")
+    reduce = "norm"
+    needs = frozenset({GRADIENTS})
+    schedule = "scalars"  # and "layers" for the per-tensor statistics
+
+    @dataclass
+    class Step:
+        vecs: list[Tensor] = field(default_factory=list)  # per-tensor gradient norms of each optimizer
+
+    def due(self, step: int) -> bool:
+        return True  # the norms are taken every step (cheap); what is emitted follows the two schedules
+
+    def start(self, ctx) -> None:
+        super().start(ctx)
+        self._scalars = ctx.schedules["scalars"]
+        self._layers = ctx.schedules["layers"]
+
+    def gradients(self, step: int, g: GradStep) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        key = id(g.optimizer)
+        named, grads = g.named, g.grads
+        # one plan per optimizer while every parameter has a gradient (the common case: a cheap key)
+        pkey = key if len(named) == len(g.params) else (key, tuple(n for n, _ in named))
+        plan = ctx.plans.get(pkey)
+        norms = None
+        if plan is not None:
+            try:
+                norms = plan(grads)
+            except Exception:  # the gradients changed make-up (dtype, layout, device): plan again
+                plan = None
+        if plan is None:
+            got = ctx.planned("grad_norm", pkey, named, grads, step)
+            if got is not None:
+                plan, norms = got
+        measuring = self._layers.due(step)
+        if plan is not None and plan.kept != ():  # kept == (): every gradient left out
+            self.now.vecs.append(norms)
+            if measuring:
+                names = tuple(n for n, _ in named)
+                kept = names if plan.kept is None else tuple(names[i] for i in plan.kept)
+                ctx.emit(step, interned(tuple(f"grad_norm/{n}" for n in kept)), norms, "none")
+        if measuring:
+            counted = ctx.guarded("grad_nonfinite", named, grads, nonfinite_counts, step)
+            if counted is not None:
+                ctx.emit(step, interned(tuple(f"grad_nonfinite/{n}" for n in counted[0])), counted[1], "none")
+
+    def step_end(self, step: int) -> None:
+        vecs = self.now.vecs
+        if vecs and self._scalars.due(step):
+            assert self.ctx is not None
+            self.ctx.emit(step, _TOTAL, vecs[0] if len(vecs) == 1 else torch.cat(vecs), "norm")

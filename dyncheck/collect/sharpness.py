@@ -1,0 +1,190 @@
+"""``sharpness/top_eig``, ``sharpness/n_hvp``, ``sharpness/threshold``: the top Hessian eigenvalue of the loss
+on the probe batch (a copy of the run's first batch) by Lanczos on Hessian-vector products, at the weights the
+step's loss is computed with (before its forward), on the budget schedule of
+:class:`~dyncheck.measure.sharpness.SharpnessSchedule` (a share of the training time, ``sharpness_budget``) or a
+fixed one (``sharpness_every_n_steps``). Values are rank zero's (the probe runs there only)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import MeasureError
+from ..measure.sharpness import (
+    SharpnessSchedule,
+    hvp_operator,
+    lanczos_top_eig,
+    preserved_training_state,
+    stability_threshold,
+)
+from .base import PROBE_BATCH, Collector, interned
+
+__all__ = ["SharpnessCollector"]
+
+#: Lanczos basis sizes (values): full reorthogonalisation on the device up to 64M (256 MB in float32); above, the
+#: basis is kept in host memory, only to return the eigenvector for warm starts, up to 256M values (1 GB)
+_REORTH_MAX = 64_000_000
+_HOST_BASIS_MAX = 256_000_000
+
+
+class _OverLimit(Exception):
+    pass
+
+
+class _TimedMatvec:
+    """``matvec`` that times its products; with a finite ``limit``, raises :class:`_OverLimit` after the second
+    product (the first may pay one-time initialisation) if ``max_iter`` products after the graph build
+    (``graph_s``) would take more than ``limit`` seconds."""
+
+    def __init__(self, matvec: Callable[[Tensor], Tensor], graph_s: float, limit: float, max_iter: int) -> None:
+        self.matvec, self.graph_s, self.limit, self.max_iter = matvec, graph_s, limit, max_iter
+        self.device = getattr(matvec, "device", "cpu")
+        self.times: list[float] = []
+
+    def __call__(self, v: Tensor) -> Tensor:
+        t = time.perf_counter()
+        out = self.matvec(v)
+        self.times.append(time.perf_counter() - t)
+        k = len(self.times)
+        if k == min(2, self.max_iter) and math.isfinite(self.limit):
+            if self.graph_s + sum(self.times) + self.hvp_s * (self.max_iter - k) > self.limit:
+                raise _OverLimit()
+        return out
+
+    @property
+    def hvp_s(self) -> float:
+        """Typical seconds per product: the median (the first may pay one-time initialisation: it counts only
+        when it is all there is)."""
+        times = self.times[1:] or self.times
+        return float(np.median(times)) if times else 0.0
+
+
+class SharpnessCollector(Collector):
+    name = "sharpness"
+    metrics = ("sharpness/top_eig", "sharpness/n_hvp", "sharpness/threshold")
+    reduce = "none"
+    needs = frozenset({PROBE_BATCH})
+    schedule = "budget"
+
+    def __init__(self, *, budget: float, every_n: int | None, max_iter: int, tol: float) -> None:
+        super().__init__()
+        self.budget, self.every_n, self.max_iter, self.tol = budget, every_n, max_iter, tol
+
+    @dataclass
+    class Fit:
+        schedule: SharpnessSchedule | None = None
+        eigvec: Tensor | None = None  # the last probe's eigenvector: the next probe's warm start
+        generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+        seconds: float = 0.0  # all probes (and stopped attempts) of this fit
+        probes: int = 0
+
+    def start(self, ctx) -> None:
+        super().start(ctx)
+        self.fit.schedule = SharpnessSchedule(budget=self.budget, every_n=self.every_n,
+                                              total_steps=ctx.planned_steps, max_iter=self.max_iter,
+                                              start_step=ctx.start_step)
+        if ctx.probe_loss is None or self.fit.schedule.mode == "off":
+            self.enabled = False
+            return
+        trainable = [(n, p) for n, p in ctx.module.named_parameters() if p.requires_grad]
+        complex_params = [n for n, p in trainable if p.is_complex()]
+        step0 = self.fit.schedule.start
+        if not trainable:
+            self._off(step0, MeasureError("the model has no trainable parameters"))
+        elif complex_params:
+            self._off(step0, MeasureError(f"complex parameters ({', '.join(complex_params[:5])}): the Hessian "
+                                          "probe works on real parameters only"))
+
+    def _off(self, step: int | None, exc: BaseException, what: str = "measurement failed") -> None:
+        self.enabled = False
+        assert self.ctx is not None
+        self.ctx.failed("sharpness", [(None, exc)], step, what=what)
+
+    @property
+    def seconds(self) -> float:
+        return self.fit.seconds
+
+    def due(self, step: int) -> bool:
+        sched, ctx = self.fit.schedule, self.ctx
+        return sched is not None and step >= sched.next_step and ctx is not None and ctx.has_store and \
+            ctx.probe_batch is not None
+
+    def step_start(self, step: int) -> None:
+        sched, ctx = self.fit.schedule, self.ctx
+        assert sched is not None and ctx is not None
+        try:
+            limit = sched.admit(step, ctx.clock())
+            if limit is not None:
+                self._measure(step, limit)
+        except Exception as exc:  # never break the training it observes
+            self._off(step, exc, "scheduling failed")
+
+    def _measure(self, step: int, limit: float) -> None:
+        """Probe at the current weights (those of step ``step``'s forward) and label the value ``step``. A finite
+        ``limit`` (no probe measured yet): stop after the second product when ``max_iter`` of them would cost
+        more than ``limit`` seconds in all, and let the schedule plan with the measured costs."""
+        ctx, fit = self.ctx, self.fit
+        assert ctx is not None and fit.schedule is not None and ctx.probe_loss is not None
+        module, sched = ctx.module, fit.schedule
+        params = [p for p in module.parameters() if p.requires_grad]
+        max_iter = self.max_iter
+        cold = fit.eigvec is None
+        t = time.perf_counter()
+        graph_s = 0.0
+        res = timed = None
+        try:
+            # TorchScript's profiling executor specialises its graphs by call history: the probe's forward must
+            # not count, or the training after it would run other kernels (other roundings)
+            with preserved_training_state(module, params), torch.enable_grad(), \
+                    torch.jit.optimized_execution(False):
+                loss = ctx.probe_loss(module, ctx.probe_batch)
+                matvec, n = hvp_operator(loss, params)
+                graph_s = time.perf_counter() - t
+                timed = _TimedMatvec(matvec, graph_s, limit, max_iter)
+                size = n * max_iter
+                res = lanczos_top_eig(timed, n, max_iter=max_iter, tol=self.tol, v0=fit.eigvec,
+                                      generator=fit.generator, reorthogonalize=size <= _REORTH_MAX,
+                                      basis_device="cpu" if size <= _HOST_BASIS_MAX else None)
+                del matvec, loss
+        except _OverLimit:
+            pass
+        except Exception as exc:  # a measurement must never end the training it observes
+            self._off(step, exc)
+            return
+        finally:
+            if timed is not None:
+                timed.matvec = None  # type: ignore[assignment]  # free the gradient graph
+            cost = time.perf_counter() - t
+            fit.seconds += cost
+        assert timed is not None
+        if res is None:
+            sched.record_abort(step, cost, graph_s=graph_s, hvp_s=timed.hvp_s)
+            return
+        sched.record(step, cost, n_hvp=res.n_hvp, graph_s=graph_s, cold=cold, hvp_s=timed.hvp_s,
+                     products_s=sum(timed.times))
+        fit.probes += 1
+        fit.eigvec = res.vector
+        opts = [opt for opt, _ in ctx.optimizers]
+        try:
+            thr = stability_threshold(opts[0]) if opts else None  # this step's learning rate: not stepped yet
+        except Exception:  # a learning rate that is not a number: no threshold
+            thr = None
+        names, vals = ["sharpness/top_eig", "sharpness/n_hvp"], [res.value, float(res.n_hvp)]
+        if thr is not None:
+            names.append("sharpness/threshold")
+            vals.append(thr)
+        ctx.emit_host(step, interned(tuple(names)), vals)
+
+    def meta(self) -> dict[str, Any]:
+        fit = self.fit
+        out: dict[str, Any] = {"sharpness_time_s": round(fit.seconds, 6), "sharpness_probes": fit.probes}
+        if fit.schedule is not None:
+            out["sharpness_schedule"] = fit.schedule.facts()
+        return out

@@ -1,0 +1,91 @@
+"""The evaluation policy alone (no Trainer): options, the live budget and the one collective, the end of a run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dyncheck import ConfigError
+from dyncheck._evaluation import FINDINGS_FILENAME, Evaluation, EvaluationOptions
+from dyncheck.store import RunWriter
+
+
+def _store(path, nan_from=None):
+    steps = np.arange(200)
+    loss = np.exp(-steps / 50.0)
+    if nan_from is not None:
+        loss[nan_from:] = np.nan
+    with RunWriter(path) as w:
+        w.set_meta(status="finished")
+        w.write({"loss/train": (steps, loss), "grad_norm/total": (steps, np.ones(200))})
+    return path
+
+
+def _evaluation(**kw):
+    logs, warns = [], []
+    ev = Evaluation(EvaluationOptions(**kw), warn=lambda k, m: warns.append(m), info=logs.append)
+    return ev, logs, warns
+
+
+def test_options_are_validated_once_with_the_callers_name():
+    with pytest.raises(ConfigError, match=r"^Mine\(stop_on='fatal'\): expected 'error', 'warning' or None"):
+        EvaluationOptions(stop_on="fatal", owner="Mine")
+    with pytest.raises(ConfigError, match="needs rules to evaluate"):
+        EvaluationOptions(rules=None, stop_on="error")
+    with pytest.raises(ConfigError, match=r"report=1\): expected True or False"):
+        EvaluationOptions(report=1)
+    assert EvaluationOptions(rules=None).loaded is None
+
+
+def test_final_writes_findings_report_and_logs_counts(tmp_path):
+    store = _store(tmp_path / "run.db", nan_from=150)
+
+    class Logger:
+        got = None
+
+        def log_metrics(self, metrics, step):
+            Logger.got = (metrics, step)
+
+    ev, logs, warns = _evaluation()
+    ev.final(store, step=200, loggers=[Logger()])
+    doc = json.loads((tmp_path / FINDINGS_FILENAME).read_text())
+    assert doc["step"] == 200 and doc["rules"] == ["default"] and any(f["check"] == "non-finite"
+                                                                      for f in doc["findings"])
+    assert (tmp_path / "report.html").exists() and not warns
+    assert Logger.got[1] == 200 and Logger.got[0]["dyncheck/errors"] >= 1
+    assert "report:" in logs[-1] and FINDINGS_FILENAME in logs[-1]
+
+
+def test_report_only_and_nothing(tmp_path):
+    store = _store(tmp_path / "run.db")
+    ev, logs, _ = _evaluation(rules=None)
+    ev.final(store, step=1)
+    assert (tmp_path / "report.html").exists() and not (tmp_path / FINDINGS_FILENAME).exists()
+    (tmp_path / "report.html").unlink()
+    ev, logs, _ = _evaluation(rules=None, report=False)
+    ev.final(store, step=1)
+    assert not (tmp_path / "report.html").exists() and logs == []
+
+
+def test_live_stops_all_processes_together_and_respects_its_budget(tmp_path):
+    store = _store(tmp_path / "run.db", nan_from=100)
+    ev, logs, _ = _evaluation(stop_on="error")
+    asked, stopped, meta = [], [], {}
+    ev.live(store, lambda fired: asked.append(fired) or fired, lambda: stopped.append(True), step=120,
+            set_meta=meta.update)
+    assert asked == [True] and stopped == [True] and ev.stopped_by.check == "non-finite"
+    assert meta["stopped_by"]["check"] == "non-finite" and "stopping training at step 120" in logs[-1]
+    # right after an evaluation the budget (2% of the time since) does not allow another: rank 0 asks "no"
+    ev.live(store, lambda fired: asked.append(fired) or fired, lambda: stopped.append(True), step=121,
+            set_meta=meta.update)
+    assert asked == [True, False] and stopped == [True]
+    # another process's finding stops this one too (the collective says so), without a finding of its own
+    ev2, _, _ = _evaluation(stop_on="error")
+    ev2.live(None, lambda fired: True, lambda: stopped.append("other"), step=5, set_meta=meta.update)
+    assert stopped[-1] == "other" and ev2.stopped_by is None
+
+
+def test_a_failing_evaluation_warns_and_never_raises(tmp_path):
+    ev, logs, warns = _evaluation()
+    ev.final(tmp_path / "missing" / "run.db", step=0)
+    assert any("evaluating the checks failed" in w for w in warns)
