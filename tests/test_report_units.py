@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -509,3 +510,26 @@ def test_phases_respect_max_phases(max_phases):
     phases = detect_phases(T, _piecewise(), max_phases=max_phases)
     _check_partition(phases, T)
     assert len(phases) <= max_phases
+
+
+def test_dead_unit_heat_map_shows_relu_like_modules_and_any_with_a_dead_unit():
+    """'Dead' means a ReLU-like output stuck at 0: convolutions, normalisation and linear layers are left out of
+    the dead-unit chart (by their class in the run's meta) unless one of them really had a dead unit."""
+    from dyncheck.report._render import _act_section, _Series
+
+    s = np.arange(0, 300, 50)
+    types = {"net.0": "Conv2d", "net.1": "BatchNorm2d", "net.2": "ReLU", "net.3": "Linear", "net.4": "ReLU6"}
+    series = {"loss/train": (s, np.ones(s.size)),
+              "act/dead/net.0": (s, np.zeros(s.size)), "act/dead/net.1": (s, np.zeros(s.size)),
+              "act/dead/net.2": (s, np.full(s.size, 0.2)), "act/dead/net.3": (s, np.r_[np.zeros(5), 0.1]),
+              "act/dead/net.4": (s, np.zeros(s.size))}
+    meta = {"model": {"modules": [{"name": n, "type": t} for n, t in types.items()]}}
+    sec = _act_section(_Series(series, meta), {})
+    (chart,) = [c for c in sec.charts if c.id == "chart-dead"]
+    shown = {tr["name"] for tr in json.loads(chart.json)["data"]}
+    assert shown == {"net.2", "net.3", "net.4"}
+    assert "2 modules whose outputs are not ReLU-like" in chart.caption
+    # without module classes in the meta (an imported log, an older store): every series is shown
+    sec = _act_section(_Series(series, {}), {})
+    (chart,) = [c for c in sec.charts if c.id == "chart-dead"]
+    assert len(json.loads(chart.json)["data"]) == 5 and "left out" not in chart.caption

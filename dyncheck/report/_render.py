@@ -41,6 +41,9 @@ class _Series(SeriesSource):
         self._rank = {str(p.get("name")): i for i, p in enumerate(model.get("parameters") or [])}
         for i, m in enumerate(model.get("modules") or []):
             self._rank.setdefault(str(m.get("name")), len(self._rank) + i)
+        #: module name -> class name, where the run's meta lists them
+        self.module_types = {str(m.get("name")): str(m.get("type")) for m in model.get("modules") or []
+                             if isinstance(m, dict)}
         self.span = _run_span(self)
 
     def matching(self, pattern: str) -> list[str]:
@@ -130,15 +133,33 @@ def _update_section(src: _Series) -> Section:
     return sec
 
 
+#: module classes whose outputs are exactly 0 over a whole range of inputs: "dead" is meaningful for them
+ZERO_FLOORED = frozenset({"ReLU", "ReLU6", "Threshold", "Hardswish", "Hardsigmoid", "Hardshrink", "Softshrink"})
+
+
+def _zero_floored(series: list, types: dict[str, str]) -> tuple[list, int]:
+    """The dead-share series worth a heat map: of ReLU-like modules (by class, from the run's meta), and of any
+    module that ever had a dead unit; all of them when the meta lists no module classes. Also how many were left
+    out."""
+    if not types:
+        return series, 0
+    kept = [t for t in series if types.get(t[0][len("act/dead/"):]) in ZERO_FLOORED
+            or bool(np.nanmax(np.asarray(t[2], float), initial=0.0) > 0)]
+    return (kept or series), (len(series) - len(kept) if kept else 0)
+
+
 def _act_section(src: _Series, skipped: dict[str, str]) -> Section:
     sec = Section("activations", "Activations", "The share of each module's units that output zero for every "
                   "sample of a batch (<b>dead</b>: ReLU-like units that no longer pass gradient), and the share "
                   "stuck near the flat ends of sigmoid/tanh (<b>saturated</b>).")
     dead = src.triples("act/dead/*")
     sat = src.triples("act/saturated/*")
+    dead, left_out = _zero_floored(dead, src.module_types)
     if dead:
+        caption = "Dead units." + (f" {left_out} modules whose outputs are not ReLU-like and never had a dead unit "
+                                   f"(convolutions, normalisation, linear layers) are left out." if left_out else "")
         sec.charts.append(per_layer_chart("chart-dead", dead, what="dead share", log=False, zmin=0.0, zmax=1.0,
-                                          strip="act/dead/", caption="Dead units."))
+                                          strip="act/dead/", caption=caption))
     if sat:
         sec.charts.append(per_layer_chart("chart-saturated", sat, what="saturated share", log=False, zmin=0.0,
                                           zmax=1.0, strip="act/saturated/", caption="Saturated units."))
