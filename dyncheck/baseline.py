@@ -153,7 +153,7 @@ class Baseline:
                        "never); 'widen' loosens a band (a ratio\n# for log series, an amount otherwise).\n")
         if self.phases is not None:
             doc["phases"] = {"first": self.phases.first, "end": _num(self.phases.end),
-                             "runs": [int(r) for r in self.phases.runs]}
+                             "runs": _Flow(int(r) for r in self.phases.runs)}
         return header + yaml.dump(doc, Dumper=_dumper(), sort_keys=False, default_flow_style=False, width=100)
 
 

@@ -59,6 +59,7 @@ SERIES: dict[str, tuple[str, str]] = {
     "sharpness/top_eig": ("never", "top Hessian eigenvalue"),
 }
 POLICIES = ("above", "below", "either", "never")
+_LINEAR = {"grad_norm/layers.spread"}  # already in decades: banded as it is
 
 
 @dataclass
@@ -225,7 +226,7 @@ def make_band(name: str, series: Sequence[tuple[np.ndarray, np.ndarray]], *, cel
     inside = [v[(s >= first) & (s <= last)] for s, v in series]
     if not all(np.all(np.isfinite(v)) for v in inside):
         return None
-    log = all(np.all(v > 0) for v in inside)
+    log = name not in _LINEAR and all(np.all(v > 0) for v in inside)
     edges = np.linspace(first, last, g + 1)
     meds, sds = [], []
     for s, v in series:

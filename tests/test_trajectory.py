@@ -3,14 +3,12 @@ with known answers, policies, missing and short candidates, the YAML section (ro
 lines, old files), and real small Trainer fits: slower early learning that ends at the same loss is caught while
 the end values pass; other seeds of the same setup pass."""
 
-import logging
 import math
-import warnings
 
 import numpy as np
 import pytest
 
-from dyncheck import ConfigError, DynamicsMonitor
+from dyncheck import ConfigError
 from dyncheck import trajectory as T
 from dyncheck.baseline import compare, format_comparison, format_comparison_junit, load_baseline, make_baseline
 from dyncheck.store import RunWriter
@@ -249,50 +247,13 @@ def test_lo_above_hi_is_refused(stores, tmp_path):
 
 
 # -- real small Trainer fits -------------------------------------------------------------------------------------------
-def fit(d, seed=0, delay=0):
-    """A tiny regression MLP, 100 SGD steps (about a second). ``delay``: the learning rate is 1% for the first
-    steps (a warm-up made too long): slower early learning that ends at about the same loss."""
-    import pytorch_lightning as pl
-    import torch
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
-
-    class Tiny(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
-
-        def training_step(self, batch, i):
-            x, y = batch
-            return nn.functional.mse_loss(self.net(x), y)
-
-        def configure_optimizers(self):
-            opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-            if not delay:
-                return opt
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.01 if k < delay else 1.0)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    warnings.filterwarnings("ignore")
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2048, 8, generator=g)
-    y = torch.tanh(x @ torch.randn(8, 1, generator=g)) + 0.05 * torch.randn(2048, 1, generator=g)
-    data = DataLoader(TensorDataset(x, y), batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(1))
-    pl.seed_everything(seed, verbose=False)
-    model = Tiny()
-    trainer = pl.Trainer(max_steps=100, max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=d,
-                         callbacks=[DynamicsMonitor(dirpath=d, every_n_steps=5, report=False, rules=None)])
-    trainer.fit(model, data)
-    return d
+from tinyfit import fit  # noqa: E402  (a tiny regression MLP, 100 steps, about a second)
 
 
 def test_real_fits_other_seeds_pass_and_a_slow_start_is_caught(tmp_path):
     base = make_baseline([fit(tmp_path / "s0")], rules=None)
     assert {"loss/train", "grad_norm/total", "grad_norm/layers.median"} <= set(base.trajectories)
-    for seed in (1, 2):
+    for seed in (1,):
         cmp = compare(fit(tmp_path / f"s{seed}", seed=seed), base, rules=None)
         assert cmp.regressions == [], format_comparison(cmp)
     cmp = compare(fit(tmp_path / "slow", delay=8), base, rules=None)
