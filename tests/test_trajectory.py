@@ -261,3 +261,21 @@ def test_real_fits_other_seeds_pass_and_a_slow_start_is_caught(tmp_path):
     assert cmp.regressions == ["trajectory loss/train"], format_comparison(cmp)  # ... the trajectory does not
     row = next(t for t in cmp.trajectories if t.series == "loss/train")
     assert row.direction == "above" and row.start < 20
+
+
+def test_the_readme_trajectory_baseline_loads_and_judges(tmp_path):
+    """The complete small baseline shown in README ("Trajectories") loads as shown and judges a run."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = next(b.split("\n", 1)[1] for b in readme.split("```yaml")[1:] if "trajectories:" in b.split("```")[0])
+    path = tmp_path / "readme.yaml"
+    path.write_text(block.split("```")[0])
+    base = load_baseline(path)
+    assert base.trajectories["loss/train"].widen == 1.2 and base.trajectories["grad_norm/total"].fail == "never"
+    assert base.phases.first == "rapid fitting" and base.phases.end == 61
+    s, v = curve(n=300)
+    run = write_run(tmp_path / "run", {"loss/train": (s, v)})
+    cmp = compare(run, base, rules=None)
+    assert [t.status for t in cmp.trajectories] == ["ok", "missing"] and cmp.regressions == []
+    assert "trajectory grad_norm/total" in cmp.changes
