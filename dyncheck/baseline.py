@@ -639,7 +639,8 @@ def compare(run: Any, baseline: Baseline, *, rules: Any = "default", result: Any
         from .trajectory import judge, judge_timing, run_series
 
         series = run_series(run)
-        traj = [judge(b, *series.get(name, (None, None))) for name, b in baseline.trajectories.items()]
+        last = max((int(st[-1]) for st, _ in series.values() if st.size), default=None)
+        traj = [judge(b, *series.get(name, (None, None)), run_last=last) for name, b in baseline.trajectories.items()]
         if baseline.phases is not None:
             timing_text = judge_timing(baseline.phases, *series.get("loss/train", (None, None)))
     return Comparison(rows, new, gone, baseline.path, run_status=status if isinstance(status, str) and status

@@ -303,18 +303,22 @@ def _steps(x: float) -> str:
     return f"{int(round(x)):,}"
 
 
-def judge(band: Band, steps: np.ndarray | None, values: np.ndarray | None) -> TrajRow:
-    """Judge a candidate's series against a band (``steps`` None: the candidate did not record it)."""
+def judge(band: Band, steps: np.ndarray | None, values: np.ndarray | None, run_last: int | None = None) -> TrajRow:
+    """Judge a candidate's series against a band (``steps`` None: the candidate did not record it). ``run_last``:
+    the run's last recorded step (of any tracked series): a run that ends before 90% of the band's steps is too
+    short to judge; a sparse series (sharpness probes) whose own last point is earlier in a run that went on is
+    judged on the cells it has."""
     name, g = band.name, band.cells
     if steps is None or values is None or steps.size == 0:
         return TrajRow(name, "missing", f"{name}: not recorded by the run (the baseline has a band for it)")
     edges = band.edges()
     med, _, cnt = _cells(np.asarray(steps, np.int64), _transform(np.asarray(values, float), band.log), edges)
     has = cnt > 0
-    covered = int(steps.max()) - band.first
+    last = int(steps.max()) if run_last is None else max(int(run_last), int(steps.max()))
+    covered = last - band.first
     needed = band.last - band.first
-    if int(steps.max()) < band.first + 0.9 * needed or (g >= 20 and has.sum() < 0.5 * g):
-        return TrajRow(name, "short", f"{name}: the run covers steps {_steps(steps.min())}-{_steps(steps.max())} "
+    if last < band.first + 0.9 * needed or has.sum() < (0.5 * g if g >= 20 else MIN_CELLS):
+        return TrajRow(name, "short", f"{name}: the run covers steps {_steps(steps.min())}-{_steps(last)} "
                        f"({max(covered, 0) / needed:.0%} of the baseline's {_steps(band.first)}-{_steps(band.last)}, "
                        f"{int(has.sum())} of {g} cells): too short to compare its trajectory", share=None)
     lo, hi = band.bounds()

@@ -279,3 +279,23 @@ def test_the_readme_trajectory_baseline_loads_and_judges(tmp_path):
     cmp = compare(run, base, rules=None)
     assert [t.status for t in cmp.trajectories] == ["ok", "missing"] and cmp.regressions == []
     assert "trajectory grad_norm/total" in cmp.changes
+
+
+def test_cli_baseline_and_compare_with_trajectories(stores, tmp_path, capsys):
+    import json
+
+    from dyncheck.cli import main
+
+    b = tmp_path / "base.yaml"
+    assert main(["baseline", str(stores["a"]), str(stores["b"]), "-o", str(b), "--rules", "default"]) == 0
+    assert "trajectories: loss/train, loss/val, grad_norm/total" in capsys.readouterr().out
+    assert main(["compare", str(stores["c"]), "--baseline", str(b)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(stores["slow"]), "--baseline", str(b), "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["regressions"] == ["trajectory loss/train"]
+    row = doc["trajectories"][0]
+    assert row["status"] == "regressed" and row["direction"] == "above" and row["policy"] == "above"
+    assert main(["baseline", str(stores["a"]), "-o", str(b), "--no-trajectories"]) == 0
+    assert "trajectories" not in b.read_text()
+    assert main(["compare", str(stores["slow"]), "--baseline", str(b)]) == 0
