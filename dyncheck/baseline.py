@@ -8,6 +8,12 @@ absolute share for dead units). A baseline built from several runs (seeds) widen
 spread it saw across them.
 
 Findings are compared too: a check (warning or error) that fires now but did not in the baseline is a regression.
+
+Trajectories (:mod:`dyncheck.trajectory`): the baseline also holds a band per tracked series (training and
+validation loss, gradient norm, the per-layer gradient profile, sharpness) on a common step grid, and when the
+training loss's first phase ended; a run whose loss stays above its band for a sustained span regresses even when
+its end values pass (slower early learning that ends at the same loss). Files without a ``trajectories`` section
+(written before) load and compare as before.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 
 from .checks.engine import _json_number
 from .errors import BaselineRefused, ConfigError
+from .trajectory import CELLS, MAX_CELLS, MIN_CELLS, POLICIES, SERIES, Band, PhaseTiming, TrajRow
 
 __all__ = ["Quantity", "Baseline", "Row", "Comparison", "summarize", "make_baseline", "load_baseline",
            "compare", "format_comparison", "format_comparison_junit", "QUANTITIES", "BASELINE_VERSION",
@@ -117,6 +124,9 @@ class Baseline:
     findings: list[str]  # check ids (warning or error) that fired in the baseline run(s)
     info: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    #: series name -> band (empty for a baseline without trajectories); the training loss's first phase end
+    trajectories: dict[str, Band] = field(default_factory=dict)
+    phases: PhaseTiming | None = None
 
     def to_yaml(self) -> str:
         import yaml
@@ -136,7 +146,45 @@ class Baseline:
                   "--dyncheck-update-baselines).\n# Each quantity: value, which way is better, and its tolerance: "
                   "'ratio' (may get this many times worse) or 'abs' (by this much).\n# Edit a tolerance to "
                   "loosen or tighten a comparison; 'findings' are the checks that fired and may fire again.\n")
-        return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+        if self.trajectories:
+            doc["trajectories"] = {name: _band_doc(b) for name, b in self.trajectories.items()}
+            header += ("# trajectories: a band (lo, hi per cell of the steps first..last) per series; a run out of "
+                       "it for 'span' of the\n# cells in a row fails when 'fail' says so (above, below, either, "
+                       "never); 'widen' loosens a band (a ratio\n# for log series, an amount otherwise).\n")
+        if self.phases is not None:
+            doc["phases"] = {"first": self.phases.first, "end": _num(self.phases.end),
+                             "runs": _Flow(int(r) for r in self.phases.runs)}
+        return header + yaml.dump(doc, Dumper=_dumper(), sort_keys=False, default_flow_style=False, width=100)
+
+
+class _Flow(list):
+    """A list written on wrapped lines ([a, b, ...]): a band's hundreds of numbers stay a few lines."""
+
+
+_DUMPER: list[type] = []
+
+
+def _dumper() -> type:
+    """yaml.SafeDumper writing :class:`_Flow` lists in flow style."""
+    if not _DUMPER:
+        import yaml
+
+        class Dumper(yaml.SafeDumper):
+            pass
+
+        Dumper.add_representer(_Flow, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v,
+                                                                         flow_style=True))
+        _DUMPER.append(Dumper)
+    return _DUMPER[0]
+
+
+def _band_doc(b: Band) -> dict[str, Any]:
+    doc: dict[str, Any] = {"log": b.log, "steps": _Flow([int(b.first), int(b.last)]), "fail": b.fail,
+                           "span": _num(b.span)}
+    if b.widen is not None:
+        doc["widen"] = _num(b.widen)
+    doc["lo"], doc["hi"] = _Flow(b.lo), _Flow(b.hi)
+    return doc
 
 
 def _num(v: float | None) -> float | str | None:
@@ -168,10 +216,11 @@ def _unfinished(run: Any) -> str | None:
 
 
 def make_baseline(runs: Sequence[Any], *, rules: Any = "default", results: Sequence[Any] | None = None,
-                  allow_unfinished: bool = False) -> Baseline:
+                  allow_unfinished: bool = False, trajectories: bool = True, cells: int = CELLS) -> Baseline:
     """A baseline from one or more runs (open :class:`~dyncheck.store.Run` objects or paths). With several runs
     each quantity is their median, and its tolerance at least 3x their spread (std of log values for ratios).
-    ``results``: the runs' CheckResults if already evaluated (else ``rules`` are evaluated).
+    ``results``: the runs' CheckResults if already evaluated (else ``rules`` are evaluated). ``trajectories``:
+    also band the tracked series on a grid of up to ``cells`` cells (:mod:`dyncheck.trajectory`).
 
     Raises :class:`BaselineRefused` for a run that did not finish (its losses are not those of the run a test
     trains; ``allow_unfinished=True`` takes it as it is) and when no quantity could be measured (no loss, no
@@ -180,7 +229,9 @@ def make_baseline(runs: Sequence[Any], *, rules: Any = "default", results: Seque
 
     if not runs:
         raise ConfigError("make_baseline: needs at least one run")
-    summaries, findings, names = [], set(), []
+    from .trajectory import make_trajectories, run_series
+
+    summaries, findings, names, per_run = [], set(), [], []
     for r, result in zip(runs, results if results is not None else [None] * len(runs)):
         with (contextlib.nullcontext(r) if isinstance(r, Run) else open_run(r)) as run:
             ended = _unfinished(run)
@@ -188,6 +239,8 @@ def make_baseline(runs: Sequence[Any], *, rules: Any = "default", results: Seque
                 raise BaselineRefused(f"{run.dir}: the run did not finish ({ended}); a baseline must come from a "
                                       f"finished run", unfinished=True)
             summaries.append(summarize(run))
+            if trajectories:
+                per_run.append(run_series(run))
             findings |= set(_findings_of(run, rules, result))
             names.append(str(run.dir))
     quantities: dict[str, Quantity] = {}
@@ -210,7 +263,8 @@ def make_baseline(runs: Sequence[Any], *, rules: Any = "default", results: Seque
                               f"loss/val or act/dead/* series; the run{'s' if len(names) > 1 else ''} recorded "
                               f"none of them); a baseline with 0 quantities would pass every comparison")
     info = {"created": _dt.datetime.now(tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "runs": names}
-    return Baseline(quantities, sorted(findings), info)
+    bands, timing = make_trajectories(per_run, cells=cells) if trajectories else ({}, None)
+    return Baseline(quantities, sorted(findings), info, trajectories=bands, phases=timing)
 
 
 def _duplicate_keys(node: Any, path: str = "") -> list[tuple[int, str, int]]:
@@ -321,8 +375,102 @@ def load_baseline(path: str | os.PathLike) -> Baseline:
     if created is not None and not isinstance(created, (str, _dt.date)):
         raise ConfigError(f"{p}: 'created' must be a date or a text such as '2026-01-31 12:00 UTC', got "
                           f"{_shown(created)}" + at("created"))
+    bands = _load_trajectories(doc, p, at, yd)
+    timing = _load_phases(doc, p, at)
     return Baseline(quantities, list(findings), {"created": None if created is None else str(created),
-                                                 "runs": list(runs)}, path=p)
+                                                 "runs": list(runs)}, path=p, trajectories=bands, phases=timing)
+
+
+def _load_trajectories(doc: dict, p: Path, at: Any, yd: Any) -> dict[str, Band]:
+    """The ``trajectories`` section, validated: series -> {log, steps: [first, last], fail, span, widen, lo, hi}."""
+    raw = doc.get("trajectories")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: 'trajectories' must be a mapping of series name -> {{log, steps, fail, span, lo, "
+                          f"hi}}" + at("trajectories"))
+    bands: dict[str, Band] = {}
+    for name, t in raw.items():
+        where, here = f"{p}: trajectories.{name}", ("trajectories", name)
+        if name not in SERIES:
+            raise ConfigError(f"{where}: unknown series; expected one of: {', '.join(SERIES)}" + _at_key(yd, here))
+        if not isinstance(t, dict):
+            raise ConfigError(f"{where}: expected a mapping with log, steps, fail, span, lo and hi" + at(*here))
+        unknown = set(t) - {"log", "steps", "fail", "span", "widen", "lo", "hi"}
+        if unknown:
+            first = sorted(unknown, key=str)[0]
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; expected log, steps, "
+                              f"fail, span, widen, lo, hi" + _at_key(yd, (*here, first)))
+        for key in ("log", "steps", "lo", "hi"):
+            if key not in t:
+                raise ConfigError(f"{where}: missing '{key}'" + at(*here))
+        log = t["log"]
+        if not isinstance(log, bool):
+            raise ConfigError(f"{where}.log: expected true or false, got {_shown(log)}" + at(*here, "log"))
+        steps = t["steps"]
+        if (not isinstance(steps, list) or len(steps) != 2 or not all(type(s) is int for s in steps)
+                or not 0 <= steps[0] < steps[1] <= 10 ** 15):
+            raise ConfigError(f"{where}.steps: expected [first, last], two whole steps with 0 <= first < last, got "
+                              f"{_shown(steps)}" + at(*here, "steps"))
+        fail = t.get("fail", SERIES[name][0])
+        if fail not in POLICIES:
+            raise ConfigError(f"{where}.fail: expected one of {', '.join(POLICIES)}, got {_shown(fail)}"
+                              + at(*here, "fail"))
+        span = _float(t.get("span", 0.1), f"{where}.span", at(*here, "span"))
+        if not (0 < span <= 1):
+            raise ConfigError(f"{where}.span: expected a share of the cells, 0 < span <= 1, got "
+                              f"{_shown(t.get('span'))}" + at(*here, "span"))
+        widen = t.get("widen")
+        widen_f = None if widen is None else _float(widen, f"{where}.widen", at(*here, "widen"))
+        if widen_f is not None and not (math.isfinite(widen_f) and widen_f >= (1 if log else 0)):
+            raise ConfigError(f"{where}.widen: expected {'a ratio >= 1' if log else 'a finite value >= 0'}, got "
+                              f"{_shown(widen)}" + at(*here, "widen"))
+        arrays = {}
+        for key in ("lo", "hi"):
+            v = t[key]
+            if not isinstance(v, list) or not MIN_CELLS + 1 <= len(v) <= MAX_CELLS:
+                raise ConfigError(f"{where}.{key}: expected a list of {MIN_CELLS + 1} to {MAX_CELLS} numbers, got "
+                                  f"{_shown(v) if not isinstance(v, list) else f'{len(v)} values'}" + at(*here, key))
+            nums = []
+            for i, x in enumerate(v):
+                f = _float(x, f"{where}.{key}[{i}]", at(*here, key, i))
+                if not math.isfinite(f) or (log and f <= 0):
+                    raise ConfigError(f"{where}.{key}[{i}]: expected a finite number{' > 0 (log: true)' if log else ''}"
+                                      f", got {_shown(x)}" + at(*here, key, i))
+                nums.append(f)
+            arrays[key] = nums
+        if len(arrays["lo"]) != len(arrays["hi"]):
+            raise ConfigError(f"{where}: 'lo' has {len(arrays['lo'])} values and 'hi' {len(arrays['hi'])}; expected "
+                              f"one of each per cell" + at(*here, "hi"))
+        for i, (a, b) in enumerate(zip(arrays["lo"], arrays["hi"])):
+            if a > b:
+                raise ConfigError(f"{where}.hi[{i}]: expected hi >= lo in every cell, got lo {a:g} > hi {b:g}"
+                                  + at(*here, "hi", i))
+        bands[name] = Band(name, log, steps[0], steps[1], arrays["lo"], arrays["hi"], fail, span, widen_f)
+    return bands
+
+
+def _load_phases(doc: dict, p: Path, at: Any) -> PhaseTiming | None:
+    raw = doc.get("phases")
+    if raw is None:
+        return None
+    from .phases import PHASE_NAMES
+
+    if not isinstance(raw, dict) or set(raw) - {"first", "end", "runs"} or "first" not in raw or "end" not in raw:
+        raise ConfigError(f"{p}: 'phases' must be a mapping with first (a phase name), end (a step) and runs (the "
+                          f"baseline runs' end steps)" + at("phases"))
+    if raw["first"] not in PHASE_NAMES:
+        raise ConfigError(f"{p}: phases.first: expected one of {', '.join(PHASE_NAMES)}, got {_shown(raw['first'])}"
+                          + at("phases", "first"))
+    end = _float(raw["end"], f"{p}: phases.end", at("phases", "end"))
+    if not (math.isfinite(end) and 0 <= end <= 1e15):
+        raise ConfigError(f"{p}: phases.end: expected a step >= 0, got {_shown(raw['end'])}" + at("phases", "end"))
+    runs = raw.get("runs") or []
+    if not isinstance(runs, list) or not all(type(r) is int for r in runs):
+        raise ConfigError(f"{p}: phases.runs: expected a list of whole steps" + at("phases", "runs"))
+    start = int(doc["trajectories"]["loss/train"]["steps"][0]) if "loss/train" in (doc.get("trajectories") or {}) \
+        else 0
+    return PhaseTiming(raw["first"], end, list(runs), start)
 
 
 def _at_key(yd: Any, keys: tuple[Any, ...]) -> str:
@@ -374,6 +522,11 @@ class Comparison:
     run_status: str | None = None
     run_ended: str | None = None
     n_series: int | None = None
+    #: trajectory bands judged (empty when the baseline holds none), and the phase-timing remark
+    trajectories: list[TrajRow] = field(default_factory=list)
+    phase_timing: str | None = None
+    #: series name -> the band's policy (what fails), for :attr:`regressions`
+    policies: dict[str, str] = field(default_factory=dict)
 
     def not_judged(self, allow_unfinished: bool = False) -> str | None:
         """Why the comparison is no verdict (None when it is): the run holds no series, or -- unless
@@ -392,6 +545,8 @@ class Comparison:
     @property
     def regressions(self) -> list[str]:
         return ([r.quantity for r in self.rows if r.status in ("regressed", "missing")]
+                + [f"trajectory {t.series}" for t in self.trajectories if t.status == "regressed"
+                   or (t.status in ("missing", "short") and self.policies.get(t.series, "above") != "never")]
                 + sorted({f.check for f in self.new_findings}))
 
     @property
@@ -400,7 +555,15 @@ class Comparison:
 
     @property
     def improvements(self) -> list[str]:
-        return [r.quantity for r in self.rows if r.status == "better"] + list(self.gone_findings)
+        return ([r.quantity for r in self.rows if r.status == "better"]
+                + [f"trajectory {t.series}" for t in self.trajectories if t.status == "better"]
+                + list(self.gone_findings))
+
+    @property
+    def changes(self) -> list[str]:
+        """Series out of their band where their policy does not fail (reported, not failing)."""
+        return [f"trajectory {t.series}" for t in self.trajectories if t.status == "changed"
+                or (t.status in ("missing", "short") and self.policies.get(t.series, "above") == "never")]
 
     def to_dict(self, allow_unfinished: bool = False) -> dict[str, Any]:
         return {"status": self.verdict(allow_unfinished), "run_status": self.run_status,
@@ -409,7 +572,12 @@ class Comparison:
                 "quantities": [{"quantity": r.quantity, "baseline": _num(r.baseline), "obtained": _num(r.obtained),
                                 "tolerance": r.tolerance, "status": r.status, "change": r.change}
                                for r in self.rows],
-                "new_findings": [f.to_dict() for f in self.new_findings], "gone_findings": self.gone_findings}
+                "new_findings": [f.to_dict() for f in self.new_findings], "gone_findings": self.gone_findings,
+                "trajectories": [{"series": t.series, "status": t.status, "direction": t.direction,
+                                  "start": t.start, "end": t.end, "share": None if t.share is None
+                                  else round(t.share, 4), "policy": self.policies.get(t.series),
+                                  "message": t.text} for t in self.trajectories],
+                "phase_timing": self.phase_timing, "changes": self.changes}
 
 
 def _judge(q: Quantity, obtained: float) -> tuple[str, str]:
@@ -466,8 +634,19 @@ def compare(run: Any, baseline: Baseline, *, rules: Any = "default", result: Any
     new = [f for f in result.at_or_above("warning") if f.check not in known]
     gone = sorted(known - {f.check for f in result.at_or_above("warning")})
     status = run.meta.get("status")
+    traj, timing_text = [], None
+    if baseline.trajectories or baseline.phases is not None:
+        from .trajectory import judge, judge_timing, run_series
+
+        series = run_series(run)
+        last = max((int(st[-1]) for st, _ in series.values() if st.size), default=None)
+        traj = [judge(b, *series.get(name, (None, None)), run_last=last) for name, b in baseline.trajectories.items()]
+        if baseline.phases is not None:
+            timing_text = judge_timing(baseline.phases, *series.get("loss/train", (None, None)))
     return Comparison(rows, new, gone, baseline.path, run_status=status if isinstance(status, str) and status
-                      else "unknown", run_ended=_unfinished(run), n_series=len(run.metrics()))
+                      else "unknown", run_ended=_unfinished(run), n_series=len(run.metrics()),
+                      trajectories=traj, phase_timing=timing_text,
+                      policies={n: b.fail for n, b in baseline.trajectories.items()})
 
 
 def format_comparison(cmp: Comparison, *, title: str = "", allow_unfinished: bool = False) -> str:
@@ -475,6 +654,9 @@ def format_comparison(cmp: Comparison, *, title: str = "", allow_unfinished: boo
     (:meth:`Comparison.not_judged`) says so first; the table is shown for information."""
     head = f"dyncheck compare {title}".rstrip()
     verdict = ("REGRESSED: " + ", ".join(cmp.regressions)) if cmp.regressions else "no regression"
+    reg = [t for t in cmp.trajectories if t.status == "regressed"]
+    if reg:
+        verdict += " (" + "; ".join(t.text for t in reg) + (f"; {cmp.phase_timing}" if cmp.phase_timing else "") + ")"
     if cmp.improvements and not cmp.regressions:
         verdict += " (better than the baseline: " + ", ".join(cmp.improvements) + ")"
     why = cmp.not_judged(allow_unfinished)
@@ -491,6 +673,17 @@ def format_comparison(cmp: Comparison, *, title: str = "", allow_unfinished: boo
         got = "—" if r.obtained is None else f"{r.obtained:.4g}"
         mark = {"regressed": "REGRESSED", "missing": "MISSING", "better": "better", "ok": "ok"}[r.status]
         lines.append(f"  {r.quantity:<{w}}  {r.baseline:>10.4g}  {got:>10}  {r.change:>9}  {r.tolerance:>9}  {mark}")
+    if cmp.trajectories:
+        lines.append("  trajectories (band per series; out of it for a sustained span):")
+        mark = {"regressed": "REGRESSED", "missing": "MISSING", "short": "NOT JUDGED", "better": "better",
+                "changed": "changed", "ok": "ok"}
+        for t in cmp.trajectories:
+            fails = t.status == "regressed" or (t.status in ("missing", "short")
+                                                and cmp.policies.get(t.series, "above") != "never")
+            status = mark[t.status] if fails or t.status not in ("missing", "short") else mark[t.status].lower()
+            lines.append(f"    {status:<10} {t.text}")
+        if cmp.phase_timing:
+            lines.append(f"    {'timing':<10} {cmp.phase_timing}")
     for f in cmp.new_findings:
         lines.append(f"  NEW {f.severity.upper()} {f.check} ({f.metric}, step {f.first_step}): {f.message}")
         if f.hint:
@@ -510,7 +703,7 @@ def format_comparison_junit(cmp: Comparison, name: str, *, allow_unfinished: boo
     import xml.etree.ElementTree as ET
 
     why = cmp.not_judged(allow_unfinished)
-    suite = ET.Element("testsuite", name=name, tests=str(len(cmp.rows) + 1 + bool(why)))
+    suite = ET.Element("testsuite", name=name, tests=str(len(cmp.rows) + 1 + bool(why) + len(cmp.trajectories)))
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", name="run_status", value=str(cmp.run_status or "not recorded"))
     ET.SubElement(props, "property", name="verdict", value=cmp.verdict(allow_unfinished))
@@ -525,6 +718,13 @@ def format_comparison_junit(cmp: Comparison, name: str, *, allow_unfinished: boo
             ET.SubElement(case, "failure", message=f"{r.quantity} {r.status}").text = detail
         else:
             ET.SubElement(case, "system-out").text = f"{r.status}: {detail}"
+    failing = set(cmp.regressions)
+    for t in cmp.trajectories:
+        case = ET.SubElement(suite, "testcase", classname=name, name=f"trajectory {t.series}")
+        if f"trajectory {t.series}" in failing:
+            ET.SubElement(case, "failure", message=f"trajectory {t.series} {t.status}").text = t.text
+        else:
+            ET.SubElement(case, "system-out").text = f"{t.status}: {t.text}"
     case = ET.SubElement(suite, "testcase", classname=name, name="new findings")
     if cmp.new_findings:
         ET.SubElement(case, "failure", message=", ".join(sorted({f.check for f in cmp.new_findings}))).text = \

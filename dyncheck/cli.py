@@ -217,13 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline", help="summarise runs into a baseline file for dyncheck compare",
                        description="Write a baseline (YAML): the run's loss quantities and the checks that fired. "
                                    "With several runs (seeds), each quantity is their median and its tolerance at "
-                                   "least 3x their spread.")
+                                   "least 3x their spread. It holds a band per series over the run too (loss, "
+                                   "gradient norms, sharpness: see README, 'Trajectories').")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or .db files)")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="baseline file to write")
     _rules_arg(p)
     p.add_argument("--allow-unfinished", action="store_true",
                    help="take runs that did not finish as they are instead of exiting 3 (a baseline holds the "
                         "losses of the run a test trains: a partial run's are not those)")
+    p.add_argument("--no-trajectories", action="store_true",
+                   help="end values and findings only: no band per series over the run")
 
     p = sub.add_parser("compare", help="compare a run with a baseline; exit 1 on a regression",
                        description="Compare a run with a baseline file: a quantity worse than its tolerance, or a "
@@ -385,7 +388,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
     try:
         base = make_baseline(args.runs, rules=load_rules(args.rules or ["default"]),
-                             allow_unfinished=args.allow_unfinished)
+                             allow_unfinished=args.allow_unfinished,
+                             trajectories=not getattr(args, "no_trajectories", False))
     except BaselineRefused as e:
         hint = " (--allow-unfinished takes it as it is)" if e.unfinished else ""
         print(f"dyncheck baseline: not written: {e}{hint}", file=sys.stderr)
@@ -393,7 +397,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from ._io import write_text
 
     write_text(args.output, base.to_yaml(), what="baseline")
-    print(f"{args.output}: {len(base.quantities)} quantities, findings: {', '.join(base.findings) or 'none'}")
+    print(f"{args.output}: {len(base.quantities)} quantities, findings: {', '.join(base.findings) or 'none'}"
+          + (f", trajectories: {', '.join(base.trajectories)}" if base.trajectories else ""))
     return EXIT_OK
 
 

@@ -220,7 +220,8 @@ class DyncheckFixture:
 
     def assert_no_regression(self, baseline: str | Path | None = None, allow_unfinished: bool | None = None) -> Any:
         """Compare the run with the test's baseline (or ``baseline``): fail with a table of quantity, baseline,
-        obtained and tolerance when something regressed. Creates the baseline on the first run (and fails, saying
+        obtained and tolerance, and the trajectories out of their band (series, direction, step span), when
+        something regressed. Creates the baseline on the first run (and fails, saying
         so); ``--dyncheck-update-baselines`` rewrites it. A run that did not finish (unless ``allow_unfinished``,
         default: the ini option ``dyncheck_allow_unfinished``) or holds no series is neither compared nor made a
         baseline: the test fails saying why. Returns the Comparison."""
@@ -248,6 +249,11 @@ class DyncheckFixture:
                 for name, q in (old.quantities.items() if old else ()):
                     if name in base.quantities:
                         base.quantities[name].kind, base.quantities[name].tolerance = q.kind, q.tolerance
+                for name, b in (old.trajectories.items() if old else ()):  # and a band's policy, span, widen
+                    if name in base.trajectories:
+                        new = base.trajectories[name]
+                        new.fail, new.span = b.fail, b.span
+                        new.widen = b.widen if b.log == new.log else None
             from ._io import write_text
 
             write_text(path, base.to_yaml(), what="baseline")  # atomic, only over a regular file

@@ -74,6 +74,8 @@ DEFAULT_TEXT = default_rules_path().read_bytes()
 DEFAULT_DATA = yaml.safe_load(DEFAULT_TEXT)
 BASELINE_TEXT = (CORPUS / "baselines" / "ok-baseline.yaml").read_bytes()
 BASELINE_DATA = yaml.safe_load(BASELINE_TEXT)
+TRAJ_TEXT = (CORPUS / "baselines" / "ok-trajectories.yaml").read_bytes()  # with trajectory bands and phases
+TRAJ_DATA = yaml.safe_load(TRAJ_TEXT)
 
 # a synthetic run on which most default checks fire, so that their messages are formatted
 _s = np.arange(300)
@@ -574,6 +576,55 @@ def mutated_baseline(draw) -> bytes:
         else:
             q[draw(st.text(max_size=20) | st.sampled_from(["loss/val.best", "loss/val.final"]))] = q.pop(name)
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=draw(st.sampled_from([False, None]))).encode()
+
+
+@st.composite
+def mutated_trajectories(draw) -> bytes:
+    """A valid baseline with trajectory bands, its ``trajectories`` and ``phases`` sections mutated: a series, a
+    key of one (a band's lo/hi lists too: a value, its length), the phases, or a series renamed."""
+    data = copy.deepcopy(TRAJ_DATA)
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["top", "series", "key", "cell", "cells", "phases", "rename"]))
+        t = data.get("trajectories") if isinstance(data, dict) else None
+        if op == "top" or not isinstance(t, dict) or not t:
+            if isinstance(data, dict):
+                data[draw(st.sampled_from(["trajectories", "phases"]))] = draw(_values)
+            continue
+        name = draw(st.sampled_from(sorted(t, key=str)))
+        band = t[name]
+        if op == "series":
+            t[name] = draw(_values)
+        elif op == "key" and isinstance(band, dict):
+            band[draw(st.sampled_from(["log", "steps", "fail", "span", "widen", "lo", "hi", "extra"]))] = draw(
+                _numbers | _values | st.sampled_from(["above", "below", "either", "never", True, False, [0, 1]]))
+        elif op == "cell" and isinstance(band, dict):
+            key = draw(st.sampled_from(["lo", "hi"]))
+            if isinstance(band.get(key), list) and band[key]:
+                band[key][draw(st.integers(0, len(band[key]) - 1))] = draw(_numbers | _values)
+        elif op == "cells" and isinstance(band, dict):
+            n = draw(st.sampled_from([0, 1, 4, 7, 1001]))
+            band[draw(st.sampled_from(["lo", "hi"]))] = [0.5] * n
+        elif op == "phases":
+            ph = data.get("phases")
+            if isinstance(ph, dict):
+                ph[draw(st.sampled_from(["first", "end", "runs", "extra"]))] = draw(
+                    _numbers | _values | st.sampled_from(["plateau", "warp", [1, 2], [1.5]]))
+        else:
+            t[draw(st.text(max_size=20) | st.sampled_from(list(TRAJ_DATA["trajectories"])))] = t.pop(name)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=draw(st.sampled_from([False, None]))).encode()
+
+
+@settings(max_examples=N, **FUZZ)
+@given(text=mutated_trajectories())
+def test_baseline_with_random_trajectory_values(text, work, comparison_inputs):
+    baseline_input(write(work, "b-traj.yaml", text), comparison_inputs, kind="baseline-trajectories")
+
+
+@settings(max_examples=N, **FUZZ)
+@given(edits=_byte_edits)
+def test_trajectory_baseline_with_damaged_bytes(edits, work, comparison_inputs):
+    baseline_input(write(work, "b-traj-bytes.yaml", edit_bytes(TRAJ_TEXT, edits)), comparison_inputs,
+                   kind="baseline-trajectories-bytes")
 
 
 @settings(max_examples=N, **FUZZ)

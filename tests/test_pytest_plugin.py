@@ -208,3 +208,35 @@ def test_a_bad_ini_rule_file_is_a_usage_error_naming_file_line_and_column(pytest
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini option dyncheck_rules = \"'unbalanced\": No closing quotation*"])
+
+
+TRAJECTORY_TEST = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from tinyfit import fit
+
+def test_curve(dyncheck, tmp_path, request):
+    delay = int(request.config.getoption("--delay", default=None) or 0)
+    fit(tmp_path, delay=delay, monitor=dyncheck.monitor(every_n_steps=5))
+    dyncheck.assert_no_regression()
+"""
+
+
+def test_a_trajectory_baseline_through_the_plugin(pytester):
+    """The baseline the plugin writes holds trajectory bands; a slower start that ends at the same loss fails
+    naming the series and the step span while every end value is ok; a hand-set band policy survives an update."""
+    pytester.makeconftest('def pytest_addoption(parser):\n    parser.addoption("--delay", default=None)\n')
+    pytester.makepyfile(test_traj=TRAJECTORY_TEST)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(failed=1)  # created
+    path = pytester.path / "test_traj" / "test_curve.dyncheck.yaml"
+    text = path.read_text()
+    assert "trajectories:\n  loss/train:\n    log: true\n" in text and "grad_norm/layers.median:" in text
+    slow = pytester.runpytest("-p", "no:cacheprovider", "--delay", "8")
+    slow.assert_outcomes(failed=1)
+    slow.stdout.fnmatch_lines(["*REGRESSED: trajectory loss/train (loss/train above the band from step *",
+                               "*loss/train.mean*ok*", "*REGRESSED  loss/train above the band from step*"])
+    assert "loss/train.final" in slow.stdout.str() and "loss/train.final     REGRESSED" not in slow.stdout.str()
+    path.write_text(text.replace("    fail: above\n", "    fail: never\n", 1))  # the loss band: report only
+    pytester.runpytest("-p", "no:cacheprovider", "--delay", "8", "--dyncheck-update-baselines")
+    assert "  loss/train:\n    log: true\n    steps: [0, 99]\n    fail: never\n" in path.read_text()
+    pytester.runpytest("-p", "no:cacheprovider", "--delay", "8").assert_outcomes(passed=1)
