@@ -46,7 +46,7 @@ class LoopMonitor(Adapter):
     """The monitor of one plain-loop run; made by :func:`watch`, used as a context manager."""
 
     def __init__(self, model: nn.Module, optimizer: Any, *, total_steps: int | None = None,
-                 probe_batch: Any = None, **options: Any) -> None:
+                 probe_batch: Any = None, loggers: Sequence[Any] = (), **options: Any) -> None:
         super().__init__(_OWNER, options, exclude=_EXCLUDED)
         if not isinstance(model, nn.Module):
             raise ConfigError(f"watch(model={type(model).__name__}): expected a torch.nn.Module")
@@ -63,7 +63,10 @@ class LoopMonitor(Adapter):
                               f"(fn(model, batch) -> loss); {missing} is missing")
         if self.config.dirpath is None:
             raise ConfigError("watch(dirpath=None): expected the directory of the run (str or pathlib.Path)")
-        self.model, self.optimizers = model, opts
+        if not all(callable(getattr(lg, "log_metrics", None)) for lg in loggers):
+            raise ConfigError(f"watch(loggers={loggers!r}): expected a list of loggers with log_metrics(metrics, "
+                              "step=...) (Lightning's loggers: TensorBoardLogger, CSVLogger, WandbLogger, ...)")
+        self.model, self.optimizers, self.loggers = model, opts, list(loggers)
         self.total_steps, self.probe_batch = total_steps, probe_batch
         self.global_step = 0  #: optimizer steps completed
         self.should_stop = False  #: set when ``stop_on`` fired (on every process): break out of the loop
@@ -114,10 +117,10 @@ class LoopMonitor(Adapter):
         if exc is None:
             if self._stepped:
                 self._close(None)
-            self._finish("finished", self.global_step)
+            self._finish("finished", self.global_step, loggers=self.loggers)
         else:  # no collectives here: the other processes may not be in this block
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "crashed"
-            self._finish(status, self.global_step, error=exc, reduce=False)
+            self._finish(status, self.global_step, error=exc, reduce=False, loggers=self.loggers)
 
     # -- the loop's calls --------------------------------------------------------------------------------------
     def step(self, loss: Tensor | float | None) -> None:
@@ -219,7 +222,8 @@ class LoopMonitor(Adapter):
 
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], *,
           dirpath: str | Path, total_steps: int | None = None, probe_batch: Any = None,
-          sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = None, **options: Any) -> LoopMonitor:
+          sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = None, loggers: Sequence[Any] = (),
+          **options: Any) -> LoopMonitor:
     """Monitor a plain PyTorch training loop (see :mod:`dyncheck.adapters.loop` and README, "Plain PyTorch loop").
 
     Args:
@@ -229,6 +233,8 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer | Sequence[torch.op
         total_steps: optimizer steps planned, for the sharpness schedule (None: unknown).
         probe_batch: a batch kept (copied) for sharpness probes; with ``sharpness_loss_fn(model, batch) -> loss``.
             Without both, sharpness is off.
+        loggers: objects with ``log_metrics(metrics, step=...)`` (Lightning's loggers work standalone): the
+            finding counts at the end and, with ``mirror=True``, the summary series and findings.
         **options: every other option of :class:`~dyncheck.DynamicsMonitor` (``every_n_steps``, ``rules``,
             ``stop_on``, ``report``, ...) but ``train_loss_key``/``val_loss_key``.
 
@@ -236,4 +242,4 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer | Sequence[torch.op
     KeyboardInterrupt, ``crashed`` on another exception (which propagates).
     """
     return LoopMonitor(model, optimizer, dirpath=dirpath, total_steps=total_steps, probe_batch=probe_batch,
-                       sharpness_loss_fn=sharpness_loss_fn, **options)
+                       sharpness_loss_fn=sharpness_loss_fn, loggers=loggers, **options)
