@@ -138,3 +138,14 @@ def test_readme_hf_example(tmp_path, monkeypatch):
         assert run.meta["status"] == "finished"
         assert {"loss/train", "loss/val", "grad_norm/total", "act/mean/lm_head"} <= set(run.metrics())
     assert (tmp_path / "hf-out" / "dyncheck" / "report.html").exists()
+
+
+def test_stop_on_stops_the_trainer(tmp_path):
+    cb = DynamicsMonitorCallback(dirpath=tmp_path / "run", stop_on="error", flush_every_n_steps=5, report=False,
+                                 sharpness_budget=0)
+    _, trainer = _fit(tmp_path, [cb], steps=100, learning_rate=1e4, optim="sgd", max_grad_norm=0.0,
+                      logging_steps=50)  # diverges: the gradients go non-finite within a few steps
+    assert cb.stopped_by is not None and cb.stopped_by.severity == "error"
+    assert trainer.state.global_step < 100
+    with open_run(tmp_path / "run") as run:
+        assert run.meta["status"] == "finished" and run.meta["stopped_by"]["check"] == cb.stopped_by.check
