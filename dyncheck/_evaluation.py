@@ -56,6 +56,35 @@ def load_rules_option(owner: str, rules: Any) -> Any:
         raise ConfigError(f"{owner}(rules={given!r}): {what} ({type(exc).__name__}: {exc}); {expected}") from None
 
 
+#: what ``mirror=True`` logs: logger key -> the stored metric (a glob: the maximum over the matching series)
+MIRRORED = {"dyncheck/grad_norm_total": "grad_norm/total", "dyncheck/dead_share_max": "act/dead/*",
+            "dyncheck/sharpness": "sharpness/top_eig", "dyncheck/sharpness_threshold": "sharpness/threshold"}
+#: points per mirrored series at most (evenly thinned, the last kept)
+MIRROR_POINTS = 1000
+
+
+def mirrored_series(store: Path) -> dict[int, dict[str, float]]:
+    """step -> {logger key: value} of the :data:`MIRRORED` series of a run (finite values only)."""
+    import numpy as np
+
+    rows: dict[int, dict[str, float]] = {}
+    with open_run(store) as run:
+        for key, pattern in MIRRORED.items():
+            per_step: dict[int, float] = {}
+            for name in run.metrics(pattern):
+                s = run.series(name)
+                for step, value in zip(s.steps.tolist(), s.values.tolist()):
+                    if np.isfinite(value):
+                        per_step[step] = max(per_step.get(step, value), value)
+            steps = sorted(per_step)
+            if len(steps) > MIRROR_POINTS:
+                keep = np.unique(np.linspace(0, len(steps) - 1, MIRROR_POINTS).round().astype(int))
+                steps = [steps[i] for i in keep]
+            for step in steps:
+                rows.setdefault(step, {})[key] = float(per_step[step])
+    return rows
+
+
 def _readable_text(path: str) -> bool:
     try:
         Path(path).read_text(encoding="utf-8")
@@ -83,6 +112,12 @@ class EvaluationOptions:
     report: bool = field(default=True, metadata={"doc": (
         "write the HTML health report ``report.html`` beside the store at the end of the fit and after a crash "
         "(True, default); ``dyncheck report RUN`` writes it later from the store.")})
+    mirror: bool = field(default=False, metadata={"doc": (
+        "also log, at the end of the fit, a few summary series to the trainer's loggers (TensorBoard, CSV, W&B, "
+        "MLflow: each logger's ``log_metrics``) -- ``dyncheck/grad_norm_total``, ``dyncheck/dead_share_max`` (the "
+        "worst module's dead share), ``dyncheck/sharpness`` and ``dyncheck/sharpness_threshold``, at their steps "
+        "(at most 1000 points each) -- and the findings as the hyperparameter ``dyncheck/findings``. Nothing per "
+        "step. False (default).")})
     owner: str = field(default="DynamicsMonitor", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +129,8 @@ class EvaluationOptions:
             raise ConfigError(f"{o}(stop_on={self.stop_on!r}): needs rules to evaluate; got rules=None")
         if not isinstance(self.report, bool):
             raise ConfigError(f"{o}(report={self.report!r}): expected True or False")
+        if not isinstance(self.mirror, bool):
+            raise ConfigError(f"{o}(mirror={self.mirror!r}): expected True or False")
 
 
 class Evaluation:
@@ -105,6 +142,7 @@ class Evaluation:
         self.rules = options.loaded
         self.stop_on = options.stop_on
         self.report = options.report
+        self.mirror = options.mirror
         self._warn, self._info = warn, info
         self.result: Any = None  # the CheckResult of the last evaluation (after the fit: the final one)
         self.stopped_by: Any = None  # the Finding that stopped training, if stop_on did
@@ -141,6 +179,8 @@ class Evaluation:
         """Evaluate, write findings.json, log the counts and summary; write the report. Never raises."""
         summary = self._final_check(store, step, loggers) if self.rules is not None else None
         result = self.result if summary is not None else None
+        if self.mirror and loggers:
+            self._mirror(store, result, loggers)
         report = self._write_report(store, result) if self.report else None
         if summary is not None:
             where = f"\n  report:  {report}" if report is not None else ""
@@ -190,6 +230,25 @@ class Evaluation:
             except Exception as exc:  # a logger that cannot take them must not break the end of the fit
                 self._warn("logger", f"dyncheck: could not log finding counts to {type(logger).__name__}: {exc}")
         return format_text(result, title=str(store.parent), hints=False, max_findings=10)
+
+    def _mirror(self, store: Path, result: Any, loggers: Sequence[Any]) -> None:
+        """The summary series and the findings into the trainer's loggers (``mirror=True``). Never raises."""
+        try:
+            rows = mirrored_series(store)
+        except Exception as exc:
+            self._warn("mirror", f"dyncheck: reading the summary series failed ({type(exc).__name__}: {exc})")
+            return
+        findings = [f"{f.severity} {f.check} on {f.metric} (steps {f.first_step}-{f.last_step}): {f.message}"
+                    for f in (result.findings if result is not None else [])]
+        for logger in loggers:
+            try:
+                for step in sorted(rows):
+                    logger.log_metrics(rows[step], step=step)
+                if result is not None:
+                    logger.log_hyperparams({"dyncheck/findings": findings or ["none"]})
+            except Exception as exc:  # a logger that cannot take them must not break the end of the fit
+                self._warn(f"mirror-{type(logger).__name__}",
+                           f"dyncheck: could not mirror into {type(logger).__name__}: {type(exc).__name__}: {exc}")
 
     def _write_report(self, store: Path, result: Any) -> Path | None:
         """The HTML report beside the store; failures warn (the run store is intact) and never raise."""
