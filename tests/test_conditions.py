@@ -364,3 +364,19 @@ def test_bad_until_is_named(tmp_path, value, expected):
     with pytest.raises(RuleError) as e:
         _rules(tmp_path, SPIKE + f"        until: {value}\n")
     assert expected in str(e.value) and "check 'jump'" in str(e.value)
+
+
+def test_until_too_short_says_where_the_series_was_cut(tmp_path):
+    rules = _rules(tmp_path, """
+    checks:
+      - id: early-jump
+        summary: an early jump
+        severity: info
+        metrics: loss/train
+        detector: spike
+        params: {min_history: 5}
+        until: 10%
+    """)
+    steps = np.arange(40)
+    (skipped,) = [x for x in evaluate({"loss/train": (steps, np.ones(40))}, rules).skipped if x.check == "early-jump"]
+    assert skipped.reason.startswith("4 points of loss/train in the first 10% of the run (until, to step 3), needs 7")

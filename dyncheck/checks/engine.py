@@ -394,6 +394,11 @@ def _shortfall(check: Check, label: str, steps: np.ndarray, values: np.ndarray |
     if ev.finite and values is not None:
         has = int(np.isfinite(np.asarray(values, dtype=float)).sum())
     after = f" after the warm-up (from step {ws})" if cut and ws > span[0] else ""
+    until = _until_end(check, span)
+    if until < math.inf:  # the series was cut at ``until``
+        shown = (f"{check.until_share * 100:g}% of the run" if check.until_share is not None
+                 else f"{check.until_steps} steps")
+        after += f" in the first {shown} (until, to step {int(until)})"
     if has < ev.points:
         why = f" ({ev.why})" if ev.why else ""
         return f"{_plural_points(has, has < steps.size)} of {label}{after}, needs {ev.points}{why}"
