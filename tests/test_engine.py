@@ -178,3 +178,21 @@ def test_a_check_skipped_for_a_failed_measurement_says_so(tmp_path):
         assert "RuntimeError: derivative for aten::_scaled_dot_product_flash" in skipped[cid]
     # a failure of one layer's activations leaves the others measured: no such reason
     assert "failed" not in skipped.get("dead-units", "")
+
+
+@pytest.mark.parametrize("framework, says", [
+    (None, "log 'val_loss', or pass DynamicsMonitor(val_loss_key=...)"),
+    ("plain loop", "call mon.log_val(loss)"),
+    ("transformers.Trainer", "give the Trainer an eval_dataset"),
+])
+def test_missing_validation_loss_reason_names_the_adapters_way(tmp_path, framework, says):
+    from dyncheck.store import RunWriter
+
+    s = np.arange(200)
+    with RunWriter(tmp_path / "run.db") as w:
+        w.write({"loss/train": (s, 2.3 * np.exp(-s / 60) + 0.05)})
+        w.set_meta(status="finished", trainer={"framework": framework} if framework else {"max_steps": 200})
+    reasons = {x.check: x.reason for x in evaluate(tmp_path / "run.db", "default").skipped}
+    assert says in reasons["train-val-divergence"]
+    if framework:
+        assert "val_loss_key" not in reasons["train-val-divergence"]

@@ -685,17 +685,24 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
                    or f"not enough of {group_label} to judge")
 
 
+#: how to record a validation loss, by the run's ``meta["trainer"]["framework"]`` (Lightning's by default)
+_VAL_LOSS_LIGHTNING = "log 'val_loss', or pass DynamicsMonitor(val_loss_key=...)"
+_VAL_LOSS_HOW = {"plain loop": "call mon.log_val(loss) after each validation",
+                 "transformers.Trainer": "give the Trainer an eval_dataset and an eval_strategy"}
+
+
 def _missing_reason(patterns: Sequence[str], names: Sequence[str]) -> str:
     """Why nothing matches: the likeliest cause, judged from what the run did record."""
     pats = ", ".join(patterns)
     has = lambda prefix: any(n.startswith(prefix) for n in names)  # noqa: E731
     if any(p.startswith("loss/val") for p in patterns):
-        why = "the module logs no validation loss (log 'val_loss', or pass DynamicsMonitor(val_loss_key=...))"
+        why = f"the module logs no validation loss ({_VAL_LOSS_LIGHTNING})"
     elif any(p.startswith("sharpness/threshold") for p in patterns) and has("sharpness/top_eig"):
         why = "the optimizer has no known stability threshold (2/lr is defined for SGD and momentum, not Adam)"
     elif any(p.startswith("sharpness/") for p in patterns):
-        why = ("sharpness was not measured: the run was too short for the time budget (about 1000 steps at the "
-               "default sharpness_budget), or sharpness_budget=0 / sharpness_every_n_steps=0")
+        why = ("sharpness was not measured: sharpness_budget=0 or sharpness_every_n_steps=0, no probe batch (a "
+               "plain loop needs probe_batch and sharpness_loss_fn), or a run too short or too slow per step for "
+               "its time budget (runs under 200 steps may get no probe)")
     elif any(p.startswith("act/saturated") for p in patterns) and has("act/"):
         why = "the model has no sigmoid/tanh-like modules (saturation applies to those only)"
     elif any(p.startswith("act/") for p in patterns):
@@ -741,6 +748,8 @@ def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", 
         if isinstance(errors, list):
             result.measurement_errors = [e if isinstance(e, dict) else {"message": str(e)} for e in errors]
     imported = meta.get("import") if isinstance(meta, Mapping) else None
+    trainer = meta.get("trainer") if isinstance(meta, Mapping) else None
+    framework = trainer.get("framework") if isinstance(trainer, Mapping) else None
     log_format = imported.get("format") if isinstance(imported, Mapping) else None
     for check in checks:
         outcome = _evaluate_check(check, src, span)
@@ -748,6 +757,8 @@ def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", 
             outcome = _failed_measurement_reason(check, outcome, result.measurement_errors)
         if isinstance(outcome, Skipped) and isinstance(log_format, str):
             outcome = _imported_reason(outcome, log_format)
+        elif isinstance(outcome, Skipped) and framework in _VAL_LOSS_HOW:
+            outcome = Skipped(outcome.check, outcome.reason.replace(_VAL_LOSS_LIGHTNING, _VAL_LOSS_HOW[framework]))
         if on_check is not None:
             on_check(check, outcome)
         if isinstance(outcome, Skipped):
