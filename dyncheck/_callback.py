@@ -18,9 +18,7 @@ import difflib
 import functools
 import inspect
 import math
-import socket
 import textwrap
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,6 @@ import pytorch_lightning as pl
 from torch import Tensor, nn
 
 from ._evaluation import Evaluation, EvaluationOptions
-from ._meta import jsonable, module_meta, optimizer_meta, versions
 from .errors import ArgumentError
 from .monitor import Monitor, MonitorConfig
 from .store import STORE_FILENAME
@@ -239,43 +236,28 @@ class DynamicsMonitorHooks:
         self._seen.clear()
 
     def _meta(self, trainer: Any, pl_module: Any, opts: list) -> dict[str, Any]:
-        counts: dict[str, int] = {}
-        optimizers = []
-        for opt in opts:
-            cls = type(opt).__name__
-            counts[cls] = counts.get(cls, 0) + 1
-            optimizers.append(optimizer_meta(opt, cls if counts[cls] == 1 else f"{cls}-{counts[cls] - 1}"))
+        from .adapters._common import run_meta
+
         schedulers = [
             {"class": type(c.scheduler).__name__, "interval": c.interval, "frequency": c.frequency,
              "monitor": c.monitor}
             for c in getattr(trainer, "lr_scheduler_configs", [])
         ]
-        cfg = {k: jsonable(v) for k, v in vars(self.config).items() if k not in ("owner", "sharpness_loss_fn")}
-        cfg["sharpness_loss_fn"] = getattr(self.config.sharpness_loss_fn, "__qualname__", None)
-        return {
-            "model": module_meta(pl_module),
-            "optimizers": optimizers,
-            "schedulers": schedulers,
-            "hyperparameters": jsonable(dict(getattr(pl_module, "hparams", {}) or {})),
-            "trainer": {
-                "precision": str(trainer.precision),
-                "strategy": type(trainer.strategy).__name__,
-                "accelerator": type(trainer.accelerator).__name__,
-                "world_size": trainer.world_size,
-                "num_nodes": trainer.num_nodes,
-                "max_epochs": trainer.max_epochs,
-                "max_steps": trainer.max_steps,
-                "accumulate_grad_batches": trainer.accumulate_grad_batches,
-                "gradient_clip_val": jsonable(trainer.gradient_clip_val),
-                "log_every_n_steps": trainer.log_every_n_steps,
-                "automatic_optimization": bool(pl_module.automatic_optimization),
-            },
-            "monitor": cfg,
-            "versions": versions(),
-            "host": socket.gethostname(),
-            "started": time.time(),
-            "start_step": int(trainer.global_step),
+        settings = {
+            "precision": str(trainer.precision),
+            "strategy": type(trainer.strategy).__name__,
+            "accelerator": type(trainer.accelerator).__name__,
+            "world_size": trainer.world_size,
+            "num_nodes": trainer.num_nodes,
+            "max_epochs": trainer.max_epochs,
+            "max_steps": trainer.max_steps,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "gradient_clip_val": trainer.gradient_clip_val,
+            "log_every_n_steps": trainer.log_every_n_steps,
+            "automatic_optimization": bool(pl_module.automatic_optimization),
         }
+        return run_meta(self.config, pl_module, opts, settings, schedulers=schedulers,
+                        hyperparameters=getattr(pl_module, "hparams", {}) or {}, start_step=int(trainer.global_step))
 
     def _end(self, trainer: Any, status: str, error: BaseException | None = None, reduce: bool = True) -> None:
         if self._running:

@@ -81,7 +81,9 @@ def _info(message: str) -> None:
 
 def run_meta(config: MonitorConfig, module: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
              trainer: Mapping[str, Any], *, hyperparameters: Mapping[str, Any] | None = None,
-             start_step: int = 0) -> dict[str, Any]:
+             schedulers: Sequence[Mapping[str, Any]] = (), start_step: int = 0) -> dict[str, Any]:
+    """The run's meta at the start of a fit, the same keys for every adapter (optimizers numbered by class when a
+    class occurs twice; the monitor's options as JSON)."""
     counts: dict[str, int] = {}
     opts = []
     for opt in optimizers:
@@ -90,7 +92,7 @@ def run_meta(config: MonitorConfig, module: nn.Module, optimizers: Sequence[torc
         opts.append(optimizer_meta(opt, cls if counts[cls] == 1 else f"{cls}-{counts[cls] - 1}"))
     cfg = {k: jsonable(v) for k, v in vars(config).items() if k not in ("owner", "sharpness_loss_fn")}
     cfg["sharpness_loss_fn"] = getattr(config.sharpness_loss_fn, "__qualname__", None)
-    return {"model": module_meta(module), "optimizers": opts, "schedulers": [],
+    return {"model": module_meta(module), "optimizers": opts, "schedulers": [dict(x) for x in schedulers],
             "hyperparameters": jsonable(dict(hyperparameters or {})), "trainer": jsonable(dict(trainer)),
             "monitor": cfg, "versions": versions(), "host": socket.gethostname(), "started": time.time(),
             "start_step": start_step}
