@@ -26,7 +26,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import Tensor, nn
 
-from ._evaluation import Evaluation, EvaluationOptions
+from ._evaluation import Evaluation, EvaluationAttributes, EvaluationOptions
 from .errors import ArgumentError
 from .monitor import Monitor, MonitorConfig
 from .store import STORE_FILENAME
@@ -121,7 +121,7 @@ def _docstring() -> str:
     return "\n".join(lines) + "\n"
 
 
-class DynamicsMonitorHooks:
+class DynamicsMonitorHooks(EvaluationAttributes):
     __doc__ = _docstring()
 
     def __init__(self, **options: Any) -> None:
@@ -142,34 +142,9 @@ class DynamicsMonitorHooks:
         self._seen: dict[str, Tensor] = {}
         self._val_sum: Tensor | None = None
         self._val_count = 0
-        self._flushes_seen = 0
 
     __init__.__signature__ = _signature()  # type: ignore[attr-defined]
     __init__ = _checked_arguments(__init__)
-
-    # -- evaluation, as the callback's attributes ----------------------------------------------------------------
-    @property
-    def rules(self) -> Any:
-        """The loaded rules (None: checking off)."""
-        return self.evaluation.rules
-
-    @property
-    def stop_on(self) -> str | None:
-        return self.evaluation.stop_on
-
-    @property
-    def report(self) -> bool:
-        return self.evaluation.report
-
-    @property
-    def result(self) -> Any:
-        """The CheckResult of the last evaluation (after the fit: the final one)."""
-        return self.evaluation.result
-
-    @property
-    def stopped_by(self) -> Any:
-        """The Finding that stopped training, if ``stop_on`` did."""
-        return self.evaluation.stopped_by
 
     def _warn_once(self, key: str, message: str) -> None:
         self.monitor.warn_once(key, message)
@@ -230,8 +205,7 @@ class DynamicsMonitorHooks:
         )
         self._resume = None
         self._running = True
-        self._flushes_seen = mon.flushes
-        self.evaluation.fit_started()
+        self.evaluation.fit_started(mon)
         self._fits += 1
         self._seen.clear()
 
@@ -282,17 +256,17 @@ class DynamicsMonitorHooks:
         share this function)."""
         pl.utilities.rank_zero_info(message)
 
-    def _live_check(self, trainer: Any) -> None:
+    def _maybe_live_check(self, trainer: Any) -> None:
         """At a flush boundary: evaluate (rank 0, within the budget) and stop all processes together."""
-        mon = self.monitor
+        if not self._running:
+            return
 
         def stop() -> None:
             trainer.should_stop = True
 
-        self.evaluation.live(mon.store_path if mon.store is not None else None,
-                             lambda fired: trainer.strategy.reduce_boolean_decision(fired, all=False), stop,
-                             step=int(trainer.global_step),
-                             set_meta=lambda **kw: mon.store.set_meta(**kw) if mon.store is not None else None)
+        self.evaluation.after_flush(self.monitor,
+                                    lambda fired: trainer.strategy.reduce_boolean_decision(fired, all=False), stop,
+                                    step=int(trainer.global_step))
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._end(trainer, "ended", reduce=False)  # normally a no-op: on_fit_end or on_exception came first
@@ -325,11 +299,6 @@ class DynamicsMonitorHooks:
             mon.record(step, {f"logged/{k}": v for k, v in logged.items()}, op="none")
         mon.batch_end(step, loss, stepped=stepped)
         self._maybe_live_check(trainer)
-
-    def _maybe_live_check(self, trainer: Any) -> None:
-        if self.stop_on is not None and self._running and self.monitor.flushes != self._flushes_seen:
-            self._flushes_seen = self.monitor.flushes
-            self._live_check(trainer)
 
     def _logged_train_loss(self, logged: Mapping[str, Tensor]) -> Tensor | None:
         keys = (self.config.train_loss_key,) if self.config.train_loss_key else TRAIN_LOSS_KEYS

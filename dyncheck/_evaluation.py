@@ -21,7 +21,8 @@ from typing import Any
 from .errors import ConfigError, DyncheckError, RuleError
 from .store import open_run
 
-__all__ = ["FINDINGS_FILENAME", "LIVE_BUDGET", "Evaluation", "EvaluationOptions", "load_rules_option"]
+__all__ = ["FINDINGS_FILENAME", "LIVE_BUDGET", "Evaluation", "EvaluationAttributes", "EvaluationOptions",
+           "load_rules_option"]
 
 FINDINGS_FILENAME = "findings.json"
 #: share of training time that live evaluation (stop_on) may take
@@ -148,10 +149,25 @@ class Evaluation:
         self.stopped_by: Any = None  # the Finding that stopped training, if stop_on did
         self._cost = 0.0  # seconds the last evaluation took
         self._last = 0.0  # perf_counter at its end (0: none yet in this fit)
+        self._flushes_seen = 0  # the monitor's flush count at the last live check (one per flush)
 
-    def fit_started(self) -> None:
+    def fit_started(self, monitor: Any = None) -> None:
+        """A fit begins (``monitor``: its flush count so far, from an earlier fit into the same store)."""
         self._last = 0.0
         self.stopped_by = None
+        self._flushes_seen = monitor.flushes if monitor is not None else 0
+
+    def after_flush(self, monitor: Any, agree: Callable[[bool], bool], stop: Callable[[], None], *,
+                    step: int) -> None:
+        """Live checks once per new flush of ``monitor`` when ``stop_on`` is set: every process calls this at the
+        same step (see :meth:`live`)."""
+        if self.stop_on is None or monitor.flushes == self._flushes_seen:
+            return
+        self._flushes_seen = monitor.flushes
+        store = monitor.store
+        self.live(monitor.store_path if store is not None else None, agree, stop, step=step,
+                  set_meta=lambda **kw: store.set_meta(**kw) if store is not None else None)
+
 
     # -- live --------------------------------------------------------------------------------------------------
     def live(self, store: Path | None, agree: Callable[[bool], bool], stop: Callable[[], None], *, step: int,
@@ -264,3 +280,34 @@ class Evaluation:
             self._warn("report", f"dyncheck: writing the HTML report failed ({type(exc).__name__}: {exc}); the "
                                  f"run store is intact, run `dyncheck report {store.parent}`")
             return None
+
+
+class EvaluationAttributes:
+    """The evaluation's state as attributes of an adapter (the Lightning callback, ``watch``, the HF callback),
+    read from its ``evaluation``."""
+
+    evaluation: Evaluation
+
+    @property
+    def rules(self) -> Any:
+        """The loaded rules (None: checking off)."""
+        return self.evaluation.rules
+
+    @property
+    def stop_on(self) -> str | None:
+        return self.evaluation.stop_on
+
+    @property
+    def report(self) -> bool:
+        return self.evaluation.report
+
+    @property
+    def result(self) -> Any:
+        """The CheckResult of the last evaluation (after the fit: the final one)."""
+        return self.evaluation.result
+
+    @property
+    def stopped_by(self) -> Any:
+        """The Finding that stopped training, if ``stop_on`` did."""
+        return self.evaluation.stopped_by
+

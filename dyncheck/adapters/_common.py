@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._evaluation import Evaluation, EvaluationOptions
+from .._evaluation import Evaluation, EvaluationAttributes, EvaluationOptions
 from .._meta import jsonable, module_meta, optimizer_meta, versions
 from ..errors import ArgumentError
 from ..monitor import Monitor, MonitorConfig
@@ -98,29 +98,13 @@ def run_meta(config: MonitorConfig, module: nn.Module, optimizers: Sequence[torc
             "start_step": start_step}
 
 
-class Adapter:
+class Adapter(EvaluationAttributes):
     """The monitor and evaluation of one run, and the attributes every adapter shows."""
 
     def __init__(self, owner: str, options: Mapping[str, Any], *, exclude: Iterable[str] = ()) -> None:
         self.config, options_ = split_options(owner, options, exclude=exclude)
         self.monitor = Monitor(self.config)
         self.evaluation = Evaluation(options_, warn=self.monitor.warn_once, info=_info)
-        self._flushes_seen = 0
-
-    @property
-    def rules(self) -> Any:
-        """The loaded rules (None: checking off)."""
-        return self.evaluation.rules
-
-    @property
-    def result(self) -> Any:
-        """The CheckResult of the last evaluation (after the run: the final one)."""
-        return self.evaluation.result
-
-    @property
-    def stopped_by(self) -> Any:
-        """The Finding that stopped training, if ``stop_on`` did."""
-        return self.evaluation.stopped_by
 
     @property
     def store_path(self) -> Any:
@@ -128,12 +112,7 @@ class Adapter:
 
     def _live_check(self, step: int, stop: Any) -> None:
         """After a flush (every process reaches it at the same step): evaluate live when ``stop_on`` is set."""
-        mon = self.monitor
-        if self.evaluation.stop_on is None or mon.flushes == self._flushes_seen:
-            return
-        self._flushes_seen = mon.flushes
-        self.evaluation.live(mon.store_path if mon.store is not None else None, agree, stop, step=step,
-                             set_meta=lambda **kw: mon.store.set_meta(**kw) if mon.store is not None else None)
+        self.evaluation.after_flush(self.monitor, agree, stop, step=step)
 
     def _finish(self, status: str, step: int, error: BaseException | None = None, reduce: bool = True,
                 loggers: Sequence[Any] = ()) -> None:

@@ -95,8 +95,7 @@ class DynamicsMonitorCallback(Adapter, TrainerCallback):
                            meta=meta, every_n_steps=every, reduce=reduce_fn(), probe_loss=probe,
                            planned_steps=planned or None, start_step=int(state.global_step))
         self._running = True
-        self._flushes_seen = self.monitor.flushes
-        self.evaluation.fit_started()
+        self.evaluation.fit_started(self.monitor)
         self._want_batch = cfg.sharpness_enabled
         self._handles = [model.register_forward_pre_hook(self._on_forward_pre, with_kwargs=True),
                          model.register_forward_hook(self._on_forward, with_kwargs=True)]

@@ -96,8 +96,7 @@ class LoopMonitor(Adapter):
                   every_n_steps=self.config.every_n_steps or 50, reduce=reduce_fn(),
                   probe_loss=self.config.sharpness_loss_fn, planned_steps=self.total_steps, start_step=0)
         self._running = True
-        self._flushes_seen = mon.flushes
-        self.evaluation.fit_started()
+        self.evaluation.fit_started(mon)
         self._handles = [self.model.register_forward_pre_hook(self._on_forward)]
         for opt in self.optimizers:
             self._handles.append(opt.register_step_pre_hook(self._on_optimizer_pre))
