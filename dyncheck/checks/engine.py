@@ -279,6 +279,15 @@ class SeriesSource:
             self.names = sorted(source)
         else:
             self.names = sorted(source.metrics())
+        # where the run came from, for the reasons of checks skipped for want of a metric: the format of the log it
+        # was imported from (``meta["import"]``) or the adapter that recorded it (``meta["trainer"]["framework"]``)
+        meta = getattr(source, "meta", None) if not isinstance(source, Mapping) else None
+        meta = meta if isinstance(meta, Mapping) else {}
+        imported, trainer = meta.get("import"), meta.get("trainer")
+        fmt = imported.get("format") if isinstance(imported, Mapping) else None
+        self.log_format: str | None = fmt if isinstance(fmt, str) else None
+        framework = trainer.get("framework") if isinstance(trainer, Mapping) else None
+        self.framework: str | None = framework if isinstance(framework, str) else None
 
     def get(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self._cache:
@@ -617,7 +626,7 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
         found = [src.match([p], check.exclude) for p in check.pair]
         missing = [p for p, f in zip(check.pair, found) if not f]
         if missing:
-            return Skipped(check.id, _missing_reason(missing, src.names))
+            return Skipped(check.id, _missing_reason(missing, src))
         (a_name,), (b_name,) = found[0][:1], found[1][:1]
         steps, mask, value, extra = det.fn(src.get(a_name), src.get(b_name), **params)
         steps, mask = np.asarray(steps), np.asarray(mask, bool)
@@ -630,7 +639,7 @@ def _evaluate_check(check: Check, src: SeriesSource, span: tuple[int, int]) -> l
         return Skipped(check.id, why) if why else []
     names = src.match(check.metrics, check.exclude)
     if not names:
-        return Skipped(check.id, _missing_reason(check.metrics, src.names))
+        return Skipped(check.id, _missing_reason(check.metrics, src))
     group_label = names[0] if len(names) == 1 else f"{', '.join(check.metrics)} ({len(names)} series)"
     if det.kind == "group":
         series = [(n, *src.get(n)) for n in names]
@@ -691,12 +700,15 @@ _VAL_LOSS_HOW = {"plain loop": "call mon.log_val(loss) after each validation",
                  "transformers.Trainer": "give the Trainer an eval_dataset and an eval_strategy"}
 
 
-def _missing_reason(patterns: Sequence[str], names: Sequence[str]) -> str:
-    """Why nothing matches: the likeliest cause, judged from what the run did record."""
+def _missing_reason(patterns: Sequence[str], src: SeriesSource) -> str:
+    """Why nothing matches: the likeliest cause, judged from what the run did record and what recorded it."""
     pats = ", ".join(patterns)
-    has = lambda prefix: any(n.startswith(prefix) for n in names)  # noqa: E731
+    if src.log_format is not None:  # another tool's log: the monitor's options below never applied
+        return (f"no recorded metric matches {pats}: the imported log ({src.log_format}) has no such series (a "
+                f"mapping file can map one of its names onto it)")
+    has = lambda prefix: any(n.startswith(prefix) for n in src.names)  # noqa: E731
     if any(p.startswith("loss/val") for p in patterns):
-        why = f"the module logs no validation loss ({_VAL_LOSS_LIGHTNING})"
+        why = f"the module logs no validation loss ({_VAL_LOSS_HOW.get(src.framework, _VAL_LOSS_LIGHTNING)})"
     elif any(p.startswith("sharpness/threshold") for p in patterns) and has("sharpness/top_eig"):
         why = "the optimizer has no known stability threshold (2/lr is defined for SGD and momentum, not Adam)"
     elif any(p.startswith("sharpness/") for p in patterns):
@@ -747,18 +759,10 @@ def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", 
         errors = meta.get("measurement_errors")
         if isinstance(errors, list):
             result.measurement_errors = [e if isinstance(e, dict) else {"message": str(e)} for e in errors]
-    imported = meta.get("import") if isinstance(meta, Mapping) else None
-    trainer = meta.get("trainer") if isinstance(meta, Mapping) else None
-    framework = trainer.get("framework") if isinstance(trainer, Mapping) else None
-    log_format = imported.get("format") if isinstance(imported, Mapping) else None
     for check in checks:
         outcome = _evaluate_check(check, src, span)
         if isinstance(outcome, Skipped) and result.measurement_errors:
             outcome = _failed_measurement_reason(check, outcome, result.measurement_errors)
-        if isinstance(outcome, Skipped) and isinstance(log_format, str):
-            outcome = _imported_reason(outcome, log_format)
-        elif isinstance(outcome, Skipped) and framework in _VAL_LOSS_HOW:
-            outcome = Skipped(outcome.check, outcome.reason.replace(_VAL_LOSS_LIGHTNING, _VAL_LOSS_HOW[framework]))
         if on_check is not None:
             on_check(check, outcome)
         if isinstance(outcome, Skipped):
@@ -787,17 +791,6 @@ def _failed_measurement_reason(check: Check, skipped: Skipped, errors: Sequence[
                                           f"({e.get('error', 'error')}: {str(e.get('message', ''))[:200]}); see the "
                                           f"run's meta 'measurement_errors'")
     return skipped
-
-
-def _imported_reason(skipped: Skipped, log_format: str) -> Skipped:
-    """For a run imported from another tool's log (``meta["import"]``): a check skipped for want of a metric says
-    that the log has no such series -- the reasons for a monitored run name monitor options the log never had."""
-    prefix = "no recorded metric matches "
-    if not skipped.reason.startswith(prefix):
-        return skipped
-    patterns = skipped.reason[len(prefix):].split(": ", 1)[0]
-    return Skipped(skipped.check, f"{prefix}{patterns}: the imported log ({log_format}) has no such series (a "
-                                  f"mapping file can map one of its names onto it)")
 
 
 def _run_span(src: SeriesSource) -> tuple[int, int]:
