@@ -830,6 +830,19 @@ def _as_tuple(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def _steps_or_share(doc: _Doc, base: list[Any], key: str, merged: Mapping[str, Any], entry: Mapping[str, Any],
+                    failed: Any, cid: str | None) -> tuple[int, float]:
+    """``warmup`` / ``until``: (steps, share of the run) of a value the schema took; a share over 100% is a
+    problem at that key."""
+    if key in failed:
+        return 0, 0.0
+    steps, share = _parse_warmup(merged.get(key))
+    if share > 1:
+        doc.problem(base + [key], f"'{key}': expected a share of the run up to 100%, got {_shown(entry.get(key))}",
+                    cid)
+    return steps, share
+
+
 def _parse_warmup(value: Any) -> tuple[int, float]:
     if isinstance(value, str):
         return 0, float(value.strip().rstrip("%").strip()) / 100.0
@@ -939,21 +952,12 @@ def _check_entry(doc: _Doc, i: int, entry: dict[str, Any], known: dict[str, Chec
         allowed = list(BASE_FIELDS) + list(det.fields) if det is not None else None
         for problem in template_problems(merged["message"], allowed):
             doc.problem(base + ["message"], problem, cid)
-    w_steps, w_share = (0, 0.0) if "warmup" in failed else _parse_warmup(merged.get("warmup"))
-    if w_share > 1:
-        doc.problem(base + ["warmup"], f"'warmup': expected a share of the run up to 100%, got "
-                                       f"{_shown(entry.get('warmup'))}", cid)
+    w_steps, w_share = _steps_or_share(doc, base, "warmup", merged, entry, failed, cid)
     u_steps: int | None = None
     u_share: float | None = None
-    if "until" not in failed and merged.get("until") is not None:
-        u_steps, u_share = _parse_warmup(merged.get("until"))
-        if isinstance(merged.get("until"), str):
-            u_steps = None
-            if u_share > 1:
-                doc.problem(base + ["until"], f"'until': expected a share of the run up to 100%, got "
-                                              f"{_shown(entry.get('until'))}", cid)
-        else:
-            u_share = None
+    if merged.get("until") is not None:
+        steps, share = _steps_or_share(doc, base, "until", merged, entry, failed, cid)
+        u_steps, u_share = (None, share) if isinstance(merged["until"], str) else (steps, None)
     if len(doc.problems) > n_before or failed or cid is None or det is None:
         return None
     node = doc.node(base)
