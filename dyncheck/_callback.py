@@ -258,7 +258,7 @@ class DynamicsMonitorHooks(EvaluationAttributes):
 
     def _maybe_live_check(self, trainer: Any) -> None:
         """At a flush boundary: evaluate (rank 0, within the budget) and stop all processes together."""
-        if not self._running:
+        if not (self._running and self.evaluation.live_due(self.monitor)):  # every step: nothing more to do
             return
 
         def stop() -> None:

@@ -157,11 +157,16 @@ class Evaluation:
         self.stopped_by = None
         self._flushes_seen = monitor.flushes if monitor is not None else 0
 
+    def live_due(self, monitor: Any) -> bool:
+        """Whether :meth:`after_flush` would check: ``stop_on`` is set and ``monitor`` flushed since the last look
+        (a cheap test for the per-step hot path)."""
+        return self.stop_on is not None and monitor.flushes != self._flushes_seen
+
     def after_flush(self, monitor: Any, agree: Callable[[bool], bool], stop: Callable[[], None], *,
                     step: int) -> None:
         """Live checks once per new flush of ``monitor`` when ``stop_on`` is set: every process calls this at the
         same step (see :meth:`live`)."""
-        if self.stop_on is None or monitor.flushes == self._flushes_seen:
+        if not self.live_due(monitor):
             return
         self._flushes_seen = monitor.flushes
         store = monitor.store

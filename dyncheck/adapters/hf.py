@@ -153,6 +153,8 @@ class DynamicsMonitorCallback(Adapter, TrainerCallback):
             loss = torch.stack(self._losses).sum() if self._summed else torch.stack(self._losses).mean()
         self._losses = []
         self._guarded(self.monitor.batch_end, self._step, loss, stepped=True)
+        if not self.evaluation.live_due(self.monitor):  # every step: nothing more to do
+            return
 
         def stop() -> None:
             control.should_training_stop = True

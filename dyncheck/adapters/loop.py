@@ -206,7 +206,8 @@ class LoopMonitor(Adapter):
         self._begun = self._loss_given = False
         self.global_step += 1
         self._call(self.monitor.batch_end, step, loss, stepped=True)
-        self._call(self._live_check, step, self._stop)
+        if self.evaluation.live_due(self.monitor):  # every step: only a flush calls for a live check
+            self._call(self._live_check, step, self._stop)
 
     def _stop(self) -> None:
         self.should_stop = True
