@@ -126,11 +126,9 @@ class DynamicsMonitorHooks(EvaluationAttributes):
 
     def __init__(self, **options: Any) -> None:
         super().__init__()
-        owner = type(self).__name__
-        names = {f.name for f in dataclasses.fields(EvaluationOptions)}
-        self._evaluation_options = EvaluationOptions(**{k: v for k, v in options.items() if k in names},
-                                                     owner=owner)
-        self.config = MonitorConfig(**{k: v for k, v in options.items() if k not in names}, owner=owner)
+        from .adapters._common import split_options
+
+        self.config, self._evaluation_options = split_options(type(self).__name__, options)
         self.evaluation = Evaluation(self._evaluation_options, warn=self._warn_once, info=self._info)
         self.monitor = Monitor(self.config)
         self._state_key = self._generate_state_key(dirpath=self.config.dirpath)  # type: ignore[attr-defined]
