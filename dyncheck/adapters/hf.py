@@ -10,6 +10,19 @@ gradients: after accumulation, all-reduce and the Trainer's clipping, before ``o
 numbers as ``logged/<key>``), ``on_evaluate`` (``eval_loss`` as ``loss/val``), ``on_train_end`` (finish, checks,
 report).
 
+The Trainer's reporting integrations (``report_to``: TensorBoard, W&B, MLflow, ...) are the run's loggers: the finding
+counts (``dyncheck/errors``, ``dyncheck/warnings``, ``dyncheck/info``) and, with ``mirror=True``, the summary series
+and findings go through each integration's ``on_log`` at their steps, so they land where the Trainer's own numbers do
+(the integrations prefix them as they prefix the Trainer's: ``train/dyncheck/...``). To reach them before they close
+their writers, the callback moves itself just before the first integration in the Trainer's callback list at
+``on_train_begin`` (the other callbacks keep their order).
+
+The Trainer tells callbacks nothing when training raises. The callback registers an ``atexit`` handler while
+training runs: a process that exits before ``on_train_end`` (an uncaught exception, a ``KeyboardInterrupt``) marks the
+run ``crashed`` (``interrupted`` for a KeyboardInterrupt) with the exception, evaluates the checks and writes the
+report. A process that catches the exception and goes on leaves the run ``running`` until it exits; the gate never
+passes a ``running`` run.
+
 The Trainer gives callbacks no loss tensor: the training loss is read from the model's output (``outputs.loss``)
 by a forward hook on the model, per micro-batch, in training mode with gradients enabled. When the model computes
 no loss itself (a ``compute_loss_func`` or a ``compute_loss`` override on labels outside the model), ``loss/train``
@@ -18,6 +31,9 @@ falls back to the Trainer's logged ``loss``, the mean over each logging window, 
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +63,45 @@ def hf_probe_loss(model: nn.Module, batch: Any) -> Tensor:
     return loss
 
 
+#: integrations whose ``on_log`` takes text (the findings); the others get numbers only
+_TEXT_LOGGERS = ("TensorBoardCallback", "WandbCallback")
+
+
+def _is_integration(callback: Any) -> bool:
+    return type(callback).__module__.startswith("transformers.integrations")
+
+
+def _callback_handler(me: Any) -> Any:
+    """The Trainer's ``CallbackHandler`` whose ``call_event`` is calling ``me`` (a few frames up), or None."""
+    frame = sys._getframe(1)
+    for _ in range(6):
+        if frame is None:
+            return None
+        obj = frame.f_locals.get("self")
+        callbacks = getattr(obj, "callbacks", None)
+        if obj is not me and isinstance(callbacks, list) and any(c is me for c in callbacks):
+            return obj
+        frame = frame.f_back
+    return None
+
+
+class _IntegrationLogger:
+    """A Trainer reporting integration seen as a logger (``log_metrics``/``log_hyperparams``): the values go through
+    its ``on_log`` with the state's ``global_step`` set to their step, as the Trainer's own numbers do."""
+
+    def __init__(self, callback: Any, args: Any, state: Any, control: Any) -> None:
+        self.callback, self.args, self.state, self.control = callback, args, state, control
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        state = dataclasses.replace(self.state, global_step=int(step))
+        self.callback.on_log(self.args, state, self.control, logs=dict(metrics))
+
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        if type(self.callback).__name__ in _TEXT_LOGGERS:
+            text = {k: "\n".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for k, v in params.items()}
+            self.callback.on_log(self.args, self.state, self.control, logs=text)
+
+
 def _output_loss(out: Any) -> Tensor | None:
     loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
     if loss is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor) and out[0].ndim == 0:
@@ -67,10 +122,12 @@ class DynamicsMonitorCallback(Adapter, TrainerCallback):
         self._step = 0
         self._losses: list[Tensor] = []
         self._summed = False  # the micro-batch losses were normalised by the whole step (num_items_in_batch)
+        self._ranks_share = 1  # >1: num_items_in_batch counts the tokens of all processes (their losses add up)
         self._model_loss = False  # the model's forward gave a loss at least once
         self._in_monitor = False
         self._want_batch = False
         self.run_dir: Path | None = None
+        self._integrations: list[Any] = []  # the Trainer's reporting callbacks (the run's loggers)
 
     # -- start and end -----------------------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
@@ -94,19 +151,58 @@ class DynamicsMonitorCallback(Adapter, TrainerCallback):
                            store_path=self.run_dir / STORE_FILENAME if state.is_world_process_zero else None,
                            meta=meta, every_n_steps=every, reduce=reduce_fn(), probe_loss=probe,
                            planned_steps=planned or None, start_step=int(state.global_step))
+        world = int(getattr(args, "world_size", 1) or 1)
+        self._ranks_share = world if getattr(args, "average_tokens_across_devices", False) and world > 1 else 1
         self._running = True
+        self._integrations = self._before_integrations()
+        atexit.register(self._at_exit)
         self.evaluation.fit_started(self.monitor)
         self._want_batch = cfg.sharpness_enabled
         self._handles = [model.register_forward_pre_hook(self._on_forward_pre, with_kwargs=True),
                          model.register_forward_hook(self._on_forward, with_kwargs=True)]
 
+    def _before_integrations(self) -> list[Any]:
+        """Move this callback just before the first reporting integration (so that its end-of-fit logging reaches
+        them before their ``on_train_end`` closes them); return the integrations."""
+        handler = _callback_handler(self)
+        if handler is None:
+            return []
+        callbacks = handler.callbacks
+        found = [c for c in callbacks if _is_integration(c)]
+        mine = next(i for i, c in enumerate(callbacks) if c is self)
+        first = next((i for i, c in enumerate(callbacks) if _is_integration(c)), None)
+        if first is not None and first < mine:
+            # call_event is iterating over this list at index `mine`: removing it there and inserting it before
+            # `first` leaves the callback after it at index mine + 1, the next one the loop visits
+            callbacks.insert(first, callbacks.pop(mine))
+        return found
+
+    def _stop_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._running = False
+        atexit.unregister(self._at_exit)
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._running:
-            for h in self._handles:
-                h.remove()
-            self._handles = []
-            self._running = False
-            self._finish("finished", int(state.global_step))
+            self._stop_hooks()
+            loggers = [_IntegrationLogger(c, args, state, control) for c in self._integrations]
+            self._finish("finished", int(state.global_step), loggers=loggers)
+
+    def _at_exit(self) -> None:
+        """The process exits while training runs: on_train_end never came (the Trainer raised)."""
+        if not self._running:
+            return
+        self._stop_hooks()
+        exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)  # the uncaught exception
+        if not isinstance(exc, BaseException):
+            exc = RuntimeError("the process exited before the Trainer's on_train_end")
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "crashed"
+        try:  # no collectives: the other processes may be gone
+            self._finish(status, self._step, error=exc, reduce=False)
+        except Exception as err:  # at exit: say so, never raise
+            print(f"dyncheck: could not close the run at exit ({type(err).__name__}: {err})", file=sys.stderr)
 
     # -- per step ----------------------------------------------------------------------------------------------
     def _guarded(self, fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -150,7 +246,10 @@ class DynamicsMonitorCallback(Adapter, TrainerCallback):
             return
         loss = None
         if self._losses:
-            loss = torch.stack(self._losses).sum() if self._summed else torch.stack(self._losses).mean()
+            # normalised by the step's token count (over all processes with average_tokens_across_devices, where
+            # the Trainer scales each process's loss by the world size, as the monitor's mean over processes needs)
+            loss = torch.stack(self._losses).sum() * self._ranks_share if self._summed \
+                else torch.stack(self._losses).mean()
         self._losses = []
         self._guarded(self.monitor.batch_end, self._step, loss, stepped=True)
         if not self.evaluation.live_due(self.monitor):  # every step: nothing more to do
