@@ -262,7 +262,9 @@ class Evaluation:
         except Exception as exc:
             self._warn("mirror", f"dyncheck: reading the summary series failed ({type(exc).__name__}: {exc})")
             return
-        findings = [f"{f.severity} {f.check} on {f.metric} (steps {f.first_step}-{f.last_step}): {f.message}"
+        from .checks.output import steps_text
+
+        findings = [f"{f.severity} {f.check} on {f.metric} ({steps_text(f)}): {f.message}"
                     for f in (result.findings if result is not None else [])]
         for logger in loggers:
             try:

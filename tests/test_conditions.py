@@ -380,3 +380,25 @@ def test_until_too_short_says_where_the_series_was_cut(tmp_path):
     steps = np.arange(40)
     (skipped,) = [x for x in evaluate({"loss/train": (steps, np.ones(40))}, rules).skipped if x.check == "early-jump"]
     assert skipped.reason.startswith("4 points of loss/train in the first 10% of the run (until, to step 3), needs 7")
+
+
+def test_update_too_small_needs_a_loss_that_does_not_move():
+    """The default pack's update-too-small: tiny update-to-weight ratios are the fault when the loss does not fall
+    by 30% either (a learning rate far too small); with a loss that falls 40% (fine-tuning at 2e-5, where
+    LayerNorm gains of ~1 move ~1e-5 a step) they are the learning rate's intended scale."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(2)
+    steps = np.arange(500)
+    ratio = 4e-6 * np.exp(0.1 * rng.standard_normal(steps.size))
+    flat = 2.3 * np.exp(0.02 * rng.standard_normal(steps.size))
+    falling = (2.3 - 0.9 * steps / 500) * np.exp(0.02 * rng.standard_normal(steps.size))
+    stalled = {"loss/train": (steps, flat), "update_ratio/encoder.ln.weight": (steps, ratio)}
+    assert {f.check for f in evaluate(stalled, rules).findings} >= {"update-too-small", "no-progress"}
+    assert evaluate(stalled, rules).diagnoses[0].check == "update-too-small"  # the cause, explaining no-progress
+    fine_tuning = {"loss/train": (steps, falling), "update_ratio/encoder.ln.weight": (steps, ratio)}
+    assert "update-too-small" not in {f.check for f in evaluate(fine_tuning, rules).findings}
+    # a 12-step run: the loss condition cannot be judged, so neither is the check (skipped, not fired)
+    short = {"loss/train": (steps[:12], flat[:12]), "update_ratio/encoder.ln.weight": (steps[:12], ratio[:12])}
+    result = evaluate(short, rules)
+    assert "update-too-small" not in {f.check for f in result.findings}
+    assert "update-too-small" in {s.check for s in result.skipped}
