@@ -179,10 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("check", help="evaluate checks on a run; exit 1 if a finding is at or above --fail-on",
-                       description="Evaluate the checks of the rule files on a recorded run. Exit 0: pass; 1: a "
-                                   "finding at or above --fail-on; 2: usage or input error; 3: the run could not "
-                                   "be judged (it did not finish, holds no series, or every check was skipped).")
-    p.add_argument("run", metavar="RUN", help=_RUN_OR_LOG)
+                       description="Evaluate the checks of the rule files on a recorded run, or on many. Exit 0: "
+                                   "pass; 1: a finding at or above --fail-on; 2: usage or input error; 3: the run "
+                                   "could not be judged (it did not finish, holds no series, or every check was "
+                                   "skipped). Over many runs: 1 if any run has such a finding, else 2 if any run "
+                                   "could not be read, else 3 if any run could not be judged, else 0.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help=_RUN_OR_LOG + "; or several, a directory of runs (every "
+                   "directory below it holding run.db) or a quoted glob ('runs/*/'): then one table, a JSON list or "
+                   "one JUnit testsuite per run, and the exit code over all of them")
     _rules_arg(p)
     _source_args(p)
     p.add_argument("--format", choices=["text", "json", "junit"], default="text", help="output format (text)")
@@ -264,12 +268,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_run(arg: str) -> bool:
+    """Whether a lone RUN argument names one run itself (the single-run outputs), rather than a directory of runs
+    or a glob: a run directory, a log, a file, or a path that does not exist (left to the reader's messages)."""
+    from .importers import looks_like_log
+    from .runs import is_glob
+    from .store import STORE_FILENAME
+
+    if is_glob(arg):
+        return False
+    p = Path(arg)
+    return not p.is_dir() or os.path.lexists(p / STORE_FILENAME) or looks_like_log(p)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .checks.engine import evaluate
     from .checks.output import format_json, format_junit, format_text
     from .checks.rules import load_rules
 
     rules = load_rules(args.rules or ["default"])
+    if len(args.runs) != 1 or not _one_run(args.runs[0]):
+        return _check_many(args, rules)
+    args.run = args.runs[0]
     allow = args.allow_unfinished
     with _open(args) as (run, imported):
         result = evaluate(run, rules)
@@ -288,22 +308,77 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_many(args: argparse.Namespace, rules: Any) -> int:
+    """``dyncheck check`` over several runs: each evaluated with the same rules; a run that cannot be read is an
+    ``error`` row (the others are still checked); one table / JSON document / JUnit file; the exit code over all
+    (:func:`~dyncheck.checks.output.gate_verdict`)."""
+    from .checks.engine import evaluate
+    from .checks.output import RunCheck, format_many_json, format_many_junit, format_many_text, gate_verdict
+    from .runs import discover_runs
+
+    allow = args.allow_unfinished
+    refs = discover_runs(args.runs)
+    _no_import_options(args, refs)
+    checked = []
+    for ref in refs:
+        try:
+            with _open_path(ref.name, args, kind=ref.kind) as (run, imported):
+                checked.append((RunCheck(ref.name, evaluate(run, rules), source=ref.kind), imported))
+        except DyncheckError as e:
+            checked.append((RunCheck(ref.name, error=str(e), source=ref.kind), None))
+    runs = [c for c, _ in checked]
+    if args.format == "json":
+        out = format_many_json(runs, fail_on=args.fail_on, allow_unfinished=allow)
+    elif args.format == "junit":
+        out = format_many_junit(runs, allow_unfinished=allow)
+    else:
+        out = format_many_text(runs, fail_on=args.fail_on, allow_unfinished=allow)
+    _emit(out, args.output)
+    for c, imported in checked:  # on stderr as for one run, also when the output went to a file
+        if c.error is not None:
+            print(f"dyncheck check: error: {c.name}: {c.error}", file=sys.stderr)
+        elif not c.fails(args.fail_on) and c.not_judged(allow):
+            _unjudged("check", c.name, c.not_judged(allow), c.result.unfinished and not allow, imported)
+    gate = gate_verdict(runs, args.fail_on, allow)
+    return {"fail": EXIT_FAIL, "error": EXIT_USAGE, "unjudged": EXIT_UNJUDGED, "pass": EXIT_OK}[gate]
+
+
+def _no_import_options(args: argparse.Namespace, refs: Sequence[Any]) -> None:
+    """--mapping and --finished apply to logs to import: given when every run found is a dyncheck run, an error."""
+    if (getattr(args, "mapping", None) or getattr(args, "finished", False)) and refs \
+            and all(r.kind == "run" for r in refs) and getattr(args, "source_format", "auto") == "auto":
+        given = "--mapping" if args.mapping else "--finished"
+        raise DyncheckError(f"{given} applies to a log to import; the runs given are dyncheck runs")
+
+
 @contextlib.contextmanager
 def _open(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     """The run that RUN names, and None; or, for a log, the run imported into a temporary directory (removed
     afterwards) and the import's summary. The import options given with a run are an error."""
-    from .importers import imported, looks_like_log
-    from .store import open_run
+    from .importers import looks_like_log
 
     if args.source_format == "auto" and not looks_like_log(args.run):
         if args.mapping or args.finished:
             given = "--mapping" if args.mapping else "--finished"
             raise DyncheckError(f"{given} applies to a log to import; {args.run} is a dyncheck run")
-        with open_run(args.run) as run:
+    with _open_path(args.run, args) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def _open_path(path: str, args: argparse.Namespace, kind: str | None = None) -> Iterator[tuple[Any, Any]]:
+    """The run at ``path`` and None; or, for a log (``kind="log"``, or by its name with ``--from auto``), the run
+    imported into a temporary directory (removed afterwards) and the import's summary."""
+    from .importers import imported, looks_like_log
+    from .store import open_run
+
+    fmt = getattr(args, "source_format", "auto")
+    if kind == "run" or (kind is None and fmt == "auto" and not looks_like_log(path)):
+        with open_run(path) as run:
             yield run, None
         return
-    with imported(args.run, fmt=args.source_format, mapping=args.mapping, finished=args.finished) as (run, summary):
-        print(f"dyncheck {args.command}: imported {args.run} ({summary.format}, {len(summary.names)} series; status "
+    with imported(path, fmt=fmt, mapping=args.mapping, finished=args.finished) as (run, summary):
+        print(f"dyncheck {args.command}: imported {path} ({summary.format}, {len(summary.names)} series; status "
               f"{summary.status}: {summary.status_reason}) into a temporary run", file=sys.stderr)
         yield run, summary
 
