@@ -255,6 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(p, importing=True)
     p.add_argument("--force", action="store_true", help="replace RUN/run.db if it exists")
 
+    p = sub.add_parser("export", help="write runs into a partitioned Parquet dataset for fleet queries (DuckDB, ...)",
+                       description="Write runs into a Parquet dataset at DIR: series/family=<family>/*.parquet "
+                                   "(run_id, metric, step, value; partitioned by the metric's family, the name "
+                                   "before its first '/'), runs/*.parquet (one row per run: status, verdict, "
+                                   "optimizer, lr, model, steps, hyperparameters, findings) and findings/*.parquet "
+                                   "(one row per finding). See README, 'Fleets: many runs'. Needs pyarrow "
+                                   "(dyncheck[parquet]).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="runs, directories of runs (every directory below them "
+                                                         "holding run.db), quoted globs, or logs to import")
+    p.add_argument("--parquet", metavar="DIR", required=True,
+                   help="directory to write the dataset to: new, empty, or a previous dyncheck export (replaced)")
+    _rules_arg(p)
+    p.add_argument("--no-checks", action="store_true", help="leave the checks out: no verdict, no findings")
+    _source_args(p, importing=True)
+
     r = sub.add_parser("rules", help="list the checks of rule files, validate a rule file, list detectors")
     rsub = r.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=_RulesParser)
     rsub.required = True
@@ -500,6 +515,44 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_FAIL if cmp.regressions else EXIT_OK
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .export import ParquetExport
+    from .runs import discover_runs
+
+    if args.no_checks and args.rules:
+        raise DyncheckError("--no-checks and --rules exclude each other")
+    rules = None
+    if not args.no_checks:
+        from .checks.rules import load_rules
+
+        rules = load_rules(args.rules or ["default"])
+    refs = discover_runs(args.runs)
+    _no_import_options(args, refs)
+    exp = ParquetExport(args.parquet, rules=rules)
+    try:
+        for ref in refs:
+            try:
+                with _open_path(ref.name, args, kind=ref.kind) as (run, _):
+                    exp.add(ref.name, run, source=ref.kind,
+                            path=None if ref.kind == "run" else str(Path(ref.name).resolve()))
+            except ConfigError:
+                raise
+            except DyncheckError as e:
+                exp.add_error(ref.name, str(e), source=ref.kind)
+                print(f"dyncheck export: error: {ref.name}: {e}", file=sys.stderr)
+        summary = exp.close()
+    except BaseException:
+        exp.abort()
+        raise
+    n_err = len(summary.errors)
+    print(f"{summary.path}: {summary.runs} run{'s' * (summary.runs != 1)}, {summary.rows:,} series rows (families: "
+          f"{', '.join(summary.families) or 'none'}), {summary.findings} findings, {summary.files} files in "
+          f"{summary.seconds:.1f} s" + (f"; {n_err} run{'s' * (n_err != 1)} could not be read (rows with 'error' "
+                                       f"set in runs/)" if n_err else ""))
+    return EXIT_USAGE if summary.errors else EXIT_OK
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from .importers import import_log
 
@@ -589,7 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
             command = args.command
             commands = {"check": _cmd_check, "report": _cmd_report, "demo": _cmd_demo, "baseline": _cmd_baseline,
-                        "compare": _cmd_compare, "rules": _cmd_rules, "import": _cmd_import}
+                        "compare": _cmd_compare, "rules": _cmd_rules, "import": _cmd_import,
+                        "export": _cmd_export}
             code = commands[command](args)
         except BaseException:  # also argparse's SystemExit (--help | head): flush, keep the first error
             try:
