@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(p)
     p.add_argument("--no-checks", action="store_true", help="leave the checks out (charts and metadata only)")
     p.add_argument("--title", help="title shown in the report (default: the run directory's name)")
+    p.add_argument("--compare", nargs="+", metavar="OTHER",
+                   help="other runs (run directories, .db files, directories of runs, quoted globs) whose key "
+                        "series are overlaid on RUN's, with RUN compared against a baseline made from them")
 
     p = sub.add_parser("demo", help="train a small model on scikit-learn's digits and write its report",
                        description="Train a small model on scikit-learn's digits (no download) with the monitor and "
@@ -427,15 +430,39 @@ def _cmd_report(args: argparse.Namespace) -> int:
         rules = load_rules(args.rules or ["default"])
     elif args.rules:
         raise DyncheckError("--no-checks and --rules exclude each other")
-    with _open(args) as (run, imported):
+    others = _compare_runs(args) if args.compare else []
+    with _open(args) as (run, imported), contextlib.ExitStack() as stack:
         output, title = args.output, args.title
         if imported is not None:
             src = Path(args.run)
             output = output or str((src if src.is_dir() else src.parent) / "report.html")
             title = title or (src.resolve().name if src.is_dir() else f"{src.resolve().parent.name}/{src.name}")
-        path = write_report(run, output, rules=rules, title=title)
+        from .store import open_run
+
+        opened = [stack.enter_context(open_run(p)) for p in others]
+        path = write_report(run, output, rules=rules, title=title, compare=opened)
     print(path)
     return EXIT_OK
+
+
+def _compare_runs(args: argparse.Namespace) -> list[Path]:
+    """The runs ``--compare`` names (dyncheck runs only), less RUN itself."""
+    from .runs import discover_runs
+
+    refs = discover_runs(args.compare, what="--compare", logs=False)
+    try:
+        me = Path(args.run).resolve()
+        me_dir = me.parent if me.suffix == ".db" and me.is_file() else me
+    except OSError:
+        me_dir = None
+    out = []
+    for r in refs:
+        p = r.path.resolve()
+        if (p.parent if p.suffix == ".db" else p) != me_dir:
+            out.append(r.path)
+    if not out:
+        raise DyncheckError(f"--compare {' '.join(args.compare)}: names no run other than RUN itself")
+    return out
 
 
 def _scenarios() -> Any:
