@@ -115,10 +115,11 @@ def discover_runs(args: Sequence[str], *, what: str = "RUN", logs: bool = True) 
                     if p.is_dir() else "file is neither a run store (.db) nor " + (_LOGS if logs else "a run")
                 raise ConfigError(f"argument {what} {arg}: this {kind}; expected {expected}")
         for ref in found:
-            try:
-                key = str(ref.path.resolve())
+            store = ref.path / STORE_FILENAME if ref.kind == "run" and ref.path.is_dir() else ref.path
+            try:  # a run directory and its run.db are one run
+                key = str(store.resolve())
             except OSError:
-                key = str(ref.path)
+                key = str(store)
             if key not in seen:
                 seen.add(key)
                 out.append(ref)

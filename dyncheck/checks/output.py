@@ -260,13 +260,11 @@ def format_many_text(runs: Sequence[RunCheck], *, fail_on: str = "error", allow_
         rows.append((r.name, status, VERDICT_LABELS[r.verdict(allow_unfinished)], first))
     head = ("run", "status", "verdict", "first diagnosis")
     w = [max([len(head[i])] + [len(row[i]) for row in rows]) for i in range(3)]
-    w[0] = min(w[0], 60)
-    rest = max(30, width - 2 - sum(w) - 6)
+    rest = max(60, width - 2 - sum(w) - 6)
     lines = [f"dyncheck check -- {_gate_line(runs, fail_on, allow_unfinished)}"]
     fmt = "  {:<%d}  {:<%d}  {:<%d}  {}" % tuple(w)
     lines.append(fmt.format(*head).rstrip())
     for name, status, verdict, first in rows:
-        name = name if len(name) <= w[0] else "…" + name[-(w[0] - 1):]
         lines.append(fmt.format(name, status, verdict, _cut(first, rest)).rstrip())
     return "\n".join(lines)
 
