@@ -1,14 +1,20 @@
-"""The ``dyncheck`` command line: ``check``, ``report``, ``demo``, ``baseline``, ``compare``, ``import`` and ``rules``.
+"""The ``dyncheck`` command line: ``check``, ``report``, ``demo``, ``baseline``, ``compare``, ``import``, ``export``
+and ``rules``.
 
 ``check``, ``report`` and ``compare`` take a dyncheck run or a log to import (TensorBoard, Lightning CSV, HF
 ``trainer_state.json``, W&B export): a log is imported into a temporary directory, removed when the command ends.
+``check`` and ``export`` also take many runs (several arguments, directories of runs, globs: :mod:`dyncheck.runs`),
+and ``report --compare`` other runs to overlay and compare with.
 
 Exit codes: 0 pass (nothing at or above ``--fail-on``, no regression); 1 findings at or above ``--fail-on`` fired
 (``check``) or something regressed (``compare``); 2 usage, configuration, input or I/O error; 3 the run could not
 be judged: it did not finish (running or killed, interrupted, crashed; ``--allow-unfinished`` judges it on what it
 recorded), it holds no series, or every check was skipped. ``check`` gives findings precedence over 3 (what fired
 on the recorded part is real); ``compare`` gives 3 precedence (a partial run's losses are not comparable with a
-whole run's); ``baseline`` exits 3 rather than write a baseline from an unfinished run or with no quantity."""
+whole run's); ``baseline`` exits 3 rather than write a baseline from an unfinished run or with no quantity. Over
+many runs ``check`` exits 1 if any run has a finding at or above ``--fail-on``, else 2 if any run could not be read,
+else 3 if any could not be judged, else 0; ``export`` exits 2 when a run could not be read (the others are
+written)."""
 
 from __future__ import annotations
 
