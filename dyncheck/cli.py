@@ -1,14 +1,20 @@
-"""The ``dyncheck`` command line: ``check``, ``report``, ``demo``, ``baseline``, ``compare``, ``import`` and ``rules``.
+"""The ``dyncheck`` command line: ``check``, ``report``, ``demo``, ``baseline``, ``compare``, ``import``, ``export``
+and ``rules``.
 
 ``check``, ``report`` and ``compare`` take a dyncheck run or a log to import (TensorBoard, Lightning CSV, HF
 ``trainer_state.json``, W&B export): a log is imported into a temporary directory, removed when the command ends.
+``check`` and ``export`` also take many runs (several arguments, directories of runs, globs: :mod:`dyncheck.runs`),
+and ``report --compare`` other runs to overlay and compare with.
 
 Exit codes: 0 pass (nothing at or above ``--fail-on``, no regression); 1 findings at or above ``--fail-on`` fired
 (``check``) or something regressed (``compare``); 2 usage, configuration, input or I/O error; 3 the run could not
 be judged: it did not finish (running or killed, interrupted, crashed; ``--allow-unfinished`` judges it on what it
 recorded), it holds no series, or every check was skipped. ``check`` gives findings precedence over 3 (what fired
 on the recorded part is real); ``compare`` gives 3 precedence (a partial run's losses are not comparable with a
-whole run's); ``baseline`` exits 3 rather than write a baseline from an unfinished run or with no quantity."""
+whole run's); ``baseline`` exits 3 rather than write a baseline from an unfinished run or with no quantity. Over
+many runs ``check`` exits 1 if any run has a finding at or above ``--fail-on``, else 2 if any run could not be read,
+else 3 if any could not be judged, else 0; ``export`` exits 2 when a run could not be read (the others are
+written)."""
 
 from __future__ import annotations
 
@@ -179,10 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("check", help="evaluate checks on a run; exit 1 if a finding is at or above --fail-on",
-                       description="Evaluate the checks of the rule files on a recorded run. Exit 0: pass; 1: a "
-                                   "finding at or above --fail-on; 2: usage or input error; 3: the run could not "
-                                   "be judged (it did not finish, holds no series, or every check was skipped).")
-    p.add_argument("run", metavar="RUN", help=_RUN_OR_LOG)
+                       description="Evaluate the checks of the rule files on a recorded run, or on many. Exit 0: "
+                                   "pass; 1: a finding at or above --fail-on; 2: usage or input error; 3: the run "
+                                   "could not be judged (it did not finish, holds no series, or every check was "
+                                   "skipped). Over many runs: 1 if any run has such a finding, else 2 if any run "
+                                   "could not be read, else 3 if any run could not be judged, else 0.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help=_RUN_OR_LOG + "; or several, a directory of runs (every "
+                   "directory below it holding run.db) or a quoted glob ('runs/*/'): then one table, a JSON list or "
+                   "one JUnit testsuite per run, and the exit code over all of them")
     _rules_arg(p)
     _source_args(p)
     p.add_argument("--format", choices=["text", "json", "junit"], default="text", help="output format (text)")
@@ -202,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(p)
     p.add_argument("--no-checks", action="store_true", help="leave the checks out (charts and metadata only)")
     p.add_argument("--title", help="title shown in the report (default: the run directory's name)")
+    p.add_argument("--compare", nargs="+", metavar="OTHER",
+                   help="other runs (run directories, .db files, directories of runs, quoted globs) whose key "
+                        "series are overlaid on RUN's, with RUN compared against a baseline made from them")
 
     p = sub.add_parser("demo", help="train a small model on scikit-learn's digits and write its report",
                        description="Train a small model on scikit-learn's digits (no download) with the monitor and "
@@ -251,6 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(p, importing=True)
     p.add_argument("--force", action="store_true", help="replace RUN/run.db if it exists")
 
+    p = sub.add_parser("export", help="write runs into a partitioned Parquet dataset for fleet queries (DuckDB, ...)",
+                       description="Write runs into a Parquet dataset at DIR: series/family=<family>/*.parquet "
+                                   "(run_id, metric, step, value; partitioned by the metric's family, the name "
+                                   "before its first '/'), runs/*.parquet (one row per run: status, verdict, "
+                                   "optimizer, lr, model, steps, hyperparameters, findings) and findings/*.parquet "
+                                   "(one row per finding). See README, 'Fleets: many runs'. Needs pyarrow "
+                                   "(dyncheck[parquet]).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="runs, directories of runs (every directory below them "
+                                                         "holding run.db), quoted globs, or logs to import")
+    p.add_argument("--parquet", metavar="DIR", required=True,
+                   help="directory to write the dataset to: new, empty, or a previous dyncheck export (replaced)")
+    _rules_arg(p)
+    p.add_argument("--no-checks", action="store_true", help="leave the checks out: no verdict, no findings")
+    _source_args(p, importing=True)
+
     r = sub.add_parser("rules", help="list the checks of rule files, validate a rule file, list detectors")
     rsub = r.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=_RulesParser)
     rsub.required = True
@@ -264,12 +292,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_run(arg: str) -> bool:
+    """Whether a lone RUN argument names one run itself (the single-run outputs), rather than a directory of runs
+    or a glob: a run directory, a log, a file, or a path that does not exist (left to the reader's messages)."""
+    from .importers import looks_like_log
+    from .runs import is_glob
+    from .store import STORE_FILENAME
+
+    if is_glob(arg):
+        return False
+    p = Path(arg)
+    return not p.is_dir() or os.path.lexists(p / STORE_FILENAME) or looks_like_log(p)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .checks.engine import evaluate
     from .checks.output import format_json, format_junit, format_text
     from .checks.rules import load_rules
 
     rules = load_rules(args.rules or ["default"])
+    if len(args.runs) != 1 or not _one_run(args.runs[0]):
+        return _check_many(args, rules)
+    args.run = args.runs[0]
     allow = args.allow_unfinished
     with _open(args) as (run, imported):
         result = evaluate(run, rules)
@@ -288,22 +332,77 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_many(args: argparse.Namespace, rules: Any) -> int:
+    """``dyncheck check`` over several runs: each evaluated with the same rules; a run that cannot be read is an
+    ``error`` row (the others are still checked); one table / JSON document / JUnit file; the exit code over all
+    (:func:`~dyncheck.checks.output.gate_verdict`)."""
+    from .checks.engine import evaluate
+    from .checks.output import RunCheck, format_many_json, format_many_junit, format_many_text, gate_verdict
+    from .runs import discover_runs
+
+    allow = args.allow_unfinished
+    refs = discover_runs(args.runs)
+    _no_import_options(args, refs)
+    checked = []
+    for ref in refs:
+        try:
+            with _open_path(ref.name, args, kind=ref.kind) as (run, imported):
+                checked.append((RunCheck(ref.name, evaluate(run, rules), source=ref.kind), imported))
+        except DyncheckError as e:
+            checked.append((RunCheck(ref.name, error=str(e), source=ref.kind), None))
+    runs = [c for c, _ in checked]
+    if args.format == "json":
+        out = format_many_json(runs, fail_on=args.fail_on, allow_unfinished=allow)
+    elif args.format == "junit":
+        out = format_many_junit(runs, allow_unfinished=allow)
+    else:
+        out = format_many_text(runs, fail_on=args.fail_on, allow_unfinished=allow)
+    _emit(out, args.output)
+    for c, imported in checked:  # on stderr as for one run, also when the output went to a file
+        if c.error is not None:
+            print(f"dyncheck check: error: {c.name}: {c.error}", file=sys.stderr)
+        elif not c.fails(args.fail_on) and c.not_judged(allow):
+            _unjudged("check", c.name, c.not_judged(allow), c.result.unfinished and not allow, imported)
+    gate = gate_verdict(runs, args.fail_on, allow)
+    return {"fail": EXIT_FAIL, "error": EXIT_USAGE, "unjudged": EXIT_UNJUDGED, "pass": EXIT_OK}[gate]
+
+
+def _no_import_options(args: argparse.Namespace, refs: Sequence[Any]) -> None:
+    """--mapping and --finished apply to logs to import: given when every run found is a dyncheck run, an error."""
+    if (getattr(args, "mapping", None) or getattr(args, "finished", False)) and refs \
+            and all(r.kind == "run" for r in refs) and getattr(args, "source_format", "auto") == "auto":
+        given = "--mapping" if args.mapping else "--finished"
+        raise DyncheckError(f"{given} applies to a log to import; the runs given are dyncheck runs")
+
+
 @contextlib.contextmanager
 def _open(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     """The run that RUN names, and None; or, for a log, the run imported into a temporary directory (removed
     afterwards) and the import's summary. The import options given with a run are an error."""
-    from .importers import imported, looks_like_log
-    from .store import open_run
+    from .importers import looks_like_log
 
     if args.source_format == "auto" and not looks_like_log(args.run):
         if args.mapping or args.finished:
             given = "--mapping" if args.mapping else "--finished"
             raise DyncheckError(f"{given} applies to a log to import; {args.run} is a dyncheck run")
-        with open_run(args.run) as run:
+    with _open_path(args.run, args) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def _open_path(path: str, args: argparse.Namespace, kind: str | None = None) -> Iterator[tuple[Any, Any]]:
+    """The run at ``path`` and None; or, for a log (``kind="log"``, or by its name with ``--from auto``), the run
+    imported into a temporary directory (removed afterwards) and the import's summary."""
+    from .importers import imported, looks_like_log
+    from .store import open_run
+
+    fmt = getattr(args, "source_format", "auto")
+    if kind == "run" or (kind is None and fmt == "auto" and not looks_like_log(path)):
+        with open_run(path) as run:
             yield run, None
         return
-    with imported(args.run, fmt=args.source_format, mapping=args.mapping, finished=args.finished) as (run, summary):
-        print(f"dyncheck {args.command}: imported {args.run} ({summary.format}, {len(summary.names)} series; status "
+    with imported(path, fmt=fmt, mapping=args.mapping, finished=args.finished) as (run, summary):
+        print(f"dyncheck {args.command}: imported {path} ({summary.format}, {len(summary.names)} series; status "
               f"{summary.status}: {summary.status_reason}) into a temporary run", file=sys.stderr)
         yield run, summary
 
@@ -337,15 +436,39 @@ def _cmd_report(args: argparse.Namespace) -> int:
         rules = load_rules(args.rules or ["default"])
     elif args.rules:
         raise DyncheckError("--no-checks and --rules exclude each other")
-    with _open(args) as (run, imported):
+    others = _compare_runs(args) if args.compare else []
+    with _open(args) as (run, imported), contextlib.ExitStack() as stack:
         output, title = args.output, args.title
         if imported is not None:
             src = Path(args.run)
             output = output or str((src if src.is_dir() else src.parent) / "report.html")
             title = title or (src.resolve().name if src.is_dir() else f"{src.resolve().parent.name}/{src.name}")
-        path = write_report(run, output, rules=rules, title=title)
+        from .store import open_run
+
+        opened = [stack.enter_context(open_run(p)) for p in others]
+        path = write_report(run, output, rules=rules, title=title, compare=opened)
     print(path)
     return EXIT_OK
+
+
+def _compare_runs(args: argparse.Namespace) -> list[Path]:
+    """The runs ``--compare`` names (dyncheck runs only), less RUN itself."""
+    from .runs import discover_runs
+
+    refs = discover_runs(args.compare, what="--compare", logs=False)
+    try:
+        me = Path(args.run).resolve()
+        me_dir = me.parent if me.suffix == ".db" and me.is_file() else me
+    except OSError:
+        me_dir = None
+    out = []
+    for r in refs:
+        p = r.path.resolve()
+        if (p.parent if p.suffix == ".db" else p) != me_dir:
+            out.append(r.path)
+    if not out:
+        raise DyncheckError(f"--compare {' '.join(args.compare)}: names no run other than RUN itself")
+    return out
 
 
 def _scenarios() -> Any:
@@ -423,6 +546,44 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if why:  # before regressions: a partial run's losses are not comparable with a whole run's
         return _unjudged("compare", args.run, why, bool(cmp.run_ended) and not allow, imported)
     return EXIT_FAIL if cmp.regressions else EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .export import ParquetExport
+    from .runs import discover_runs
+
+    if args.no_checks and args.rules:
+        raise DyncheckError("--no-checks and --rules exclude each other")
+    rules = None
+    if not args.no_checks:
+        from .checks.rules import load_rules
+
+        rules = load_rules(args.rules or ["default"])
+    refs = discover_runs(args.runs)
+    _no_import_options(args, refs)
+    exp = ParquetExport(args.parquet, rules=rules)
+    try:
+        for ref in refs:
+            try:
+                with _open_path(ref.name, args, kind=ref.kind) as (run, _):
+                    exp.add(ref.name, run, source=ref.kind,
+                            path=None if ref.kind == "run" else str(Path(ref.name).resolve()))
+            except ConfigError:
+                raise
+            except DyncheckError as e:
+                exp.add_error(ref.name, str(e), source=ref.kind)
+                print(f"dyncheck export: error: {ref.name}: {e}", file=sys.stderr)
+        summary = exp.close()
+    except BaseException:
+        exp.abort()
+        raise
+    n_err = len(summary.errors)
+    print(f"{summary.path}: {summary.runs} run{'s' * (summary.runs != 1)}, {summary.rows:,} series rows (families: "
+          f"{', '.join(summary.families) or 'none'}), {summary.findings} findings, {summary.files} files in "
+          f"{summary.seconds:.1f} s" + (f"; {n_err} run{'s' * (n_err != 1)} could not be read (rows with 'error' "
+                                       f"set in runs/)" if n_err else ""))
+    return EXIT_USAGE if summary.errors else EXIT_OK
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -514,7 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
             command = args.command
             commands = {"check": _cmd_check, "report": _cmd_report, "demo": _cmd_demo, "baseline": _cmd_baseline,
-                        "compare": _cmd_compare, "rules": _cmd_rules, "import": _cmd_import}
+                        "compare": _cmd_compare, "rules": _cmd_rules, "import": _cmd_import,
+                        "export": _cmd_export}
             code = commands[command](args)
         except BaseException:  # also argparse's SystemExit (--help | head): flush, keep the first error
             try:

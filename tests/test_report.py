@@ -223,3 +223,55 @@ def test_cli_demo_runs_a_scenario_and_prints_the_report(tmp_path, capsys):
     assert f"report: {report}" in out
     text = report.read_text(encoding="utf-8")
     assert "dead-units" in text and ">WARN<" in text
+
+
+def _values(arr):
+    """A plotly trace's x or y: a list, or a typed array ({"dtype", "bdata"} in base64)."""
+    import base64
+
+    if isinstance(arr, dict):
+        return np.frombuffer(base64.b64decode(arr["bdata"]), dtype=np.dtype(arr["dtype"])).astype(float)
+    return np.asarray(arr, float)
+
+
+def test_report_compare_overlays_every_run_and_the_baseline_table(tmp_path, capsys):
+    """`dyncheck report RUN --compare OTHER...`: one chart per key series with a trace per run (the run's own
+    values), and the table of RUN against a baseline of the others: what make_baseline + compare say."""
+    from dyncheck.baseline import compare, make_baseline
+
+    s = np.arange(N)
+    refs = [synthetic_run(tmp_path / "ref" / f"seed{i}", loss=2.3 * np.exp(-s / 80) + 0.05 + 0.002 * i)
+            for i in range(3)]
+    cand = synthetic_run(tmp_path / "candidate", loss=2.3 * np.exp(-s / 400) + 0.05)  # learns 5x slower
+    out = tmp_path / "cmp.html"
+    assert main(["report", str(cand), "--compare", str(tmp_path / "ref"), "-o", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert '<section id="compare">' in text and '<a href="#compare">Compared runs</a>' in text
+    specs = dict(re.findall(r'<script type="application/json" data-chart="([^"]+)">(.*?)</script>', text, re.S))
+    charts = {k: json.loads(v) for k, v in specs.items() if k.startswith("chart-compare-")}
+    assert len(charts) == 5  # training and validation loss, gradient norm, per-layer median, learning rate
+    names = {"candidate (this run)": cand, "seed0": refs[0], "seed1": refs[1], "seed2": refs[2]}
+    for key, fig in zip(("loss/train", "loss/val", "grad_norm/total"), charts.values()):
+        traces = {t["name"]: t for t in fig["data"]}
+        assert set(traces) == set(names), key
+        for name, path in names.items():
+            with open_run(path) as run:
+                series = run.series(key)
+            np.testing.assert_array_equal(_values(traces[name]["x"]), series.steps)
+            np.testing.assert_allclose(_values(traces[name]["y"]), series.values, rtol=1e-6)
+    assert traces["candidate (this run)"]["line"]["color"] == "#212121"
+    # the table: this run against a baseline of the other three, as dyncheck baseline + compare
+    cmp = compare(cand, make_baseline(refs, allow_unfinished=True))
+    rows = re.findall(r'<tr class="(\w+)"><td><code>([^<]+)</code></td><td>([^<]+)</td><td>([^<]+)</td>'
+                      r'<td>([^<]+)</td><td>([^<]+)</td><td>\w+</td></tr>', text)
+    assert [(r[1], r[0], r[3]) for r in rows] == [(q.quantity, q.status, f"{q.obtained:.4g}") for q in cmp.rows]
+    assert ("regressed", "loss/train.mean") in {(r[0], r[1]) for r in rows}
+    assert "REGRESSED (" in text and "loss/train.mean" in cmp.regressions
+    traj = re.findall(r'<tr class="(\w+)"><td><code>([^<]+)</code></td><td>\w+</td><td>', text)
+    assert [(t[1], t[0]) for t in traj] == [(t.series, t.status) for t in cmp.trajectories]
+    assert ("loss/train", "regressed") in {(t.series, t.status) for t in cmp.trajectories}
+    # bad input: no other run, a missing one
+    assert main(["report", str(cand), "--compare", str(cand)]) == 2
+    assert "--compare" in capsys.readouterr().err
+    assert main(["report", str(cand), "--compare", str(tmp_path / "missing")]) == 2
+    assert f"argument --compare {tmp_path / 'missing'}: no such file or directory" in capsys.readouterr().err

@@ -415,9 +415,11 @@ def _plotly_js() -> str:
     return get_plotlyjs()
 
 
-def render(run: Any, result: Any | None, *, title: str | None = None, rules_label: str = "") -> str:
+def render(run: Any, result: Any | None, *, title: str | None = None, rules_label: str = "",
+           compare: Sequence[Any] = (), rules: Any = None) -> str:
     """The report's HTML for an open :class:`~dyncheck.store.Run` and its :class:`CheckResult` (None: not
-    checked)."""
+    checked); ``compare``: open runs to overlay and compare with (:mod:`._compare`), ``rules`` the rule set the
+    run was checked with."""
     from .. import __version__
 
     meta = run.meta
@@ -430,6 +432,15 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
     loss, phases = _loss_section(src, skipped)
     sections = [loss, _lr_section(src), _grad_section(src), _update_section(src), _act_section(src, skipped),
                 _sharpness_section(src, skipped)]
+    name = title or run.dir.name
+    comparison = None
+    if compare:
+        from ._compare import compare_section, labels
+
+        names = labels([run.dir, *(c.dir for c in compare)])
+        section, comparison = compare_section(run, result, list(zip(names[1:], compare)), rules=rules,
+                                              name=names[0])
+        sections.insert(0, section)
     charts = [g["chart"] for g in groups if g["chart"]] + [c for s in sections for c in s.charts]
 
     if result is None:
@@ -448,7 +459,6 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
         # a run that did not finish is never a green PASS: the label says how it ended, the line what checks say
         verdict = {**verdict, "status": "fail" if status == "crashed" else "warn",
                    "label": {"crashed": "CRASHED", "interrupted": "INTERRUPTED", "running": "RUNNING"}[status]}
-    name = title or run.dir.name
     passed = [{"id": c, "summary": checks[c].summary, "severity": checks[c].severity} for c in
               (result.passed if result is not None else [])]
     ctx = {
@@ -461,6 +471,7 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
         "passed": passed, "skipped": result.skipped if result is not None else [],
         "metadata": _metadata(meta, src), "severity_colours": SEVERITY_COLOURS,
         "stopped_by": meta.get("stopped_by"), "plotly_js": _plotly_js(), "fmt_loss": _fmt_loss,
+        "comparison": comparison,
     }
     return _env().get_template("report.html.j2").render(**ctx)
 
