@@ -222,7 +222,8 @@ class Context:
         if measurement in self.failures.off:
             return None
         try:
-            plan, values, failures = NormPlan.probe(tensors, shares=self.sharded)
+            plan, values, failures = NormPlan.probe(tensors, shares=True) if self.sharded else \
+                NormPlan.probe(tensors)
             if compute is not None:
                 values = compute(plan)
         except Exception as exc:
