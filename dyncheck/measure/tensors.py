@@ -172,8 +172,11 @@ class NormPlan:
     def __call__(self, tensors: Sequence[Tensor]) -> Tensor:
         if len(tensors) != self.n:
             raise ValueError(f"NormPlan made for {self.n} tensors called with {len(tensors)}")
-        if not self.shares:
-            return self._norms(tensors)
+        if self.shares:
+            return self._shares(tensors)
+        return self._norms(tensors)
+
+    def _shares(self, tensors: Sequence[Tensor]) -> Tensor:
         norms = self._norms([local_part(t) for t in tensors])
         if self._scale is None:
             return norms
