@@ -44,8 +44,8 @@ from .collect import (
     default_collectors,
 )
 from .collect.base import interned
-from .measure.tensors import has_sharded
 from .errors import ConfigError, MeasureError
+from .measure.tensors import has_sharded
 from .store import RunWriter, open_run
 
 __all__ = ["Monitor", "MonitorConfig"]
