@@ -45,6 +45,7 @@ from .collect import (
 )
 from .collect.base import interned
 from .errors import ConfigError, MeasureError
+from .measure.tensors import has_sharded
 from .store import RunWriter, open_run
 
 __all__ = ["Monitor", "MonitorConfig"]
@@ -168,7 +169,7 @@ class _Block:
     step: int
     names: tuple[str, ...]
     values: Tensor
-    op: str  # how to reduce across processes: "mean" | "sum" | "max" | "norm" | "none"
+    op: str  # how to reduce across processes: "mean" | "sum" | "max" | "min" | "norm" | "rss" | "ratio" | "none"
 
 
 class Monitor:
@@ -214,6 +215,7 @@ class Monitor:
         self._opt_params: dict[int, list[tuple[str, Tensor]]] = {}  # (name, parameter) of each optimizer
         self._opt_sizes: dict[int, tuple[int, int]] = {}  # (param groups, parameters) when indexed
         self._param_names: dict[int, str] = {}
+        self._unnamed: set[int] = set()  # optimizers with parameters the module did not show at the start
         self._needs_probe = False
         self._t0 = 0.0
         self._budget_s = 0.0  # seconds spent in budgeted collectors (sharpness): not training time
@@ -254,6 +256,7 @@ class Monitor:
         self._lists = {}
         self._param_names = {id(p): n for n, p in module.named_parameters()}
         self._opt_params, self._opt_sizes = {}, {}
+        self._unnamed = set()
         self.failures = failures = Failures(on_new=self._errors_changed)
         act_every = cfg.activations_every_n_steps
         layers, acts = self.schedules["layers"], self.schedules["activations"]
@@ -295,7 +298,9 @@ class Monitor:
         self._ctx = ctx = Context(
             module=module, optimizers=named_opts, schedules=self.schedules, emit=self._emit,
             emit_host=self._emit_host, failures=failures, probe_loss=probe_loss, has_store=self.store is not None,
-            start_step=first, planned_steps=planned_steps, clock=self._train_seconds)
+            start_step=first, planned_steps=planned_steps, clock=self._train_seconds,
+            sharded=has_sharded(list(module.parameters()) + [p for o in optimizers for g in o.param_groups
+                                                              for p in g["params"]]))
         for c in self.collectors:
             self._guard(c, "start", c.start, ctx)
         for opt, _ in named_opts:
@@ -402,6 +407,8 @@ class Monitor:
         params = self._opt_params.get(key)
         if params is None:
             return
+        if self._unnamed and key in self._unnamed:
+            params = self._name_again(optimizer, step)
         groups, sizes = optimizer.param_groups, self._opt_sizes[key]
         # parameters added during training: a new param group (seen at once), or appended to one (at measuring steps)
         if len(groups) != sizes[0] or (self._measuring and sum(len(g["params"]) for g in groups) != sizes[1]):
@@ -468,6 +475,27 @@ class Monitor:
                     self._guard(c, "new_parameters", c.new_parameters, step if step is not None else 0, named)
         self._opt_params[id(opt)] = named
         self._opt_sizes[id(opt)] = (len(opt.param_groups), len(params))
+        if len(named) and any(id(p) not in self._param_names for p in params):
+            self._unnamed.add(id(opt))
+        return named
+
+    def _name_again(self, opt: torch.optim.Optimizer, step: int) -> list[tuple[str, Tensor]]:
+        """Once, at the first final gradients: name the parameters the module did not show at the start. FSDP2
+        leaves a root module's unsharded parameters registered after a forward without backward (the sanity
+        check's validation), so the optimizer's sharded parameters are found only after a backward. The
+        collectors see the newly named ones as new parameters (before their first update)."""
+        self._unnamed.discard(id(opt))
+        before = self._opt_params[id(opt)]
+        if self._module is not None:
+            self._param_names = {id(p): n for n, p in self._module.named_parameters()}
+        named = [(self._param_names.get(id(p), n), p) for n, p in before]
+        found = [(n, p) for (n, p), (old, _) in zip(named, before) if n != old]
+        self._opt_params[id(opt)] = named
+        if found:
+            assert self._ctx is not None
+            for c in self.collectors:
+                if c.enabled and c.overrides("new_parameters"):
+                    self._guard(c, "new_parameters", c.new_parameters, step, found)
         return named
 
     # -- what cannot be measured -------------------------------------------------------------------------------
@@ -513,7 +541,12 @@ class Monitor:
     # -- flushing ----------------------------------------------------------------------------------------------
     def flush(self, reduce: bool = True) -> None:
         """Reduce buffered statistics across processes (when ``reduce``), copy them to the host in one transfer
-        and append them to the store. Every process must call this at the same points when ``reduce`` is true."""
+        and append them to the store. Every process must call this at the same points when ``reduce`` is true.
+
+        At most three collectives, one per operation: ``"sum"`` also carries the shares of sharded norms (``"rss"``
+        and ``"ratio"`` blocks travel squared, the root is taken after), ``"max"`` also carries ``"min"`` blocks
+        (negated). Without the reduction (a crash) under several processes, blocks of shares are left out: this
+        process's shares are not values of the whole tensors."""
         blocks, host = self._blocks, self._host
         self._blocks, self._host = [], []
         self._steps_since_flush = 0
@@ -524,7 +557,17 @@ class Monitor:
         for b in blocks:
             groups.setdefault((b.names, b.op), []).append(b)
         mats: list[tuple[tuple[str, ...], str, list[int], Tensor]] = []
+        post: dict[int, str] = {}  # position in mats -> what to do after the reduction ("rss", "ratio", "min")
+        reducing = reduce and self._reduce is not _no_reduce
         for (names, op), bs in groups.items():
+            if op in _SHARE_OPS:
+                if not reducing and self._reduce is not _no_reduce:
+                    continue  # shares without their reduction: not the whole tensors' values
+                mat = _real(torch.stack([b.values.reshape(-1) for b in bs]))
+                post[len(mats)] = op
+                mats.append((names, "max" if op == "min" else "sum", [b.step for b in bs],
+                             -mat if op == "min" else mat * mat))
+                continue
             if op == "norm":
                 sizes = {b.values.numel() for b in bs}
                 if len(sizes) == 1:
@@ -535,7 +578,7 @@ class Monitor:
             else:
                 mat = torch.stack([_real(b.values.reshape(-1)) for b in bs])
             mats.append((names, op, [b.step for b in bs], _real(mat)))
-        if reduce and self._reduce is not _no_reduce:
+        if reducing:
             for op in ("mean", "sum", "max"):
                 sel = [i for i, m in enumerate(mats) if m[1] == op]
                 if not sel:
@@ -547,6 +590,16 @@ class Monitor:
                     names, o, steps, mat = mats[i]
                     mats[i] = (names, o, steps, flat[offset: offset + mat.numel()].reshape(mat.shape))
                     offset += mat.numel()
+        for i, op in post.items():
+            names, _, steps, mat = mats[i]
+            if op == "min":
+                mat = -mat
+            else:
+                mat = mat.sqrt()
+                if op == "ratio":  # numerators | denominators
+                    num, den = mat[:, : len(names)], mat[:, len(names):]
+                    mat = torch.where(den > 0, num / den, torch.full_like(den, float("nan")))
+            mats[i] = (names, "none", steps, mat)
         if self.store is None:
             self._flushed()
             return
@@ -569,6 +622,8 @@ class Monitor:
                 v.append(val)
         self.store.write({k: (np.asarray(s), np.asarray(v)) for k, (s, v) in series.items()})
         self._last_seq = self.store.last_seq()
+        if self._ctx is not None and self._ctx.sharded:  # what collectors of sharded tensors learn from the reduction
+            self._ctx.reduced = {k: v[-1] for k, (_, v) in series.items() if v}
         self._flushed()
 
     def _flushed(self) -> None:
@@ -604,6 +659,10 @@ class Monitor:
 #: the run store reaches the disk (fsync) at least this often while training, and at the end; in between each
 #: flush reaches the operating system (a killed process loses nothing flushed). See README, "Durability".
 _SYNC_EVERY_S = 30.0
+
+
+#: block operations whose values are this process's shares (see Context.sharded): reduced inside "sum" or "max"
+_SHARE_OPS = frozenset({"rss", "ratio", "min"})
 
 
 def _real(t: Tensor) -> Tensor:

@@ -325,3 +325,20 @@ def test_update_ratios_in_place_equal_the_copying_ones():
     mine = [b.clone() for b in before]
     got = update_ratios(mine, after, in_place=True)
     assert torch.equal(got[:1], expected[:1]) and torch.isnan(got[1]) and torch.isnan(expected[1])
+
+
+def test_shares_of_plain_tensors_in_one_process_are_their_values():
+    """Without a process group every tensor is its own whole: shares equal the plain norms and counts (the shares
+    of real DTensors on two processes: tests/test_fsdp.py). A plan of shares refuses to give ratios of them."""
+    from dyncheck.measure.tensors import NormPlan, is_sharded, nonfinite_counts, replicas, update_norms, update_ratios
+
+    torch.manual_seed(0)
+    ts = [torch.randn(4, 3), torch.randn(5).double(), torch.tensor([1.0, float("nan")])]
+    assert not any(is_sharded(t) for t in ts) and [replicas(t) for t in ts] == [1, 1, 1]
+    np.testing.assert_array_equal(NormPlan(ts[:2], shares=True)(ts[:2]), NormPlan(ts[:2])(ts[:2]))
+    assert nonfinite_counts(ts, shares=True).tolist() == nonfinite_counts(ts).tolist() == [0.0, 0.0, 1.0]
+    after = [t + 1 for t in ts[:2]]
+    num, den = update_norms(ts[:2], after, NormPlan(ts[:2], shares=True))
+    np.testing.assert_allclose((num / den).numpy(), update_ratios(ts[:2], after).numpy())
+    with pytest.raises(ValueError, match="update_norms"):
+        update_ratios(ts[:2], after, NormPlan(ts[:2], shares=True))

@@ -446,6 +446,49 @@ def test_a_collector_that_raises_is_turned_off_alone_with_one_warning(tmp_path):
                                                "message": "cannot measure this", "step": 2}]
 
 
+def test_shares_of_sharded_tensors_are_reduced_before_roots_and_ratios(tmp_path):
+    """The flush's reductions for sharded tensors, with a stand-in for a second process whose every share is 3 and
+    whose every unchanged flag is 0: "rss" is sqrt(own^2 + 3^2), "ratio" divides the reduced numerator and
+    denominator (own shares 0/0: 3/3, not NaN), "min" is the minimum; "mean" blocks travel unchanged beside them
+    in the same three collectives. A fit that ends without the reduction (a crash) leaves the shares out."""
+    from dyncheck.collect import Collector
+    from dyncheck.monitor import Monitor, MonitorConfig
+
+    calls = []
+
+    def reduce(t, op):  # what the other process adds: squares of 3 to sums, flags of 0 to maxima (negated mins)
+        calls.append(op)
+        return t + 9.0 if op == "sum" else torch.maximum(t, torch.zeros_like(t)) if op == "max" else t
+
+    class Shares(Collector):
+        name = "shares"
+
+        def step_end(self, step):
+            self.ctx.emit(step, ("a/x", "a/y"), torch.tensor([4.0, 0.0]), "rss")
+            self.ctx.emit(step, ("r/x", "r/y"), torch.tensor([0.0, 4.0, 0.0, 3.0]), "ratio")  # nums | dens
+            self.ctx.emit(step, ("u/x",), torch.tensor([1.0]), "min")
+            self.ctx.emit(step, ("m/x",), torch.tensor([7.0]), "mean")
+
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = Monitor(MonitorConfig(sharpness_budget=0), collectors=[Shares()])
+    mon.start(module=model, optimizers=[opt], store_path=tmp_path / "run.db", meta={}, every_n_steps=1,
+              reduce=reduce)
+    for step in range(2):
+        mon.batch_start(step, None)
+        mon.batch_end(step, None, stepped=True)
+        if step == 0:
+            mon.flush()
+    mon.finish("crashed", reduce=False)
+    assert sorted(calls) == ["max", "mean", "sum"]  # one collective per operation, at the one reducing flush
+    run = open_run(tmp_path / "run.db")
+    assert run.series("a/x").values.tolist() == [5.0] and run.series("a/y").values.tolist() == [3.0]
+    assert run.series("r/x").values.tolist() == [1.0]  # sqrt(0 + 9) / sqrt(0 + 9)
+    np.testing.assert_allclose(run.series("r/y").values, [5.0 / math.sqrt(18.0)])
+    assert run.series("u/x").values.tolist() == [0.0]
+    assert run.series("m/x").steps.tolist() == [0, 1]  # this process's own mean after the crash, as before
+
+
 def test_checkpoint_state_carries_schedules_and_collector_state(tmp_path):
     from dyncheck.monitor import Monitor, MonitorConfig
     from loop import drive

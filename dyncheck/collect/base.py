@@ -5,8 +5,10 @@ A collector is a small object per metric family. It declares
 
 - ``name``: the measurement it is (as recorded in the run's meta ``measurement_errors``),
 - ``metrics``: the names it writes, as globs of the one name scheme (:data:`dyncheck.names.METRIC_TEMPLATES`),
-- ``reduce``: how its values combine across processes (``"mean"``, ``"sum"``, ``"max"``, ``"norm"`` -- a norm from
-  the stacked per-process parts --, or ``"none"``: rank zero's),
+- ``reduce``: how its values combine across processes (``"mean"``, ``"sum"``, ``"max"``, ``"min"``, ``"norm"`` -- the
+  norm of the emitted vector, rank zero's --, ``"rss"`` -- the root of the sum over processes of the squares:
+  norms of sharded tensors from each process's share, see :mod:`dyncheck.measure.tensors` --, ``"ratio"`` -- the
+  first half of the vector divided by the second, each reduced as ``"rss"`` --, or ``"none"``: rank zero's),
 - ``needs``: what it needs from the training step (:data:`GRADIENTS`, :data:`WEIGHTS_BEFORE_STEP`,
   :data:`FORWARD_HOOKS`, :data:`PROBE_BATCH`),
 - ``schedule``: which of the monitor's schedules says when it is ``due(step)``,
@@ -182,7 +184,7 @@ class Context:
                  emit_host: Callable[[int, tuple[str, ...], list[float]], None], failures: Failures,
                  probe_loss: Callable[[nn.Module, Any], Tensor] | None = None, has_store: bool = True,
                  start_step: int = 0, planned_steps: int | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, sharded: bool = False) -> None:
         self.module = module
         self.optimizers = list(optimizers)  # (optimizer, name: class name, "-1", "-2" for repeats)
         self.schedules = schedules
@@ -194,6 +196,11 @@ class Context:
         self.start_step = start_step
         self.planned_steps = planned_steps
         self.clock = clock or (lambda: 0.0)  # training seconds so far, probes excluded
+        #: some parameter is a DTensor (FSDP2, tensor parallelism): norms and counts are taken as this process's
+        #: shares of the full tensors' (``NormPlan(shares=True)``) and emitted to be reduced (``"rss"``, ``"sum"``)
+        self.sharded = sharded
+        #: on the process that writes: the last value of each series of the latest flush, after reduction
+        self.reduced: dict[str, float] = {}
         self.plans: dict[Any, NormPlan] = {}
         self.probe_batch: Any = None  # set by the monitor at the first batch when a collector needs it
 
@@ -215,7 +222,8 @@ class Context:
         if measurement in self.failures.off:
             return None
         try:
-            plan, values, failures = NormPlan.probe(tensors)
+            plan, values, failures = NormPlan.probe(tensors, shares=True) if self.sharded else \
+                NormPlan.probe(tensors)
             if compute is not None:
                 values = compute(plan)
         except Exception as exc:

@@ -5,6 +5,11 @@ unscaling, before clipping):
   process's per-tensor norms travel; the flush takes the norm of their stack);
 - ``grad_norm/<param>`` and ``grad_nonfinite/<param>`` on the per-layer schedule (rank zero's values).
 
+Sharded parameters (DTensors: FSDP2, tensor parallelism; ``ctx.sharded``): each process takes the norms and counts
+of its local shards as shares (:mod:`dyncheck.measure.tensors`), reduced at the flush into the full tensors' values
+(``"rss"``: the root of the summed squares; counts ``"sum"``); the global norm is this process's share of it, also
+``"rss"``. No gradient is gathered.
+
 The hot path is one :class:`~dyncheck.measure.tensors.NormPlan` call per optimizer: one ``_foreach_norm`` and
 one ``stack`` for dense float32-like gradients. Plans are made at the first step and kept while the list keeps its
 make-up; a gradient whose norm cannot be taken is left out (one warning)."""
@@ -67,14 +72,28 @@ class GradientCollector(Collector):
             if measuring:
                 names = tuple(n for n, _ in named)
                 kept = names if plan.kept is None else tuple(names[i] for i in plan.kept)
-                ctx.emit(step, interned(tuple(f"grad_norm/{n}" for n in kept)), norms, "none")
+                ctx.emit(step, interned(tuple(f"grad_norm/{n}" for n in kept)), norms,
+                         "rss" if ctx.sharded else "none")
         if measuring:
-            counted = ctx.guarded("grad_nonfinite", named, grads, nonfinite_counts, step)
+            if ctx.sharded:
+                counted = ctx.guarded("grad_nonfinite", named, grads, _shared_counts, step)
+            else:
+                counted = ctx.guarded("grad_nonfinite", named, grads, nonfinite_counts, step)
             if counted is not None:
-                ctx.emit(step, interned(tuple(f"grad_nonfinite/{n}" for n in counted[0])), counted[1], "none")
+                ctx.emit(step, interned(tuple(f"grad_nonfinite/{n}" for n in counted[0])), counted[1],
+                         "sum" if ctx.sharded else "none")
 
     def step_end(self, step: int) -> None:
         vecs = self.now.vecs
         if vecs and self._scalars.due(step):
-            assert self.ctx is not None
-            self.ctx.emit(step, _TOTAL, vecs[0] if len(vecs) == 1 else torch.cat(vecs), "norm")
+            ctx = self.ctx
+            assert ctx is not None
+            vec = vecs[0] if len(vecs) == 1 else torch.cat(vecs)
+            if ctx.sharded:  # this process's share of the global norm (the flush reduces the shares)
+                ctx.emit(step, _TOTAL, torch.linalg.vector_norm(vec).reshape(1), "rss")
+            else:
+                ctx.emit(step, _TOTAL, vec, "norm")
+
+
+def _shared_counts(tensors) -> Tensor:
+    return nonfinite_counts(tensors, shares=True)

@@ -34,6 +34,14 @@ _REORTH_MAX = 64_000_000
 _HOST_BASIS_MAX = 256_000_000
 
 
+#: why sharpness is off when parameters are DTensors (FSDP2's fully_shard, tensor parallelism)
+SHARDED_REASON = (
+    "the parameters are sharded DTensors (FSDP2 fully_shard / tensor parallelism): the Hessian-vector products "
+    "need double backward, which FSDP2 does not support (the sharded parameters are not in the forward's autograd "
+    "graph; their gradients arrive by reduce-scatter hooks, without a graph), and the probe's forward is a "
+    "collective that rank 0 cannot run alone; sharpness is off on every process")
+
+
 class _OverLimit(Exception):
     pass
 
@@ -101,6 +109,10 @@ class SharpnessCollector(Collector):
         elif complex_params:
             self._off(step0, MeasureError(f"complex parameters ({', '.join(complex_params[:5])}): the Hessian "
                                           "probe works on real parameters only"))
+        elif ctx.sharded:  # FSDP2 / tensor parallelism: off on every process (no rank may probe alone)
+            if ctx.has_store:  # recorded and warned once, by the process that writes
+                self._off(step0, MeasureError(SHARDED_REASON), what="is not supported")
+            self.enabled = False
 
     def _off(self, step: int | None, exc: BaseException, what: str = "measurement failed") -> None:
         self.enabled = False

@@ -11,6 +11,12 @@
   :func:`~dyncheck.measure.tensors.fingerprint` (4 int64 values: memory independent of the model size) kept on the
   device: no host copy of the weights and no host synchronisation on the step; a tensor the flush showed changed
   is not looked at again. Sparse tensors (which have no fingerprint) are compared with a host copy, as before.
+
+Sharded parameters (DTensors: FSDP2, tensor parallelism; ``ctx.sharded``): norms are taken on each process's local
+shards as shares and reduced at the flush into the full tensors' norms (``"rss"``); an update ratio travels as its
+two shares (``"ratio"``: numerator and denominator reduced, then divided); each process fingerprints its own shard
+and ``weight_unchanged`` is the minimum over the processes (unchanged only when every shard is). Nothing is
+gathered.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..measure.tensors import fingerprint, same_fingerprint, tensor_norms, update_ratios
+from ..measure.tensors import NormPlan, fingerprint, local_part, same_fingerprint, update_norms, update_ratios
 from .base import GRADIENTS, WEIGHTS_BEFORE_STEP, Collector, GradStep, interned
 
 __all__ = ["WeightCollector"]
@@ -33,7 +39,7 @@ class _Reference:
 
     __slots__ = ("copy", "fp", "norm")
 
-    def __init__(self, t: Tensor) -> None:
+    def __init__(self, t: Tensor, shares: bool = False) -> None:
         self.fp: Tensor | None = None
         self.copy: Tensor | None = None
         self.norm: float | None = None
@@ -42,7 +48,8 @@ class _Reference:
         except TypeError:  # sparse layouts: an exact host copy (rare, small)
             self.copy = t.detach().to("cpu", copy=True)
         if self.fp is not None and t.device.type == "cpu":  # reading it costs no synchronisation there
-            self.norm = float(tensor_norms([t.detach()])[0])
+            # (with shares: of the local shard, as the weight norms it is compared with)
+            self.norm = float(NormPlan([t.detach()], shares=shares)([t.detach()])[0])
 
     def same(self, t: Tensor) -> Tensor:
         if self.fp is not None:
@@ -81,8 +88,12 @@ class WeightCollector(Collector):
 
     def start(self, ctx) -> None:
         super().start(ctx)
+        held = {id(p) for opt, _ in ctx.optimizers for g in opt.param_groups for p in g["params"]} \
+            if ctx.sharded else None
         for n, p in ctx.module.named_parameters():
-            if p.requires_grad:
+            # FSDP2 may show a root module's unsharded parameters now (after the sanity check's forward): the
+            # optimizer's sharded ones come as new parameters at the first final gradients, unchanged until then
+            if p.requires_grad and (held is None or id(p) in held):
                 self._track(n, p, None)
 
     def _track(self, n: str, p: Tensor, step: int | None) -> None:
@@ -90,7 +101,7 @@ class WeightCollector(Collector):
         if n in fit.flags or n in fit.changed or n in self.ctx.failures.off_items.get("weight_unchanged", ()):
             return
         try:
-            fit.refs[n] = _Reference(p)
+            fit.refs[n] = _Reference(p, self.ctx.sharded)
             fit.flags[n] = torch.ones((), dtype=torch.bool, device=p.device)
         except Exception as exc:
             self._unchanged_failed(n, exc, step)
@@ -112,7 +123,7 @@ class WeightCollector(Collector):
         params = [(n, p) for n, p in self.ctx.module.named_parameters() if p.requires_grad]
         if not params:
             return set()
-        sizes = [p.numel() * p.element_size() for _, p in params]
+        sizes = [local_part(p).numel() * p.element_size() for _, p in params]  # this process's bytes
         if sum(sizes) <= self.snapshot_bytes:
             return {n for n, _ in params}
         start = self.saved.update_cursor % len(params)
@@ -147,7 +158,7 @@ class WeightCollector(Collector):
         if got is not None and got[0].kept != ():
             plan, norms = got
             kept = names if plan.kept is None else tuple(names[i] for i in plan.kept)
-            ctx.emit(step, interned(tuple(f"weight_norm/{n}" for n in kept)), norms, "none")
+            ctx.emit(step, interned(tuple(f"weight_norm/{n}" for n in kept)), norms, "rss" if ctx.sharded else "none")
             if norms.device.type == "cpu":
                 norm_of = dict(zip(kept, norms.tolist()))
         before_map = self.now.before
@@ -156,12 +167,17 @@ class WeightCollector(Collector):
             mnames = interned(tuple(n for n, _ in moved))
             before = [before_map[n] for n, _ in moved]
             after = [p for _, p in moved]
-            got = ctx.planned("update_ratio", ("update_ratio", mnames), moved, before, step,
-                              compute=lambda plan: update_ratios(before, after, plan, in_place=True))
+            if ctx.sharded:  # numerator and denominator shares, reduced at the flush before the division
+                got = ctx.planned("update_ratio", ("update_ratio", mnames), moved, before, step,
+                                  compute=lambda plan: torch.cat(update_norms(before, after, plan, in_place=True)))
+            else:
+                got = ctx.planned("update_ratio", ("update_ratio", mnames), moved, before, step,
+                                  compute=lambda plan: update_ratios(before, after, plan, in_place=True))
             if got is not None and got[0].kept != ():
                 plan, ratios = got
                 kept = mnames if plan.kept is None else tuple(mnames[i] for i in plan.kept)
-                ctx.emit(step, interned(tuple(f"update_ratio/{n}" for n in kept)), ratios, "none")
+                ctx.emit(step, interned(tuple(f"update_ratio/{n}" for n in kept)), ratios,
+                         "ratio" if ctx.sharded else "none")
         self.now.before = {}  # free the copies now
         self._check_unchanged(step, params, norm_of)
 
@@ -199,14 +215,24 @@ class WeightCollector(Collector):
             flags.append(flag)
         if names:
             vals = torch.stack([f.to(flags[0].device) for f in flags]).float()
-            ctx.emit(step, interned(tuple(f"weight_unchanged/{n}" for n in names)), vals, "none")
+            ctx.emit(step, interned(tuple(f"weight_unchanged/{n}" for n in names)), vals,
+                     "min" if ctx.sharded else "none")
 
     def flushed(self) -> None:
-        """The flush has just synchronised: learn which tensors changed and stop looking at them."""
+        """The flush has just synchronised: learn which tensors changed and stop looking at them (a change of this
+        process's shard, or -- on the process that writes, from the reduced values -- of any shard)."""
         fit = self.fit
         if not fit.flags:
             return
         names = list(fit.flags)
+        reduced = self.ctx.reduced if self.ctx is not None else {}
+        if reduced:
+            for n in names:
+                if reduced.get(f"weight_unchanged/{n}") == 0.0:
+                    fit.changed.add(n)
+                    fit.flags.pop(n, None)
+                    fit.refs.pop(n, None)
+            names = list(fit.flags)
         try:
             try:  # one transfer (the flags of one device)
                 values = torch.stack([fit.flags[n] for n in names]).cpu().tolist()

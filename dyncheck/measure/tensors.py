@@ -6,6 +6,14 @@ Any tensor a model can train is handled: dense float32/float16/bfloat16 tensors 
 own precision; the norm of a complex tensor is the real 2-norm of its real and imaginary parts), sparse tensors
 (the norm of their coalesced values, which equals the norm of the dense tensor). How a list is split into those
 groups is worked out once, by :class:`NormPlan`, and reused while the list keeps its make-up.
+
+Sharded tensors (``torch.distributed.tensor.DTensor``: the parameters and gradients of FSDP2's ``fully_shard`` and
+of tensor parallelism) are measured on their local parts, without communication: with ``shares=True`` a function
+returns each process's *share* of the full tensor's value -- for norms a value whose squares, summed over the
+processes, give the full tensor's squared norm; for counts one whose sum is the full count. A local part that
+several processes hold alike (a ``Replicate`` placement, a plain tensor next to sharded ones) counts
+``1/replicas`` on each of them (:func:`replicas`). The caller reduces the shares (the monitor's ``"rss"`` and
+``"sum"`` reductions); no whole tensor is ever gathered.
 """
 
 from __future__ import annotations
@@ -15,12 +23,77 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["NormPlan", "nonfinite_counts", "sparse_values", "tensor_norms", "update_ratios"]
+__all__ = ["NormPlan", "has_sharded", "is_sharded", "local_part", "nonfinite_counts", "replicas", "sparse_values",
+           "tensor_norms", "update_norms", "update_ratios"]
 
 #: dtypes whose norms are taken in float32 (upcast: a float16 sum of squares would overflow)
 _FLOAT32_NORM = frozenset({torch.float32, torch.float16, torch.bfloat16})
 #: dtypes whose results call for a float64 output
 _DOUBLE = frozenset({torch.float64, torch.complex128})
+
+
+_DTENSOR: list[type | None] = []
+
+
+def _dtensor_type() -> type | None:
+    """``torch.distributed.tensor.DTensor`` (imported at the first use), or None where it does not exist."""
+    if not _DTENSOR:
+        try:
+            from torch.distributed.tensor import DTensor
+        except Exception:  # a torch built without distributed support
+            DTensor = None  # type: ignore[assignment,misc]  # noqa: N806
+        _DTENSOR.append(DTensor)
+    return _DTENSOR[0]
+
+
+def is_sharded(t: object) -> bool:
+    """Whether ``t`` is a DTensor (its values spread over processes)."""
+    cls = type(t).__mro__
+    if not any(c.__name__ == "DTensor" for c in cls):  # cheap: no distributed import for plain tensors
+        return False
+    dt = _dtensor_type()
+    return dt is not None and isinstance(t, dt)
+
+
+def has_sharded(tensors: Sequence[Tensor]) -> bool:
+    """Whether some tensor of ``tensors`` (e.g. ``module.parameters()``) is a DTensor."""
+    return any(is_sharded(t) for t in tensors)
+
+
+def local_part(t: Tensor) -> Tensor:
+    """This process's part of a DTensor (``to_local()``: no communication, no copy); any other tensor itself."""
+    return t.to_local() if is_sharded(t) else t  # type: ignore[attr-defined]
+
+
+def _world() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def replicas(t: Tensor) -> int:
+    """How many processes hold the same values as this process's part of ``t``: for a DTensor the sizes of the
+    mesh dimensions it is replicated over, times the copies of its mesh in the world (a mesh of a sub-group); for
+    a plain tensor in a process group every process (the tensor is taken as replicated, as DDP keeps it).
+    Raises :class:`ValueError` for a ``Partial`` placement (values pending a reduction: the local part tells
+    nothing about the whole without communication)."""
+    world = _world()
+    if not is_sharded(t):
+        return world
+    mesh = t.device_mesh  # type: ignore[attr-defined]
+    k = max(world // max(mesh.size(), 1), 1)
+    for dim, placement in enumerate(t.placements):  # type: ignore[attr-defined]
+        if placement.is_partial():
+            raise ValueError(f"a DTensor with a Partial placement ({t.placements}): its values are pending a "  # type: ignore[attr-defined]
+                             "reduction, its norm cannot be taken from the local part")
+        if placement.is_replicate():
+            k *= mesh.size(dim)
+    return k
+
+
+def _share_scale(tensors: Sequence[Tensor], positions: Sequence[int], power: float) -> list[float] | None:
+    """``replicas ** -power`` per position; None when every factor is 1."""
+    scale = [replicas(tensors[i]) ** -power for i in positions]
+    return None if all(s == 1.0 for s in scale) else scale
 
 
 def _stack(values: Sequence[Tensor], device: torch.device) -> Tensor:
@@ -61,15 +134,24 @@ class NormPlan:
     complex128, else float32. ``exclude``: positions left out of the result (``kept`` lists the positions
     returned, in order; None when nothing is excluded). Calling a plan with a list of another make-up may raise
     (:meth:`probe` makes a new one).
+
+    ``shares``: the tensors may be DTensors; the result holds this process's shares of the full norms (see the
+    module docstring): the norms of the local parts, divided by ``sqrt(replicas)``. ``self.shares`` tells.
     """
 
-    __slots__ = ("_f32", "_fast", "_groups", "_sparse", "dtype", "kept", "n")
+    __slots__ = ("_f32", "_fast", "_groups", "_scale", "_scale_t", "_sparse", "dtype", "kept", "n", "shares")
 
-    def __init__(self, tensors: Sequence[Tensor], exclude: Sequence[int] = ()) -> None:
+    def __init__(self, tensors: Sequence[Tensor], exclude: Sequence[int] = (), *, shares: bool = False) -> None:
         self.n = len(tensors)
         skip = set(exclude)
         self.kept: tuple[int, ...] | None = tuple(i for i in range(self.n) if i not in skip) if skip else None
         positions = self.kept if self.kept is not None else range(self.n)
+        self.shares = shares
+        self._scale: list[float] | None = None
+        self._scale_t: Tensor | None = None
+        if shares:
+            self._scale = _share_scale(tensors, positions, 0.5)
+            tensors = [local_part(t) for t in tensors]
         device = tensors[positions[0]].device if len(positions) else None
         self._fast = self.kept is None and all(
             t.layout == torch.strided and t.dtype in _FLOAT32_NORM and t.device == device for t in tensors)
@@ -90,6 +172,20 @@ class NormPlan:
     def __call__(self, tensors: Sequence[Tensor]) -> Tensor:
         if len(tensors) != self.n:
             raise ValueError(f"NormPlan made for {self.n} tensors called with {len(tensors)}")
+        if self.shares:
+            return self._shares(tensors)
+        return self._norms(tensors)
+
+    def _shares(self, tensors: Sequence[Tensor]) -> Tensor:
+        norms = self._norms([local_part(t) for t in tensors])
+        if self._scale is None:
+            return norms
+        scale = self._scale_t
+        if scale is None or scale.device != norms.device or scale.dtype != norms.dtype:
+            scale = self._scale_t = torch.tensor(self._scale, dtype=norms.dtype, device=norms.device)
+        return norms * scale
+
+    def _norms(self, tensors: Sequence[Tensor]) -> Tensor:
         if self._fast:
             if not self.n:
                 return torch.empty(0)
@@ -111,23 +207,24 @@ class NormPlan:
         return torch.stack([out[i].to(device=device, dtype=self.dtype) for i in order])
 
     @classmethod
-    def probe(cls, tensors: Sequence[Tensor]) -> tuple["NormPlan", Tensor, list[tuple[int, Exception]]]:
+    def probe(cls, tensors: Sequence[Tensor], *, shares: bool = False
+              ) -> tuple["NormPlan", Tensor, list[tuple[int, Exception]]]:
         """Make a plan for ``tensors`` and take their norms with it. A tensor whose norm cannot be taken (an
-        unsupported layout, dtype or device) is left out of the plan: returns ``(plan, norms, failures)`` with
-        ``failures`` the ``(position, exception)`` of those. Raises only when the remaining tensors fail
-        together."""
-        plan = cls(tensors)
+        unsupported layout, dtype or device; a Partial DTensor) is left out of the plan: returns ``(plan, norms,
+        failures)`` with ``failures`` the ``(position, exception)`` of those. Raises only when the remaining
+        tensors fail together."""
         try:
+            plan = cls(tensors, shares=shares)
             return plan, plan(tensors), []
         except Exception:
             pass
         failures: list[tuple[int, Exception]] = []
         for i, t in enumerate(tensors):
             try:
-                cls([t])([t])
+                cls([t], shares=shares)([t])
             except Exception as exc:
                 failures.append((i, exc))
-        plan = cls(tensors, exclude=[i for i, _ in failures])
+        plan = cls(tensors, exclude=[i for i, _ in failures], shares=shares)
         return plan, plan(tensors), failures
 
 
@@ -156,14 +253,47 @@ def _count_nonfinite(t: Tensor) -> Tensor:
                         for lo in range(0, n, NONFINITE_CHUNK)]).sum()
 
 
-def nonfinite_counts(tensors: Sequence[Tensor]) -> Tensor:
+def nonfinite_counts(tensors: Sequence[Tensor], *, shares: bool = False) -> Tensor:
     """Number of NaN or +-Inf elements of each tensor (of the values of a sparse tensor; a complex element counts
     when its real or imaginary part is not finite), as a 1-D float32 tensor (float so that it can travel with other
     statistics in one buffer; exact up to 2**24 per tensor). Transient memory: one byte per element of at most
-    :data:`NONFINITE_CHUNK` elements at a time."""
+    :data:`NONFINITE_CHUNK` elements at a time. ``shares``: DTensors are counted on their local parts, as this
+    process's shares of the full counts (divided by :func:`replicas`; their sum over the processes is the
+    count)."""
     if not tensors:
         return torch.empty(0)
-    return _stack([_count_nonfinite(t) for t in tensors], tensors[0].device).to(torch.float32)
+    if not shares:
+        return _stack([_count_nonfinite(t) for t in tensors], tensors[0].device).to(torch.float32)
+    scale = _share_scale(tensors, range(len(tensors)), 1.0)
+    parts = [local_part(t) for t in tensors]
+    counts = _stack([_count_nonfinite(t) for t in parts], parts[0].device).to(torch.float32)
+    return counts if scale is None else counts * torch.tensor(scale, device=counts.device)
+
+
+def update_norms(before: Sequence[Tensor], after: Sequence[Tensor], plan: NormPlan | None = None, *,
+                 in_place: bool = False) -> tuple[Tensor, Tensor]:
+    """``(||after - before||, ||before||)`` for each pair of tensors, taken with ``plan`` (made for ``before``;
+    its exclusions apply). With a plan of ``shares`` (DTensors) both are this process's shares: the ratio of the
+    full norms needs their reduction first. ``in_place``: see :func:`update_ratios`."""
+    if len(before) != len(after):
+        raise ValueError(f"update_norms: {len(before)} tensors before but {len(after)} after")
+    if not before:
+        return torch.empty(0), torch.empty(0)
+    if plan is not None and plan.kept is not None:  # only the pairs the plan keeps
+        before, after = [before[i] for i in plan.kept], [after[i] for i in plan.kept]
+        plan = NormPlan(before, shares=plan.shares) if before else None
+        if not before:
+            return torch.empty(0), torch.empty(0)
+    plan = plan or NormPlan(before)
+    den = plan(before)
+    if plan.shares:  # the differences of the local parts (DTensor arithmetic would dispatch per element op)
+        before, after = [local_part(b) for b in before], [local_part(a) for a in after]
+    if in_place:
+        deltas = list(before)
+        torch._foreach_sub_(deltas, [a.detach() for a in after])  # before - after: the same norm
+    else:
+        deltas = torch._foreach_sub([a.detach() for a in after], list(before))
+    return plan(deltas), den
 
 
 def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], plan: NormPlan | None = None, *,
@@ -177,21 +307,11 @@ def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], plan: NormP
     inputs."""
     if len(before) != len(after):
         raise ValueError(f"update_ratios: {len(before)} tensors before but {len(after)} after")
-    if not before:
-        return torch.empty(0)
-    if plan is not None and plan.kept is not None:  # only the pairs the plan keeps
-        before, after = [before[i] for i in plan.kept], [after[i] for i in plan.kept]
-        plan = None
-        if not before:
-            return torch.empty(0)
-    plan = plan or NormPlan(before)
-    den = plan(before)
-    if in_place:
-        deltas = list(before)
-        torch._foreach_sub_(deltas, [a.detach() for a in after])  # before - after: the same norm
-    else:
-        deltas = torch._foreach_sub([a.detach() for a in after], list(before))
-    num = plan(deltas)
+    if plan is not None and plan.shares:
+        raise ValueError("update_ratios: a plan of shares gives partial norms; take update_norms, reduce, divide")
+    num, den = update_norms(before, after, plan, in_place=in_place)
+    if not den.numel():
+        return den
     return torch.where(den > 0, num / den, torch.full_like(den, float("nan")))
 
 
@@ -227,11 +347,12 @@ def fingerprint(t: Tensor) -> Tensor:
     NaN never equal to itself) exactly when ``same_fingerprint`` says so, except for collisions: a change of one
     element always changes the plain sum, a swap of two elements always changes the weighted one; several changes
     go unseen only when their bit differences cancel in both 64-bit sums at once. Complex tensors are taken as
-    their real and imaginary parts. Raises for sparse tensors and for dtypes without a bit view (callers keep a
-    copy of those)."""
+    their real and imaginary parts. A DTensor's fingerprint is that of its local part (each process compares its
+    own part; the whole is unchanged when every part is). Raises for sparse tensors and for dtypes without a bit
+    view (callers keep a copy of those)."""
     if t.layout != torch.strided:
         raise TypeError(f"fingerprint needs a dense tensor, got {t.layout}")
-    x = t.detach()
+    x = local_part(t.detach())
     if x.is_complex():
         x = torch.view_as_real(x)
     if not x.is_floating_point():
