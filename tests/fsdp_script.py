@@ -14,11 +14,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 from pytorch_lightning.strategies import ModelParallelStrategy  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, Sampler  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
+from ddp_script import Interleaved  # noqa: E402  (rank r takes samples r, r+2, ...)
 from dyncheck import DynamicsMonitor  # noqa: E402
 from models import MLP, loaders  # noqa: E402
 
@@ -63,19 +63,6 @@ class ShardedMLP(OffsetMLP):
                 fully_shard(layer, mesh=mesh)
         fully_shard(self.offset, mesh=mesh)
         fully_shard(self.net, mesh=mesh)
-
-
-class Interleaved(Sampler):
-    """Rank r takes samples r, r+2, ... in order (the rank is known only once the process group exists)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __iter__(self):
-        return iter(range(dist.get_rank(), self.n, dist.get_world_size()))
-
-    def __len__(self) -> int:
-        return self.n // 2
 
 
 def shares(out: str, rank: int) -> None:

@@ -248,8 +248,9 @@ class DynamicsMonitorCallback(Adapter, TrainerCallback):
         if self._losses:
             # normalised by the step's token count (over all processes with average_tokens_across_devices, where
             # the Trainer scales each process's loss by the world size, as the monitor's mean over processes needs)
-            loss = torch.stack(self._losses).sum() * self._ranks_share if self._summed \
-                else torch.stack(self._losses).mean()
+            loss = torch.stack(self._losses).sum() if self._summed else torch.stack(self._losses).mean()
+            if self._summed and self._ranks_share > 1:
+                loss = loss * self._ranks_share
         self._losses = []
         self._guarded(self.monitor.batch_end, self._step, loss, stepped=True)
         if not self.evaluation.live_due(self.monitor):  # every step: nothing more to do
