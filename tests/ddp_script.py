@@ -11,7 +11,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.utils.data import DataLoader, Sampler  # noqa: E402
 
 from dyncheck import DynamicsMonitor  # noqa: E402
-from models import MLP, loaders  # noqa: E402
+from models import MLP, close_process_group, loaders  # noqa: E402
 
 
 class Interleaved(Sampler):
@@ -41,6 +41,7 @@ def main(out: str) -> None:
     trainer.fit(model, train, val)
     with open(os.path.join(out, f"rank{trainer.global_rank}.done"), "w") as f:
         f.write(str(mon.run_dir))
+    close_process_group()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from ddp_script import Interleaved  # noqa: E402  (rank r takes samples r, r+2, ...)
 from dyncheck import DynamicsMonitor  # noqa: E402
-from models import MLP, loaders  # noqa: E402
+from models import MLP, close_process_group, loaders  # noqa: E402
 
 #: hidden width: odd, so that the first layers' shards are uneven (17 and 16 rows)
 HIDDEN = 33
@@ -115,6 +115,7 @@ def main(out: str) -> None:
     shares(out, rank)
     with open(os.path.join(out, f"rank{rank}.done"), "w") as f:
         f.write(type(next(model.parameters())).__name__)
+    close_process_group()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from dyncheck.adapters.hf import DynamicsMonitorCallback  # noqa: E402
+from models import close_process_group  # noqa: E402
 
 
 class Reference(transformers.TrainerCallback):
@@ -52,6 +53,7 @@ def main(out: str) -> None:
     rank = int(os.environ["RANK"])
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"loss": ref.loss, "grad": ref.grad, "log": trainer.state.log_history}, f)
+    close_process_group()
 
 
 if __name__ == "__main__":

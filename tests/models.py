@@ -102,3 +102,13 @@ def trainer(tmp_path, callbacks=(), **kw):
                 accelerator="cpu", devices=1)
     opts.update(kw)
     return pl.Trainer(callbacks=list(callbacks), **opts)
+
+
+def close_process_group() -> None:
+    """End of a multi-process test script: wait for every rank, then destroy the process group. A gloo group left
+    to the interpreter's exit can abort the process ("terminate called without an active exception", exit -6)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
