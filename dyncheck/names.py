@@ -29,6 +29,10 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "sharpness/top_eig",
     "sharpness/threshold",
     "sharpness/n_hvp",
+    "output/zero_share",
+    "output/prob_rows",
+    "output/blocked_share",
+    "output/softmax_floor",
     "logged/*",
 )
 

@@ -3,6 +3,7 @@ made for them (present, step_change, trend), and their validation in rule files.
 
 from __future__ import annotations
 
+import math
 import textwrap
 
 import numpy as np
@@ -402,3 +403,40 @@ def test_update_too_small_needs_a_loss_that_does_not_move():
     result = evaluate(short, rules)
     assert "update-too-small" not in {f.check for f in result.findings}
     assert "update-too-small" in {s.check for s in result.skipped}
+
+
+def _output_series(steps, loss, **out):
+    every = steps[::10]
+    series = {"loss/train": (steps, loss)}
+    for k, v in out.items():
+        series[f"output/{k}"] = (every, np.full(every.size, float(v)))
+    return series
+
+
+def test_softmax_before_loss_needs_the_loss_at_the_double_softmax_floor():
+    """Probability rows and a loss that settles within [0.97, 1.15] of log(1 + (K-1)/e) is softmax applied twice;
+    the same rows with a loss below that floor (impossible for a double softmax: NLL on their log) are not."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(3)
+    steps = np.arange(400)
+    floor = math.log1p(9 / math.e)
+    noise = np.exp(0.01 * rng.standard_normal(steps.size))
+    at_floor = (floor * 1.03 + (2.3 - floor) * np.exp(-steps / 40)) * noise
+    below = (floor * 0.85 + (2.3 - floor) * np.exp(-steps / 40)) * noise
+    fired = evaluate(_output_series(steps, at_floor, prob_rows=1.0, softmax_floor=floor), rules)
+    assert fired.diagnoses[0].check == "softmax-before-loss"
+    quiet = evaluate(_output_series(steps, below, prob_rows=1.0, softmax_floor=floor), rules)
+    assert "softmax-before-loss" not in {f.check for f in quiet.findings}
+    logits = evaluate(_output_series(steps, at_floor, prob_rows=0.0, softmax_floor=floor), rules)
+    assert "softmax-before-loss" not in {f.check for f in logits.findings}
+
+
+def test_clamped_output_fires_on_outputs_the_loss_pushes_below_zero():
+    rules = load_rules("default")
+    steps = np.arange(400)
+    loss = 0.5 + 0.5 * np.exp(-steps / 50)
+    fired = evaluate(_output_series(steps, loss, zero_share=0.5, blocked_share=0.4), rules)
+    assert fired.diagnoses[0].check == "clamped-output"
+    # half the outputs at zero where the target is zero too: no gradient pushes them lower
+    quiet = evaluate(_output_series(steps, loss, zero_share=0.5, blocked_share=0.0), rules)
+    assert "clamped-output" not in {f.check for f in quiet.findings}

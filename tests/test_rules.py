@@ -8,7 +8,7 @@ from dyncheck.checks.rules import default_rules_path, load_rules
 from dyncheck.errors import ConfigError, RuleError
 
 DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "oscillating-loss", "exploding-gradients", "vanishing-gradients",
-               "dead-units", "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence",
+               "dead-units", "saturated-activations", "softmax-before-loss", "clamped-output", "no-progress", "premature-plateau", "train-val-divergence",
                "validation-stalled", "over-regularization",
                "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability",
                "progressive-sharpening", "catapult", "lr-collapse", "layers-not-learning"]
@@ -248,7 +248,7 @@ def test_schema_errors_do_not_hide_the_rest_of_the_entry(tmp_path):
     """)
     assert got == [
         f"{f}:6:14: check 'c1': metric pattern 'grad_norms/*' can never match a recorded metric; names start with "
-        "one of: act/, grad_nonfinite/, grad_norm/, logged/, loss/, lr/, sharpness/, update_ratio/, weight_norm/, "
+        "one of: act/, grad_nonfinite/, grad_norm/, logged/, loss/, lr/, output/, sharpness/, update_ratio/, weight_norm/, "
         "weight_unchanged/ (see README, 'What is measured')",
         f"{f}:8:5: check 'c1': unknown key 'treshold'; expected one of: id, summary, severity, metrics, exclude, "
         "detector, params, for, warmup, until, message, hint, when, unless, explains, enabled",

@@ -9,6 +9,8 @@ collector                metrics                                                
 :class:`WeightCollect..` ``weight_norm/<p>``, ``update_ratio/<p>``, ``weight_unchanged/<p>``  layers   none
 :class:`ActivationCo..`  ``act/<stat>/<module>``                                     activations mean/max/sum
 :class:`SharpnessColl..` ``sharpness/top_eig``, ``sharpness/n_hvp``, ``sharpness/threshold``  budget  none
+:class:`OutputCollector` ``output/zero_share``, ``output/prob_rows``, ``output/blocked_share``,   activations mean
+                         ``output/softmax_floor``
 =======================  ==========================================================  ==========  ===========
 
 A new quantity is a new :class:`Collector` subclass added to :func:`default_collectors` (or passed to
@@ -36,6 +38,7 @@ from .base import (
 from .grads import GradientCollector
 from .loss import LossCollector
 from .lr import LearningRateCollector
+from .output import OutputCollector
 from .sharpness import SharpnessCollector
 from .weights import WeightCollector
 
@@ -55,6 +58,7 @@ __all__ = [
     "LearningRateCollector",
     "LossCollector",
     "Modulo",
+    "OutputCollector",
     "SharpnessCollector",
     "WeightCollector",
     "default_collectors",
@@ -74,4 +78,5 @@ def default_collectors(config: Any) -> list[Collector]:
         GradientCollector(),
         WeightCollector(),
         ActivationCollector(config.activation_modules),
+        OutputCollector(),
     ]

@@ -42,6 +42,8 @@ CHECK_IDS = frozenset({
     # added with the calibration corpus (issue 11)
     "over-regularization", "layers-not-learning", "lr-collapse", "validation-stalled", "oscillating-loss",
     "progressive-sharpening", "catapult",
+    # what the model hands to its loss (wrong last-layer activation)
+    "softmax-before-loss", "clamped-output",
 })
 FAMILIES = ("mlp", "cnn", "resnet", "transformer", "lstm", "hf")
 

@@ -462,6 +462,51 @@ def _label_noise() -> Setup:
     return _setup(module, data, 1000, 32)
 
 
+class _SoftmaxOut(nn.Module):
+    """A classifier that returns probabilities (softmax in forward), trained with NLL on their log: correct."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.net(x), -1)
+
+
+def _nll_of_probs(p: Tensor, y: Tensor) -> Tensor:
+    return F.nll_loss(torch.log(p.clamp_min(1e-12)), y)
+
+
+@_scenario("healthy-mlp-softmax-output-nll", "mlp",
+           "healthy: a classifier that returns probabilities (softmax in forward) and is trained with NLLLoss on "
+           "their log, with 30% of the labels flipped -- probability rows go into the loss, which floors near 1.3, "
+           "not at the 1.46 of a softmax applied twice")
+def _softmax_nll() -> Setup:
+    data = _classification(n_features=20, n_informative=10, n_classes=10, n_clusters_per_class=1, class_sep=2.0,
+                           flip_y=0.3)
+    module = CorpusModule(_SoftmaxOut(mlp([20, 64, 10])), _adam(1e-3), loss_fn=_nll_of_probs, accuracy=False)
+    return _setup(module, data, 800, 32)
+
+
+def _relu_targets(n_train: int = 1000, n_val: int = 500) -> tuple[TensorDataset, TensorDataset]:
+    """Friedman #1, standardised and clamped at 0: a non-negative target, 0 for about half of the points."""
+    from sklearn.datasets import make_friedman1
+
+    x, y = make_friedman1(n_train + n_val, noise=0.3, random_state=0)
+    y = np.maximum((y - y.mean()) / y.std(), 0.0)
+    return _split(x, y[:, None], n_val)
+
+
+@_scenario("healthy-mlp-relu-head-nonnegative-target", "mlp",
+           "healthy: a regression head that ends in a ReLU on a target that is 0 for half of the points, MSE with "
+           "Adam -- about half the outputs are exactly 0, where the target is 0 too")
+def _relu_nonneg() -> Setup:
+    net = mlp([10, 64, 64, 1])
+    net.append(nn.ReLU())
+    module = CorpusModule(net, _adam(3e-3), loss_fn=F.mse_loss, accuracy=False)
+    return _setup(module, _relu_targets(), 1000, 32)
+
+
 @_scenario("healthy-mlp-separable-loss-to-zero", "mlp",
            "healthy: noise-free concentric circles (separable), Adam lr 0.01 -- cross-entropy falls to ~5e-6 "
            "and keeps shrinking slowly; gradients become tiny")

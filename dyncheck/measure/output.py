@@ -1,0 +1,105 @@
+"""What the model hands to its loss: which module's output that is, and two facts about its values that give away
+the classic wrong-last-layer bugs (DeepFD's "activation" and "loss function" fault types; Humbatova et al.'s
+"wrong activation function of the output layer"):
+
+- ``prob_rows``: the share of output rows (along the last dimension, at least 2 wide) that are probability
+  vectors -- every entry in [0, 1], summing to 1 within 1e-3. A softmax in ``forward`` whose output then goes into
+  ``CrossEntropyLoss`` (which applies log-softmax itself) gives 1.0: the loss is floored far above zero (1.46 for
+  10 classes) and its gradient is squashed.
+- ``zero_share``: the share of output elements exactly 0 -- a ReLU (or a clamp) after the last layer.
+- ``blocked_share`` (from the gradient the loss sends back to the output, :func:`blocked_share`): the share of
+  output elements that are exactly 0 *and* that the loss pushes further down (a positive gradient): a clamp that
+  stands between the loss and what it wants. Logits behind a ReLU (the loss pushes every wrong class's logit down)
+  and a regression head behind a ReLU with negative targets show it; an output that is 0 where its target is 0 (a
+  non-negative target fitted) has a zero gradient there and does not count.
+- ``softmax_floor``: ``log(1 + (K - 1) / e)`` for K outputs per row: the lowest value cross-entropy can take when its
+  input is already a probability vector (softmax applied twice: 1.46 for 10 classes). A loss settling at this
+  value, with probability rows, is that bug.
+
+No host synchronisation: both are 0-d float32 tensors on the output's device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PROB_TOL", "blocked_share", "model_output", "output_facts", "outermost_calls", "softmax_floor"]
+
+#: how far from 1 a row's sum may be for the row to count as a probability vector (float32 softmax rows are
+#: within ~1e-6; a logit row almost never sums to 1 this closely with every entry in [0, 1])
+PROB_TOL = 1e-3
+
+#: keys of a mapping output that hold the model's prediction, in order of preference (Hugging Face ModelOutput)
+_PREDICTION_KEYS = ("logits", "prediction_logits", "predictions", "last_hidden_state")
+
+
+def model_output(output: Any) -> Tensor | None:
+    """The prediction in a module's output: the tensor itself; a mapping's ``logits`` (Hugging Face ModelOutput)
+    or its first floating tensor that is not a scalar loss; a tuple's first floating tensor. None when there is no
+    floating tensor of more than one element."""
+    if isinstance(output, Tensor):
+        return output if output.is_floating_point() and output.numel() > 1 else None
+    if isinstance(output, dict) or hasattr(output, "keys") and hasattr(output, "__getitem__"):
+        try:
+            keys = list(output.keys())
+        except Exception:
+            return None
+        for k in _PREDICTION_KEYS:
+            if k in keys:
+                found = model_output(output[k])
+                if found is not None:
+                    return found
+        items = [output[k] for k in keys if k != "loss"]
+    elif isinstance(output, (tuple, list)):
+        items = list(output)
+    else:
+        return None
+    for item in items:
+        found = model_output(item)
+        if found is not None:
+            return found
+    return None
+
+
+def output_facts(x: Tensor) -> Tensor:
+    """``[zero_share, prob_rows]`` of a model output (see the module docstring), float32 on its device;
+    ``prob_rows`` is NaN when the last dimension is narrower than 2 (no rows to be probability vectors)."""
+    x = x.detach()
+    if x.is_complex():
+        raise TypeError(f"output facts need a real tensor, got {x.dtype}")
+    x = x.float()
+    zero = (x == 0).float().mean()
+    if x.dim() == 0 or x.shape[-1] < 2:
+        return torch.stack([zero, torch.full_like(zero, float("nan"))])
+    rows = x.reshape(-1, x.shape[-1])
+    prob = (rows.amin(-1) >= 0) & (rows.amax(-1) <= 1) & ((rows.sum(-1) - 1).abs() <= PROB_TOL)
+    return torch.stack([zero, prob.float().mean()])
+
+
+def blocked_share(x: Tensor, grad: Tensor) -> Tensor:
+    """Share of the elements of output ``x`` that are exactly 0 while the loss's gradient at them is positive
+    (0-d float32 tensor on ``x``'s device)."""
+    return ((x.detach() == 0) & (grad.detach() > 0)).float().mean()
+
+
+def softmax_floor(k: int) -> float:
+    """The minimum of cross-entropy over inputs that are probability vectors of ``k`` entries:
+    ``log(1 + (k - 1) / e)`` (the target's entry 1, the others 0)."""
+    return math.log1p((k - 1) / math.e)
+
+
+def _is_loss(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.loss._Loss)
+
+
+def outermost_calls(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every module of ``model`` whose output may be what the loss gets: all but loss modules (an
+    ``nn.CrossEntropyLoss`` held as an attribute is called after the model and would hide its output)."""
+    for name, mod in model.named_modules():
+        if not _is_loss(mod):
+            yield name, mod

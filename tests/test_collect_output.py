@@ -1,0 +1,98 @@
+"""dyncheck.collect.output through a real Lightning Trainer: which module's output the loss gets, and its facts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dyncheck import DynamicsMonitor, open_run
+from dyncheck.measure.output import blocked_share
+from models import MLP, loaders, trainer
+
+
+class SoftmaxMLP(MLP):
+    def forward(self, x):
+        return torch.softmax(self.net(x.reshape(len(x), -1)), -1)
+
+
+class ReluLogits(MLP):
+    def forward(self, x):
+        return self.net(x.reshape(len(x), -1)).relu()
+
+
+class CallsNet(MLP):
+    """training_step calls self.net directly and holds its loss as a module."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.criterion = nn.CrossEntropyLoss()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.criterion(self.net(x.reshape(len(x), -1)), y)
+
+
+def _fit(tmp_path, module, **kw):
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", rules=None, report=False, **kw)
+    trainer(tmp_path, [mon], max_epochs=1).fit(module, *loaders(n=128))
+    return open_run(tmp_path / "run")
+
+
+def test_logits_of_a_classifier(tmp_path):
+    with _fit(tmp_path, MLP(log_acc=False)) as run:
+        assert run.meta["output"] == {"module": "", "type": "MLP", "shape": [32, 10], "steps": 2}
+        assert list(run.series("output/prob_rows").values) == [0.0, 0.0]
+        assert list(run.series("output/zero_share").values) == [0.0, 0.0]
+        assert list(run.series("output/blocked_share").values) == [0.0, 0.0]
+        assert run.series("output/softmax_floor").values[0] == pytest.approx(math.log1p(9 / math.e))
+        assert list(run.series("output/zero_share").steps) == list(run.series("act/mean/net.0").steps)
+
+
+def test_probabilities_from_a_softmax_in_forward(tmp_path):
+    with _fit(tmp_path, SoftmaxMLP(log_acc=False)) as run:
+        assert list(run.series("output/prob_rows").values) == [1.0, 1.0]
+
+
+def test_relu_on_logits_blocked_share_matches_brute_force(tmp_path):
+    torch.manual_seed(0)
+    model = ReluLogits(log_acc=False)
+    ref = ReluLogits(log_acc=False)
+    ref.load_state_dict(model.state_dict())
+    x, y = next(iter(loaders(n=128)[0]))
+    out = ref(x)
+    out.retain_grad()
+    F.cross_entropy(out, y).backward()
+    want_blocked = blocked_share(out, out.grad).item()
+    want_zero = (out == 0).float().mean().item()
+    with _fit(tmp_path, model) as run:
+        blocked, zero = run.series("output/blocked_share"), run.series("output/zero_share")
+        assert blocked.steps[0] == 0 and blocked.values[0] == pytest.approx(want_blocked, abs=1e-7)
+        assert zero.values[0] == pytest.approx(want_zero, abs=1e-7)
+        assert want_blocked > 0.3
+
+
+def test_the_module_training_step_calls_and_not_the_loss_module(tmp_path):
+    with _fit(tmp_path, CallsNet(log_acc=False)) as run:
+        assert run.meta["output"]["module"] == "net" and run.meta["output"]["type"] == "Sequential"
+
+
+def test_training_is_bit_identical_with_the_output_hooks(tmp_path):
+    weights = []
+    for with_monitor in (False, True):
+        torch.manual_seed(0)
+        model = ReluLogits(log_acc=False)
+        cbs = [DynamicsMonitor(dirpath=tmp_path / "run", rules=None, report=False, every_n_steps=1)] \
+            if with_monitor else []
+        trainer(tmp_path, cbs, max_epochs=1).fit(model, *loaders(n=128))
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_off_with_the_activations(tmp_path):
+    with _fit(tmp_path, MLP(log_acc=False), activations_every_n_steps=0) as run:
+        assert not [m for m in run.metrics() if m.startswith("output/")]
+        assert run.meta["output"]["module"] is None
