@@ -200,3 +200,31 @@ def test_plain_loop_meta_names_the_context_and_the_loss_functions_own_precision(
     assert probe["context"] == "double-backward" and probe["failed"] == []
     assert probe["precision"] == "as the loss function computes it (its own autocast, if any)"
     assert probe["probes"] == {"double-backward": 3}
+
+
+def test_finite_differences_across_relu_kinks_are_refused_not_recorded(tmp_path):
+    """A ReLU/max-pool CNN under reentrant checkpointing: no double backward, and the central difference crosses
+    kinks (Lanczos finds the directions where it does: values off by 25x, benchmarks/sharpness_contexts.py). The
+    check along the eigenvector catches it: sharpness is off with that reason, no value is recorded."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(8 * 16, 10))
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
+    targets = nn.functional.one_hot(y, 10).float()  # the loop trains on mse_loss(model(x), y)
+
+    def loss(module, batch):
+        h = checkpoint(module[1:], module[0](batch[0]), use_reentrant=True)
+        return nn.functional.cross_entropy(h, batch[1].argmax(1))
+
+    with pytest.warns(UserWarning, match="finite-difference Hessian is unreliable here"):
+        drive(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), 2, data=(x, targets), probe_loss=loss,
+              config=MonitorConfig(sharpness_every_n_steps=1))
+    run = open_run(tmp_path / "run.db")
+    assert "sharpness/top_eig" not in run
+    (err,) = run.meta["measurement_errors"]
+    assert err["message"].startswith("every probe context failed: double-backward: RuntimeError: When use_reentrant")
+    q, q4 = run.meta["sharpness_probe"]["fd_check"]
+    assert abs(q - q4) > 0.1 * max(abs(q), abs(q4))

@@ -83,6 +83,8 @@ def test_sharpness_is_measured_on_real_model_code(tmp_path, case):
         assert probe["precision"] == "float32"
         assert [e["context"] for e in probe["failed"]] == ["double-backward"]
         assert "use_reentrant=True" in probe["failed"][0]["message"]
+        q, q4 = probe["fd_check"]  # v'Hv at the step and a quarter of it: the loss is smooth there
+        assert q == pytest.approx(q4, rel=1e-3)
     else:
         assert probe["failed"] == [] and probe["precision"].startswith("32-true")
     plain = _same_training(tmp_path, build, loader)

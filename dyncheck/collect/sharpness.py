@@ -25,8 +25,10 @@ from torch import Tensor
 from ..errors import MeasureError
 from ..measure.probe import PROBE_CONTEXTS, ProbeContext, as_probe_loss, eager_math
 from ..measure.sharpness import (
+    FD_CHECK_RTOL,
     SharpnessSchedule,
     fd_hvp_operator,
+    fd_smoothness_check,
     hvp_operator,
     lanczos_top_eig,
     preserved_training_state,
@@ -104,6 +106,7 @@ class SharpnessCollector(Collector):
         context_probes: dict[str, int] = field(default_factory=dict)  # probes per context name
         context_errors: list[dict[str, Any]] = field(default_factory=list)  # why a context failed (once each)
         precision: str | None = None  # what the probe's loss runs under (the adapter's ProbeLoss)
+        fd_check: list[float] | None = None  # the last finite-difference check: v'Hv at the step, a quarter of it
 
     def start(self, ctx) -> None:
         super().start(ctx)
@@ -171,6 +174,14 @@ class SharpnessCollector(Collector):
             res = lanczos_top_eig(timed, n, max_iter=max_iter, tol=self.tol, v0=fit.eigvec,
                                   generator=fit.generator, reorthogonalize=size <= _REORTH_MAX,
                                   basis_device="cpu" if size <= _HOST_BASIS_MAX else None)
+            if pc.operator == "fd" and res.vector is not None:
+                q, q4 = fd_smoothness_check(timed.matvec, res.vector)
+                fit.fd_check = [q, q4]
+                if not abs(q - q4) <= FD_CHECK_RTOL * max(abs(q), abs(q4)):
+                    raise MeasureError(
+                        f"the finite-difference Hessian is unreliable here: along the top eigenvector v'Hv is {q:.4g} "
+                        f"at the step and {q4:.4g} at a quarter of it (the gradient is not smooth there: ReLU or "
+                        "max-pool kinks); no value recorded")
         except BaseException:
             timed.matvec = None  # type: ignore[assignment]  # free the gradient graph before the next context
             raise
@@ -257,6 +268,8 @@ class SharpnessCollector(Collector):
                 "context": pc.name if fit.context_probes.get(pc.name) else None, "description": pc.description,
                 "precision": "float32" if pc.fp32 else fit.precision, "probes": dict(fit.context_probes),
                 "failed": list(fit.context_errors)}
+            if fit.fd_check is not None:
+                out["sharpness_probe"]["fd_check"] = [round(q, 9) for q in fit.fd_check]
         return out
 
 
