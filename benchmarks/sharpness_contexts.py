@@ -39,7 +39,14 @@ import torch
 from torch import nn
 
 from dyncheck.measure.probe import eager_math
-from dyncheck.measure.sharpness import FD_REL_STEP, fd_hvp_operator, hvp_operator, lanczos_top_eig
+from dyncheck.measure.sharpness import (
+    FD_CHECK_RTOL,
+    FD_REL_STEP,
+    fd_hvp_operator,
+    fd_smoothness_check,
+    hvp_operator,
+    lanczos_top_eig,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MAX_ITER, TOL = 20, 1e-4
@@ -84,6 +91,15 @@ def cnn():
     return model, lambda m: nn.functional.cross_entropy(m(x), y)
 
 
+def big_cnn():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 16, 10))
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(128, 1, 8, 8, generator=g), torch.randint(0, 10, (128,), generator=g)
+    return model, lambda m: nn.functional.cross_entropy(m(x), y)
+
+
 def mlp():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 1))
@@ -106,10 +122,15 @@ def exact_probe(model: nn.Module, loss: Callable, autocast: bool = False, **kw):
 
 
 def fd_probe(model: nn.Module, loss: Callable, rel_step: float = FD_REL_STEP):
+    """The finite-difference probe and the monitor's check along its eigenvector (``r.check``: the relative
+    disagreement of v'Hv at the step and a quarter of it; above FD_CHECK_RTOL the monitor records nothing)."""
     params = [p for p in model.parameters() if p.requires_grad]
     with eager_math():
         matvec, n = fd_hvp_operator(lambda: loss(model), params, rel_step=rel_step)
-        return top_eig(matvec, n)
+        r = top_eig(matvec, n)
+        q, q4 = fd_smoothness_check(matvec, r.vector)
+    r.check = abs(q - q4) / max(abs(q), abs(q4), 1e-30)
+    return r
 
 
 def timed(fn: Callable, repeats: int) -> tuple[object, list[float]]:
@@ -130,7 +151,8 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     cases: dict[str, tuple] = {"gpt2 (init)": gpt2()}
     if not args.quick:
-        cases.update({"gpt2 (30 Adam steps)": gpt2(trained=True), "TransformerEncoder": encoder(), "ReLU CNN": cnn()})
+        cases.update({"gpt2 (30 Adam steps)": gpt2(trained=True), "TransformerEncoder": encoder(), "ReLU CNN": cnn(),
+                      "ReLU CNN (32 wide)": big_cnn()})
     rows = []
     for name, (model, loss) in cases.items():
         ref = exact_probe(model, loss, max_iter=60, tol=1e-7).value
@@ -154,7 +176,8 @@ def main() -> None:
         for key in contexts:
             r = results[key]
             med = statistics.median(times[key])
-            rows.append((name, key, ref, r.value, abs(r.value - ref) / abs(ref), r.n_hvp, med, med / base))
+            rows.append((name, key, ref, r.value, abs(r.value - ref) / abs(ref), r.n_hvp, med, med / base,
+                         getattr(r, "check", None)))
     if not args.quick:  # torch.compile: the exact probe forced eager against the eager model's reference
         model, loss = mlp()
         ref = exact_probe(model, loss, max_iter=60, tol=1e-7).value
@@ -178,14 +201,19 @@ def main() -> None:
         base = statistics.median(times["exact eager model"])
         for key in ctx:
             r, med = results[key], statistics.median(times[key])
-            rows.append(("compiled MLP", key, ref, r.value, abs(r.value - ref) / abs(ref), r.n_hvp, med, med / base))
+            rows.append(("compiled MLP", key, ref, r.value, abs(r.value - ref) / abs(ref), r.n_hvp, med, med / base,
+                         getattr(r, "check", None)))
         print(f"torch.compile without force_eager: double backward {plain}")
     print(f"\n{'model':<22} {'context':<22} {'reference':>11} {'probe':>11} {'rel err':>9} {'HVPs':>5} "
-          f"{'probe ms':>9} {'cost x':>7}")
-    for name, key, ref, val, err, nh, med, ratio in rows:
-        print(f"{name:<22} {key:<22} {ref:>11.6g} {val:>11.6g} {err:>9.1e} {nh:>5d} {1e3 * med:>9.1f} {ratio:>7.2f}")
+          f"{'probe ms':>9} {'cost x':>7}  FD check")
+    for name, key, ref, val, err, nh, med, ratio, check in rows:
+        verdict = "" if check is None else f"{check:.1e} " + ("recorded" if check <= FD_CHECK_RTOL else "REFUSED")
+        print(f"{name:<22} {key:<22} {ref:>11.6g} {val:>11.6g} {err:>9.1e} {nh:>5d} {1e3 * med:>9.1f} {ratio:>7.2f}  "
+              f"{verdict}")
     print(f"\n(cost x: the probe's median time over {repeats} interleaved repeat(s), relative to the exact math-SDPA "
-          "probe of the same model; compiled MLP: to the exact probe of the eager model)")
+          "probe of the same model; compiled MLP: to the exact probe of the eager model. FD check: the relative "
+          "disagreement of v'Hv at the step and a quarter of it along the eigenvector (2 more products, not in the "
+          f"time); above {FD_CHECK_RTOL:g} the monitor records nothing)")
 
 
 if __name__ == "__main__":

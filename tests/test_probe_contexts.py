@@ -93,6 +93,36 @@ def test_sharpness_is_measured_on_real_model_code(tmp_path, case):
         assert torch.equal(plain[k], watched[k]), k
 
 
+def test_the_report_says_how_the_probe_ran(tmp_path):
+    """Reentrant checkpointing: the report's run facts name the context that ran, its precision, and the one that
+    failed before it."""
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", sharpness_every_n_steps=2, report=True)
+    trainer(tmp_path, [mon], max_steps=3, max_epochs=None).fit(Lit(gpt2("reentrant"), lm_loss), token_loader())
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "(finite-difference, float32; failed: double-backward: RuntimeError)" in html
+
+
+def test_contexts_benchmark_runs(tmp_path):
+    """benchmarks/sharpness_contexts.py --quick (one repeat, GPT-2 only): every context's row is printed, and the
+    exact and FD rows are near the reference (accuracy figures come from the full run)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "sharpness_contexts.py"), "--quick"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line[23:45].strip(): line.split() for line in proc.stdout.splitlines() if line.startswith("gpt2 (init)")}
+    assert set(rows) == {"exact-math-sdpa", "fd (1e-5, default)", "fd (1e-4)", "fd (1e-6)", "bf16-autocast",
+                         "fd-reentrant (1e-5)"}
+    for key in ("exact-math-sdpa", "fd (1e-5, default)", "fd-reentrant (1e-5)"):
+        err = float(rows[key][rows[key].index(key.split()[-1]) + 3])  # reference, probe, rel err
+        assert err < 1e-3, (key, rows[key])
+    assert rows["fd-reentrant (1e-5)"][-1] == "recorded"
+
+
 @pytest.mark.parametrize("checkpointing", [None, "reentrant"])
 def test_bf16_mixed_probe_runs_under_the_training_autocast_and_fd_in_float32(tmp_path, checkpointing):
     """bf16-mixed: the exact probe's forward runs under the precision plugin's autocast (as the training's), the
