@@ -228,3 +228,14 @@ def test_finite_differences_across_relu_kinks_are_refused_not_recorded(tmp_path)
     assert err["message"].startswith("every probe context failed: double-backward: RuntimeError: When use_reentrant")
     q, q4 = run.meta["sharpness_probe"]["fd_check"]
     assert abs(q - q4) > 0.1 * max(abs(q), abs(q4))
+
+
+def test_fd_refuses_half_precision_weights():
+    """bf16/fp16 weights (precision='bf16-true'): the perturbation would round away and the product be zero."""
+    from dyncheck.errors import MeasureError
+    from dyncheck.measure.sharpness import fd_hvp_operator
+
+    model = _tanh_mlp(torch.bfloat16)
+    x = torch.randn(8, 4, dtype=torch.bfloat16)
+    with pytest.raises(MeasureError, match="finite differences need float32 or float64 weights, some are bfloat16"):
+        fd_hvp_operator(lambda: model(x).float().pow(2).mean(), list(model.parameters()))

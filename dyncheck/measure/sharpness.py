@@ -93,6 +93,10 @@ def fd_hvp_operator(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], *,
     params = [p for p in params]
     if not params:
         raise MeasureError("no parameters to differentiate")
+    low = sorted({str(p.dtype).replace("torch.", "") for p in params if p.dtype.itemsize < 4})
+    if low:  # w + eps v would round back to w: a zero product, silently
+        raise MeasureError(f"finite differences need float32 or float64 weights, some are {', '.join(low)} (a step "
+                           "of 1e-5 of their scale is below their rounding)")
     sizes = [p.numel() for p in params]
     n = sum(sizes)
     saved = [p.detach().clone() for p in params]
