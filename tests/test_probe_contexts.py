@@ -37,37 +37,41 @@ CASES = {  # case: (module, loader, loss, the context that must run)
                                  "double-backward"),
     "checkpoint-reentrant": (lambda: Lit(gpt2("reentrant"), lm_loss), token_loader, lm_loss, "finite-difference"),
     "torch-compile": (lambda: Lit(mlp(), mse_loss, compiled=True), seq_loader, mse_loss, "double-backward"),
+    # trainer.fit(torch.compile(module)): Lightning compiles forward and training_step (from_compiled)
+    "torch-compile-lightning-module": (lambda: Lit(mlp(), mse_loss), seq_loader, mse_loss, "double-backward"),
 }
+COMPILED_AT_FIT = {"torch-compile-lightning-module"}
 
 
-def _fit(tmp_path, lit, loader, monitor=True, precision="32-true", steps=3, **options):
+def _fit(tmp_path, lit, loader, monitor=True, precision="32-true", steps=3, compile_module=False, **options):
     weights = Weights([0, 2])
     callbacks = [weights]
     if monitor:
         callbacks.append(DynamicsMonitor(dirpath=tmp_path / "run", sharpness_every_n_steps=2, report=False,
                                          rules=None, **options))
     tr = trainer(tmp_path, callbacks, max_steps=steps, max_epochs=None, precision=precision)
-    tr.fit(lit, loader)
+    tr.fit(torch.compile(lit) if compile_module else lit, loader)
     return weights.at
 
 
-def _same_training(tmp_path, build, loader, precision="32-true"):
+def _same_training(tmp_path, build, loader, precision="32-true", compile_module=False):
     """The final weights of the same fit without the monitor are bit-identical."""
     torch._dynamo.reset()
     plain = build()
-    _fit(tmp_path / "plain", plain, loader(), monitor=False, precision=precision)
+    _fit(tmp_path / "plain", plain, loader(), monitor=False, precision=precision, compile_module=compile_module)
     return plain.state_dict()
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_sharpness_is_measured_on_real_model_code(tmp_path, case):
     build, loader, loss, context = CASES[case]
-    if case == "torch-compile":
+    compiled = case.startswith("torch-compile")
+    if compiled:
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
     lit = build()
-    at = _fit(tmp_path, lit, loader())
-    if case == "torch-compile":  # the training ran compiled graphs (aot_autograd: no double backward)
+    at = _fit(tmp_path, lit, loader(), compile_module=case in COMPILED_AT_FIT)
+    if compiled:  # the training ran compiled graphs (aot_autograd: no double backward)
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     batch = next(iter(loader()))
     with open_run(tmp_path / "run") as run:
@@ -87,7 +91,7 @@ def test_sharpness_is_measured_on_real_model_code(tmp_path, case):
         assert q == pytest.approx(q4, rel=1e-3)
     else:
         assert probe["failed"] == [] and probe["precision"].startswith("32-true")
-    plain = _same_training(tmp_path, build, loader)
+    plain = _same_training(tmp_path, build, loader, compile_module=case in COMPILED_AT_FIT)
     watched = lit.state_dict()
     for k in plain:
         assert torch.equal(plain[k], watched[k]), k
