@@ -184,13 +184,13 @@ class _FirstBatch(transformers.TrainerCallback):
         self.handle.remove()
 
 
-def _hf_fit(tmp_path, callbacks, steps=5):
+def _hf_fit(tmp_path, callbacks, steps=5, **kw):
     model = gpt2()
     g = torch.Generator().manual_seed(1)
     data = [{"input_ids": row, "labels": row} for row in torch.randint(0, 64, (32, 16), generator=g)]
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=steps,
                                           per_device_train_batch_size=8, save_strategy="no", report_to=[],
-                                          use_cpu=True, seed=0, disable_tqdm=True, bf16=True, logging_steps=5)
+                                          use_cpu=True, seed=0, disable_tqdm=True, bf16=True, logging_steps=5, **kw)
     transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=list(callbacks)).train()
     return model
 
@@ -219,6 +219,37 @@ def test_hf_trainer_gpt2_without_dropout_bf16(tmp_path):
             fp32 = reference_top_eig(watched, ref.at[step], hf_loss, ref.batch)
             assert value == pytest.approx(fp32, rel=2e-2) and value != pytest.approx(fp32, rel=1e-5)
     plain = _hf_fit(tmp_path / "plain", [])
+    a, b = plain.state_dict(), watched.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_hf_trainer_reentrant_checkpointing_bf16_probes_by_fd_in_float32(tmp_path):
+    """HF Trainer with reentrant gradient checkpointing and bf16: no double backward, so finite differences, in
+    float32 -- accelerate's autocast-wrapped forward is bypassed for the probe's forwards only -- at the float32
+    value; the training is bit-identical."""
+    from dyncheck.adapters.hf import DynamicsMonitorCallback
+
+    kw = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}}
+    ref = _FirstBatch()
+    cb = DynamicsMonitorCallback(dirpath=tmp_path / "run", sharpness_every_n_steps=2, report=False, rules=None)
+    watched = _hf_fit(tmp_path / "watched", [ref, cb], **kw)
+    # training forwards under autocast; each probe: the exact attempt (step 2 only) under it, its FD ones without
+    probe_forwards = [a for a in ref.autocast if not a]
+    assert ref.autocast.count(True) == 5 + 1 and len(probe_forwards) >= 2 * 2 * 4
+    assert ref.autocast[:2] == [True, True] and ref.autocast[-1] is True  # step 0, step 1's; the last step's
+    with open_run(tmp_path / "run") as run:
+        assert run.meta["measurement_errors"] == []
+        probe = run.meta["sharpness_probe"]
+        assert probe["context"] == "finite-difference" and probe["precision"] == "float32"
+        assert probe["failed"][0]["context"] == "double-backward"
+        s = run.series("sharpness/top_eig")
+        assert s.steps.tolist() == [2, 4]
+        for step, value in zip(s.steps.tolist(), s.values.tolist()):
+            fp32 = reference_top_eig(watched, ref.at[step], lambda m, b: m(**b).loss, ref.batch)
+            assert value == pytest.approx(fp32, rel=TOL["finite-difference"]), (value, fp32)
+    assert "forward" in vars(watched)  # accelerate's wrapper is back in place after the probes
+    plain = _hf_fit(tmp_path / "plain", [], **kw)
     a, b = plain.state_dict(), watched.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
