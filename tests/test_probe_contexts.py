@@ -280,8 +280,9 @@ def test_a_probe_that_fails_in_every_context_says_why_in_meta_report_and_check(t
     section = html.split('id="sharpness"')[-1].split("</section>")[0]
     assert 'id="sharpness"' in html and said in section and "too short" not in section
     main(["check", str(tmp_path / "run"), "--fail-on", "never"])
-    out = capsys.readouterr().out
-    assert f"skipped edge-of-stability: {said}" in " ".join(out.split())
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"skipped edge-of-stability: {said}" in out
+    assert "finite-difference: RuntimeError: the probe's loss is broken)" in out  # every context's reason
 
 
 if os.environ.get("HF_HUB_OFFLINE") != "1":  # pragma: no cover - set by probe_models
