@@ -228,6 +228,8 @@ def test_finite_differences_across_relu_kinks_are_refused_not_recorded(tmp_path)
     assert err["message"].startswith("every probe context failed: double-backward: RuntimeError: When use_reentrant")
     q, q4 = run.meta["sharpness_probe"]["fd_check"]
     assert abs(q - q4) > 0.1 * max(abs(q), abs(q4))
+    assert run.meta["sharpness_probe"]["precision"] == ("float32 (autocast off around the loss function; an "
+                                                        "autocast inside it still applies)")
 
 
 def test_fd_refuses_half_precision_weights():

@@ -106,6 +106,7 @@ class SharpnessCollector(Collector):
         context_probes: dict[str, int] = field(default_factory=dict)  # probes per context name
         context_errors: list[dict[str, Any]] = field(default_factory=list)  # why a context failed (once each)
         precision: str | None = None  # what the probe's loss runs under (the adapter's ProbeLoss)
+        fp32_precision: str | None = None  # what it runs under in float32 (the finite-difference context)
         fd_check: list[float] | None = None  # the last finite-difference check: v'Hv at the step, a quarter of it
 
     def start(self, ctx) -> None:
@@ -196,7 +197,7 @@ class SharpnessCollector(Collector):
         module, sched = ctx.module, fit.schedule
         params = [p for p in module.parameters() if p.requires_grad]
         probe = as_probe_loss(ctx.probe_loss)
-        fit.precision = probe.precision
+        fit.precision, fit.fp32_precision = probe.precision, probe.fp32_precision
         cold = fit.eigvec is None
         t = time.perf_counter()
         graph_s = 0.0
@@ -266,7 +267,7 @@ class SharpnessCollector(Collector):
             pc = PROBE_CONTEXTS[fit.context]
             out["sharpness_probe"] = {
                 "context": pc.name if fit.context_probes.get(pc.name) else None, "description": pc.description,
-                "precision": "float32" if pc.fp32 else fit.precision, "probes": dict(fit.context_probes),
+                "precision": fit.fp32_precision if pc.fp32 else fit.precision, "probes": dict(fit.context_probes),
                 "failed": list(fit.context_errors)}
             if fit.fd_check is not None:
                 out["sharpness_probe"]["fd_check"] = [round(q, 9) for q in fit.fd_check]

@@ -84,6 +84,13 @@ class ProbeLoss:
         with self.context() if self.context is not None else contextlib.nullcontext():
             return self.fn(module, batch)
 
+    @property
+    def fp32_precision(self) -> str:
+        """What :meth:`fp32` runs under, in words."""
+        if self.context is None and self.fp32_context is None:  # a plain loss function: autocast off around it
+            return "float32 (autocast off around the loss function; an autocast inside it still applies)"
+        return "float32"
+
     def fp32(self, module: nn.Module, batch: Any) -> Tensor:
         with _autocast_off(module), \
                 self.fp32_context(module) if self.fp32_context is not None else contextlib.nullcontext():
