@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ._evaluation import Evaluation, EvaluationAttributes, EvaluationOptions
 from .errors import ArgumentError
+from .measure.probe import ProbeLoss
 from .monitor import Monitor, MonitorConfig
 from .store import STORE_FILENAME
 
@@ -55,6 +56,15 @@ def default_probe_loss(module: nn.Module, batch: Any) -> Tensor:
     if not isinstance(out, Tensor):
         raise TypeError("training_step returned no loss tensor; pass DynamicsMonitor(sharpness_loss_fn=...)")
     return out
+
+
+def _precision_probe(fn: Callable[[nn.Module, Any], Tensor], trainer: Any) -> ProbeLoss:
+    """The probe loss under the training precision: the precision plugin's ``train_step_context()`` (autocast for
+    ``bf16-mixed`` / ``16-mixed``), as the strategy runs ``training_step``."""
+    plugin = getattr(trainer, "precision_plugin", None)
+    context = getattr(plugin, "train_step_context", None)
+    return ProbeLoss(fn, f"{trainer.precision} (the precision plugin's train_step_context)" if context else
+                     f"{trainer.precision} (no precision context found: the loss function's own)", context=context)
 
 
 def _planned_steps(trainer: Any) -> int | None:
@@ -187,6 +197,8 @@ class DynamicsMonitorHooks(EvaluationAttributes):
         if any(isinstance(m, nn.SyncBatchNorm) for m in pl_module.modules()) and trainer.world_size > 1:
             probe = None  # its forward is a collective; a rank-0-only probe would hang the others
             mon.warn_once("syncbn", "dyncheck: sharpness is off: SyncBatchNorm makes the probe a collective")
+        if probe is not None:
+            probe = _precision_probe(probe, trainer)
         meta = self._meta(trainer, pl_module, opts)
         mon.start(
             module=pl_module,

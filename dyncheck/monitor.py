@@ -45,6 +45,7 @@ from .collect import (
 )
 from .collect.base import interned
 from .errors import ConfigError, MeasureError
+from .measure.probe import clone_batch
 from .measure.tensors import has_sharded
 from .store import RunWriter, open_run
 
@@ -680,12 +681,6 @@ def _scalar(v: Tensor | float, device: torch.device) -> Tensor:
 
 
 def _clone_batch(batch: Any) -> Any:
-    if isinstance(batch, Tensor):
-        return batch.detach().clone()
-    if isinstance(batch, Mapping):
-        return {k: _clone_batch(v) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_clone_batch(v) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_clone_batch(v) for v in batch)
-    return batch
+    """The probe batch: a copy whose containers keep their type (an HF ``BatchEncoding``, dataclasses,
+    namedtuples; :func:`dyncheck.measure.probe.clone_batch`)."""
+    return clone_batch(batch)

@@ -32,9 +32,10 @@ falls back to the Trainer's logged ``loss``, the mean over each logging window, 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback
 
+from ..measure.probe import ProbeLoss
 from ..store import STORE_FILENAME
 from ._common import Adapter, reduce_fn, run_meta
 
@@ -61,6 +63,34 @@ def hf_probe_loss(model: nn.Module, batch: Any) -> Tensor:
     if not isinstance(loss, Tensor):
         raise TypeError("the model's output has no loss; pass DynamicsMonitorCallback(sharpness_loss_fn=...)")
     return loss
+
+
+@contextlib.contextmanager
+def _forward_without_autocast(model: nn.Module) -> Iterator[None]:
+    """accelerate wraps the model's ``forward`` in its autocast (an instance attribute, the original kept as
+    ``_original_forward``): for a float32 probe the original runs, for the duration of the probe only."""
+    wrapped, original = vars(model).get("forward"), vars(model).get("_original_forward")
+    if wrapped is None or original is None:
+        yield
+        return
+    model.forward = original  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        model.forward = wrapped  # type: ignore[method-assign]
+
+
+def _precision_probe(fn: Any, args: Any, model: nn.Module) -> ProbeLoss:
+    """The probe loss under the Trainer's precision: its autocast (``bf16`` / ``fp16``; accelerate's wrapped
+    ``forward`` applies it too, the same context), or float32."""
+    dtype = torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) \
+        else None
+    if dtype is None:
+        return ProbeLoss(fn, "float32 (the Trainer's precision)", fp32_context=_forward_without_autocast)
+    kind = next((p.device.type for p in model.parameters()), "cpu")
+    name = "bf16" if dtype == torch.bfloat16 else "fp16"
+    return ProbeLoss(fn, f"{name} autocast on {kind} (the Trainer's mixed precision)",
+                     context=lambda: torch.autocast(kind, dtype=dtype), fp32_context=_forward_without_autocast)
 
 
 #: integrations whose ``on_log`` takes text (the findings); the others get numbers only
@@ -142,7 +172,7 @@ class DynamicsMonitorCallback(Adapter, TrainerCallback):
         steps = getattr(args, "logging_steps", None)
         every = cfg.every_n_steps or (int(steps) if isinstance(steps, (int, float)) and steps >= 1 else 50)
         planned = int(state.max_steps) - int(state.global_step) if state.max_steps and state.max_steps > 0 else None
-        probe = cfg.sharpness_loss_fn or hf_probe_loss
+        probe = _precision_probe(cfg.sharpness_loss_fn or hf_probe_loss, args, model)
         trainer = {"framework": "transformers.Trainer", "world_size": int(args.world_size),
                    **{k: getattr(args, k) for k in _ARGS if hasattr(args, k)}}
         meta = run_meta(cfg, model, [opt], trainer, hyperparameters=getattr(model.config, "to_dict", dict)()

@@ -788,7 +788,7 @@ def _failed_measurement_reason(check: Check, skipped: Skipped, errors: Sequence[
             step = e.get("step")
             at = f" at step {step}" if isinstance(step, int) else ""
             return Skipped(skipped.check, f"{e['measurement']} failed{at} and was turned off for the rest of the run "
-                                          f"({e.get('error', 'error')}: {str(e.get('message', ''))[:200]}); see the "
+                                          f"({e.get('error', 'error')}: {str(e.get('message', ''))[:400]}); see the "
                                           f"run's meta 'measurement_errors'")
     return skipped
 

@@ -2,7 +2,13 @@
 on the probe batch (a copy of the run's first batch) by Lanczos on Hessian-vector products, at the weights the
 step's loss is computed with (before its forward), on the budget schedule of
 :class:`~dyncheck.measure.sharpness.SharpnessSchedule` (a share of the training time, ``sharpness_budget``) or a
-fixed one (``sharpness_every_n_steps``). Values are rank zero's (the probe runs there only)."""
+fixed one (``sharpness_every_n_steps``). Values are rank zero's (the probe runs there only).
+
+The probe tries the execution contexts of :data:`~dyncheck.measure.probe.PROBE_CONTEXTS` in order (exact double
+backward with math attention and compiled code forced eager under the training precision; then finite
+differences in float32) and keeps the first that works for the rest of the fit; the run's meta
+``sharpness_probe`` says which ran, under what precision, and why the ones before it failed. Only when every
+context fails is sharpness turned off (one warning, ``measurement_errors``, with each context's error)."""
 
 from __future__ import annotations
 
@@ -17,8 +23,12 @@ import torch
 from torch import Tensor
 
 from ..errors import MeasureError
+from ..measure.probe import PROBE_CONTEXTS, ProbeContext, as_probe_loss, eager_math
 from ..measure.sharpness import (
+    FD_CHECK_RTOL,
     SharpnessSchedule,
+    fd_hvp_operator,
+    fd_smoothness_check,
     hvp_operator,
     lanczos_top_eig,
     preserved_training_state,
@@ -43,7 +53,7 @@ SHARDED_REASON = (
 
 
 class _OverLimit(Exception):
-    pass
+    """A probe stopped after its first products (``args[0]``: the :class:`_TimedMatvec` that timed them)."""
 
 
 class _TimedMatvec:
@@ -63,7 +73,7 @@ class _TimedMatvec:
         k = len(self.times)
         if k == min(2, self.max_iter) and math.isfinite(self.limit):
             if self.graph_s + sum(self.times) + self.hvp_s * (self.max_iter - k) > self.limit:
-                raise _OverLimit()
+                raise _OverLimit(self)
         return out
 
     @property
@@ -92,6 +102,12 @@ class SharpnessCollector(Collector):
         generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
         seconds: float = 0.0  # all probes (and stopped attempts) of this fit
         probes: int = 0
+        context: int = 0  # the probe context (PROBE_CONTEXTS) tried first: the first that worked so far
+        context_probes: dict[str, int] = field(default_factory=dict)  # probes per context name
+        context_errors: list[dict[str, Any]] = field(default_factory=list)  # why a context failed (once each)
+        precision: str | None = None  # what the probe's loss runs under (the adapter's ProbeLoss)
+        fp32_precision: str | None = None  # what it runs under in float32 (the finite-difference context)
+        fd_check: list[float] | None = None  # the last finite-difference check: v'Hv at the step, a quarter of it
 
     def start(self, ctx) -> None:
         super().start(ctx)
@@ -138,6 +154,40 @@ class SharpnessCollector(Collector):
         except Exception as exc:  # never break the training it observes
             self._off(step, exc, "scheduling failed")
 
+    def _lanczos(self, pc: ProbeContext, probe: Any, params: list[Tensor], limit: float,
+                 t0: float) -> tuple[Any, _TimedMatvec, float]:
+        """One probe in the context ``pc``: (Lanczos result, the timed operator, seconds of its graph build)."""
+        ctx, fit = self.ctx, self.fit
+        assert ctx is not None
+        module, batch, max_iter = ctx.module, ctx.probe_batch, self.max_iter
+        if pc.operator == "exact":
+            loss = probe(module, batch)
+            matvec, n = hvp_operator(loss, params)
+            del loss
+        else:
+            matvec, n = fd_hvp_operator(lambda: probe.fp32(module, batch) if pc.fp32 else probe(module, batch),
+                                        params)
+        graph_s = time.perf_counter() - t0
+        timed = _TimedMatvec(matvec, graph_s, limit, max_iter)
+        del matvec
+        size = n * max_iter
+        try:
+            res = lanczos_top_eig(timed, n, max_iter=max_iter, tol=self.tol, v0=fit.eigvec,
+                                  generator=fit.generator, reorthogonalize=size <= _REORTH_MAX,
+                                  basis_device="cpu" if size <= _HOST_BASIS_MAX else None)
+            if pc.operator == "fd" and res.vector is not None:
+                q, q4 = fd_smoothness_check(timed.matvec, res.vector)
+                fit.fd_check = [q, q4]
+                if not abs(q - q4) <= FD_CHECK_RTOL * max(abs(q), abs(q4)):
+                    raise MeasureError(
+                        f"the finite-difference Hessian is unreliable here: along the top eigenvector v'Hv is {q:.4g} "
+                        f"at the step and {q4:.4g} at a quarter of it (the gradient is not smooth there: ReLU or "
+                        "max-pool kinks); no value recorded")
+        except BaseException:
+            timed.matvec = None  # type: ignore[assignment]  # free the gradient graph before the next context
+            raise
+        return res, timed, graph_s
+
     def _measure(self, step: int, limit: float) -> None:
         """Probe at the current weights (those of step ``step``'s forward) and label the value ``step``. A finite
         ``limit`` (no probe measured yet): stop after the second product when ``max_iter`` of them would cost
@@ -146,7 +196,8 @@ class SharpnessCollector(Collector):
         assert ctx is not None and fit.schedule is not None and ctx.probe_loss is not None
         module, sched = ctx.module, fit.schedule
         params = [p for p in module.parameters() if p.requires_grad]
-        max_iter = self.max_iter
+        probe = as_probe_loss(ctx.probe_loss)
+        fit.precision, fit.fp32_precision = probe.precision, probe.fp32_precision
         cold = fit.eigvec is None
         t = time.perf_counter()
         graph_s = 0.0
@@ -155,18 +206,28 @@ class SharpnessCollector(Collector):
             # TorchScript's profiling executor specialises its graphs by call history: the probe's forward must
             # not count, or the training after it would run other kernels (other roundings)
             with preserved_training_state(module, params), torch.enable_grad(), \
-                    torch.jit.optimized_execution(False):
-                loss = ctx.probe_loss(module, ctx.probe_batch)
-                matvec, n = hvp_operator(loss, params)
-                graph_s = time.perf_counter() - t
-                timed = _TimedMatvec(matvec, graph_s, limit, max_iter)
-                size = n * max_iter
-                res = lanczos_top_eig(timed, n, max_iter=max_iter, tol=self.tol, v0=fit.eigvec,
-                                      generator=fit.generator, reorthogonalize=size <= _REORTH_MAX,
-                                      basis_device="cpu" if size <= _HOST_BASIS_MAX else None)
-                del matvec, loss
-        except _OverLimit:
-            pass
+                    torch.jit.optimized_execution(False), eager_math():
+                rng = _rng_state(params)
+                while True:
+                    pc = PROBE_CONTEXTS[fit.context]
+                    _set_rng_state(rng)  # every context sees the dropout masks the first one saw
+                    t_ctx = time.perf_counter()
+                    try:
+                        res, timed, graph_s = self._lanczos(pc, probe, params, limit, t_ctx)
+                        break
+                    except _OverLimit:
+                        raise
+                    except Exception as exc:
+                        fit.context_errors.append({"context": pc.name, "error": type(exc).__name__,
+                                                   "message": str(exc)[:500], "step": step})
+                        if fit.context + 1 >= len(PROBE_CONTEXTS):
+                            raise MeasureError("every probe context failed: " + "; ".join(
+                                f"{e['context']}: {e['error']}: {e['message'][:160]}"
+                                for e in fit.context_errors)) from exc
+                        fit.context += 1
+        except _OverLimit as over:  # a stopped attempt: its costs teach the schedule
+            timed = over.args[0]
+            graph_s = timed.graph_s
         except Exception as exc:  # a measurement must never end the training it observes
             self._off(step, exc)
             return
@@ -175,6 +236,9 @@ class SharpnessCollector(Collector):
                 timed.matvec = None  # type: ignore[assignment]  # free the gradient graph
             cost = time.perf_counter() - t
             fit.seconds += cost
+        if res is not None:
+            name = PROBE_CONTEXTS[fit.context].name
+            fit.context_probes[name] = fit.context_probes.get(name, 0) + 1
         assert timed is not None
         if res is None:
             sched.record_abort(step, cost, graph_s=graph_s, hvp_s=timed.hvp_s)
@@ -199,4 +263,23 @@ class SharpnessCollector(Collector):
         out: dict[str, Any] = {"sharpness_time_s": round(fit.seconds, 6), "sharpness_probes": fit.probes}
         if fit.schedule is not None:
             out["sharpness_schedule"] = fit.schedule.facts()
+        if fit.context_probes or fit.context_errors:
+            pc = PROBE_CONTEXTS[fit.context]
+            out["sharpness_probe"] = {
+                "context": pc.name if fit.context_probes.get(pc.name) else None, "description": pc.description,
+                "precision": fit.fp32_precision if pc.fp32 else fit.precision, "probes": dict(fit.context_probes),
+                "failed": list(fit.context_errors)}
+            if fit.fd_check is not None:
+                out["sharpness_probe"]["fd_check"] = [round(q, 9) for q in fit.fd_check]
         return out
+
+
+def _rng_state(params: list[Tensor]) -> tuple[Tensor, list[tuple[int, Tensor]]]:
+    cuda = sorted({p.device.index or 0 for p in params if p.is_cuda})
+    return torch.get_rng_state(), [(d, torch.cuda.get_rng_state(d)) for d in cuda]
+
+
+def _set_rng_state(state: tuple[Tensor, list[tuple[int, Tensor]]]) -> None:
+    torch.set_rng_state(state[0])
+    for d, st in state[1]:
+        torch.cuda.set_rng_state(st, d)

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from ..errors import MeasureError
 
-__all__ = ["EigResult", "hvp_operator", "lanczos_top_eig", "power_iteration_top_eig", "stability_threshold",
-           "preserved_training_state", "SharpnessSchedule"]
+__all__ = ["EigResult", "hvp_operator", "fd_hvp_operator", "fd_smoothness_check", "lanczos_top_eig",
+           "power_iteration_top_eig", "stability_threshold", "preserved_training_state", "SharpnessSchedule"]
 
 
 @dataclass
@@ -65,6 +65,117 @@ def hvp_operator(loss: Tensor, params: Sequence[Tensor]) -> tuple[Callable[[Tens
 
     matvec.device = kp[0].device  # type: ignore[attr-defined]
     return matvec, n
+
+
+#: the finite-difference step, relative: ``eps = FD_REL_STEP * ||w|| / ||v||`` moves the weights by this share of
+#: their norm (each weight by about 1e-5 of their root mean square). In float32 a central difference balances
+#: truncation (eps^2, and ReLU kinks crossed) against rounding (u ||g|| / eps); on GPT-2, a TransformerEncoder (ReLU),
+#: a CNN and an MLP, top eigenvalues at 1e-4 are off by up to 150% (kinks, layer-norm gains), at 1e-5 by at most
+#: 3e-4 (benchmarks/sharpness_contexts.py)
+FD_REL_STEP = 1e-5
+
+
+def fd_hvp_operator(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], *,
+                    rel_step: float = FD_REL_STEP) -> tuple[Callable[[Tensor], Tensor], int]:
+    """Return ``(matvec, n)``: ``matvec(v)`` is the central difference ``(g(w + eps v) - g(w - eps v)) / (2 eps)``,
+    an approximation of H v from first-order gradients only, for where double backward is impossible (reentrant
+    gradient checkpointing, compiled graphs without double backward, FSDP). ``loss_fn()`` computes the loss at
+    the current weights; ``eps = rel_step * ||w|| / ||v||`` (``rel_step`` when the weights are zero).
+
+    Each product costs two forwards and two backwards. The weights are saved once and copied back after every
+    product (never added and subtracted), so they are bit-exactly the same afterwards; the ``.grad`` of ``params``
+    are left as they were. The random number generators are reset to their state at the call of this function
+    before every ``loss_fn()``, so that dropout masks are the same in every evaluation (the caller restores them
+    for the training, e.g. with :func:`preserved_training_state`). Gradients come from ``torch.autograd.grad``, or,
+    where that is refused (reentrant checkpointing accepts ``.backward()`` only), from ``loss.backward()``. The
+    difference is taken in float32 (float64 for float64 parameters). ``n`` counts every parameter (those without
+    a gradient have zero rows)."""
+    params = [p for p in params]
+    if not params:
+        raise MeasureError("no parameters to differentiate")
+    low = sorted({str(p.dtype).replace("torch.", "") for p in params if p.dtype.itemsize < 4})
+    if low:  # w + eps v would round back to w: a zero product, silently
+        raise MeasureError(f"finite differences need float32 or float64 weights, some are {', '.join(low)} (a step "
+                           "of 1e-5 of their scale is below their rounding)")
+    sizes = [p.numel() for p in params]
+    n = sum(sizes)
+    saved = [p.detach().clone() for p in params]
+    dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+    w_norm = math.sqrt(sum(float(w.to(dtype).pow(2).sum()) for w in saved))
+    cuda = sorted({p.device.index or 0 for p in params if p.is_cuda})
+    rng = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda]
+    mode = {"backward": False}
+
+    def reset_rng() -> None:
+        torch.set_rng_state(rng[0])
+        for d, st in zip(cuda, rng[1]):
+            torch.cuda.set_rng_state(st, d)
+
+    def gradients() -> list[Tensor]:
+        reset_rng()
+        loss = loss_fn()
+        if not mode["backward"]:
+            try:
+                gs = torch.autograd.grad(loss, params, allow_unused=True)
+                return [g.detach().to(dtype) if g is not None else torch.zeros_like(p, dtype=dtype)
+                        for g, p in zip(gs, params)]
+            except RuntimeError as exc:
+                if "checkpoint" not in str(exc):  # not reentrant checkpointing's refusal of .grad()
+                    raise
+                mode["backward"] = True
+                reset_rng()
+                loss = loss_fn()
+        before = [p.grad for p in params]
+        try:
+            for p in params:
+                p.grad = None
+            loss.backward()
+            return [p.grad.detach().to(dtype) if p.grad is not None else torch.zeros_like(p, dtype=dtype)
+                    for p in params]
+        finally:
+            for p, g in zip(params, before):
+                p.grad = g
+
+    def matvec(v: Tensor, step: float | None = None) -> Tensor:
+        v_norm = float(v.norm())
+        if v_norm == 0:
+            return torch.zeros_like(v)
+        eps = (rel_step if step is None else step) * (w_norm if w_norm > 0 else 1.0) / v_norm
+        parts = [c.view_as(p) for c, p in zip(torch.split(v.to(dtype), sizes), params)]
+        grads = []
+        try:
+            for sign in (1.0, -1.0):
+                with torch.no_grad():
+                    for p, w, c in zip(params, saved, parts):
+                        p.copy_((w.to(dtype) + (sign * eps) * c).to(p.dtype))
+                grads.append(gradients())
+        finally:
+            with torch.no_grad():
+                for p, w in zip(params, saved):
+                    p.copy_(w)
+        hv = torch.cat([((a - b) / (2 * eps)).reshape(-1) for a, b in zip(*grads)])
+        return hv.to(v.dtype)
+
+    matvec.device = params[0].device  # type: ignore[attr-defined]
+    matvec.rel_step = rel_step  # type: ignore[attr-defined]
+    return matvec, n
+
+
+#: the finite-difference check: v'Hv along the top eigenvector at the step and at a quarter of it must agree this
+#: well (smooth losses: to ~1e-4), or the gradient is not smooth there and the value is not recorded
+FD_CHECK_RTOL = 1e-2
+
+
+def fd_smoothness_check(matvec: Callable[..., Tensor], vector: Tensor) -> tuple[float, float]:
+    """``(q, q_quarter)``: the Rayleigh quotient ``v'Hv`` of the unit ``vector`` by a :func:`fd_hvp_operator`
+    product at its step and at a quarter of it (two products). Where the gradient has kinks along ``v`` (ReLU,
+    max-pool: a unit changes side within the step), the central difference measures the jump over the step, not a
+    curvature, and Lanczos seeks out exactly those directions: the two quotients then disagree (by about the step
+    ratio), while on smooth losses they agree to rounding."""
+    v = vector / vector.norm()
+    q = float(torch.dot(matvec(v), v))
+    q4 = float(torch.dot(matvec(v, step=matvec.rel_step / 4), v))  # type: ignore[attr-defined]
+    return q, q4
 
 
 def _start_vector(n: int, v0: Tensor | None, generator: torch.Generator | None, device, dtype) -> Tensor:

@@ -309,6 +309,16 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
+def _probe_context(probe: Any) -> str:
+    """How the sharpness probe ran (meta ``sharpness_probe``): its context and precision, and the contexts that
+    failed before it."""
+    if not isinstance(probe, dict) or not probe.get("context"):
+        return ""
+    failed = [f"{e.get('context')}: {e.get('error')}" for e in probe.get("failed") or [] if isinstance(e, dict)]
+    return f" ({probe['context']}, {probe.get('precision')}" + (f"; failed: {', '.join(failed)}" if failed else "") \
+        + ")"
+
+
 def _metadata(meta: dict[str, Any], src: _Series) -> dict[str, Any]:
     model = meta.get("model") or {}
     optimisers = []
@@ -336,7 +346,8 @@ def _metadata(meta: dict[str, Any], src: _Series) -> dict[str, Any]:
         ("accumulate grad batches", _fmt(trainer.get("accumulate_grad_batches"))),
         ("schedulers", ", ".join(f"{s.get('class')} ({s.get('interval')})" for s in meta.get("schedulers") or [])
          or "none"),
-        ("sharpness probes", f"{meta.get('sharpness_probes', 0)} in {_duration(meta.get('sharpness_time_s'))}"),
+        ("sharpness probes", f"{meta.get('sharpness_probes', 0)} in {_duration(meta.get('sharpness_time_s'))}"
+                             + _probe_context(meta.get("sharpness_probe"))),
         ("host", meta.get("host", "—")),
     ]
     if meta.get("resumed_from_step") is not None:
