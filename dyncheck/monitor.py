@@ -45,6 +45,7 @@ from .collect import (
 )
 from .collect.base import interned
 from .errors import ConfigError, MeasureError
+from .measure.naming import named_parameters  # canonical names: compiled and eager runs record the same
 from .measure.tensors import has_sharded
 from .store import RunWriter, open_run
 
@@ -254,7 +255,7 @@ class Monitor:
         self._measuring = False
         self._active, self._stateful = [], []
         self._lists = {}
-        self._param_names = {id(p): n for n, p in module.named_parameters()}
+        self._param_names = {id(p): n for n, p in named_parameters(module)}
         self._opt_params, self._opt_sizes = {}, {}
         self._unnamed = set()
         self.failures = failures = Failures(on_new=self._errors_changed)
@@ -465,7 +466,7 @@ class Monitor:
         update)."""
         params = [p for g in opt.param_groups for p in g["params"]]
         if self._module is not None and any(id(p) not in self._param_names for p in params):
-            self._param_names = {id(p): n for n, p in self._module.named_parameters()}
+            self._param_names = {id(p): n for n, p in named_parameters(self._module)}
         named = [(self._param_names.get(id(p), f"param{i}"), p) for i, p in enumerate(params)]
         if id(opt) in self._opt_sizes:  # added during training
             assert self._ctx is not None
@@ -487,7 +488,7 @@ class Monitor:
         self._unnamed.discard(id(opt))
         before = self._opt_params[id(opt)]
         if self._module is not None:
-            self._param_names = {id(p): n for n, p in self._module.named_parameters()}
+            self._param_names = {id(p): n for n, p in named_parameters(self._module)}
         named = [(self._param_names.get(id(p), n), p) for n, p in before]
         found = [(n, p) for (n, p), (old, _) in zip(named, before) if n != old]
         self._opt_params[id(opt)] = named
