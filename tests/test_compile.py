@@ -1,0 +1,137 @@
+"""The monitor on ``torch.compile``-d models (CPU, inductor): activation statistics at every activation step, the
+eager run's metric names, training bit-identical with and without the monitor, no recompiles beyond the graph with
+the statistics and the one without, and a recorded explanation where a compiled graph cannot be seen."""
+
+import warnings
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+from loop import drive
+from models import MLP, loaders, trainer
+from torch import nn
+
+from dyncheck import DynamicsMonitor, open_run
+from dyncheck.monitor import MonitorConfig
+
+STEPS, ACT_EVERY = 6, 2
+
+
+def _fit(tmp_path, *, compiled: bool, monitor: bool, module=None):
+    """Fit the digits MLP for STEPS steps (sanity check and one validation batch on); the weights after, the
+    per-step losses and the dyncheck warnings."""
+    dynamo.reset()
+    torch.manual_seed(0)
+    model = module() if module is not None else MLP(log_acc=False)
+    train, val = loaders(n=96, batch_size=16, flat=True)
+    cbs = [DynamicsMonitor(dirpath=tmp_path, sharpness_budget=0, every_n_steps=ACT_EVERY)] if monitor else []
+    tr = trainer(tmp_path, cbs, max_steps=STEPS, max_epochs=1, limit_val_batches=1, num_sanity_val_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tr.fit(torch.compile(model) if compiled else model, train, val)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return weights, list(model.losses), [str(w.message) for w in caught if "dyncheck:" in str(w.message)]
+
+
+@pytest.fixture(scope="module")
+def fits(tmp_path_factory):
+    """One eager and two compiled fits of the same model (compiling on CPU is slow: shared by the tests here)."""
+    out = {}
+    for key, compiled, monitor in (("eager", False, True), ("compiled", True, True), ("bare", True, False)):
+        d = tmp_path_factory.mktemp(key)
+        out[key] = (d, *_fit(d, compiled=compiled, monitor=monitor))
+    return out
+
+
+def test_compiled_module_measures_activations_at_every_activation_step(fits):
+    eager_dir, *_ = fits["eager"]
+    comp_dir, _, _, warned = fits["compiled"]
+    eager, comp = open_run(eager_dir / "run.db"), open_run(comp_dir / "run.db")
+    acts = comp.metrics("act/*")
+    assert acts and acts == eager.metrics("act/*")
+    for name in acts:
+        s = comp.series(name)
+        assert s.steps.tolist() == list(range(0, STEPS, ACT_EVERY)), name  # not step 0 only
+    # the compiled graph computes the statistics of the compiled forward: the eager run's values, up to rounding
+    for name in ("act/mean/net.0", "act/std/net.3", "act/max_abs/net.4", "act/dead/net.1"):
+        assert comp.series(name).values == pytest.approx(eager.series(name).values, rel=1e-4, abs=1e-6), name
+    meta = comp.meta["activations"]
+    assert meta["compiled"] is True and meta["never_ran"] == [] and meta["steps_without_statistics"] == []
+    assert meta["selected"] == ["net.0", "net.1", "net.3", "net.4", "net.5"]  # net.2: dropout
+    assert not any("activations" in w for w in warned)
+
+
+def test_compiled_and_eager_runs_record_the_same_metric_names(fits):
+    eager = open_run(fits["eager"][0] / "run.db")
+    comp = open_run(fits["compiled"][0] / "run.db")
+    assert comp.metrics() == eager.metrics()
+    assert not any("_orig_mod" in n for n in comp.metrics())
+    assert [p["name"] for p in comp.meta["model"]["parameters"]] == \
+        [p["name"] for p in eager.meta["model"]["parameters"]]
+
+
+def test_monitor_does_not_change_compiled_training(fits):
+    _, w_mon, loss_mon, _ = fits["compiled"]
+    _, w_bare, loss_bare, _ = fits["bare"]
+    assert loss_mon == loss_bare  # bit-identical, step by step
+    assert w_mon.keys() == w_bare.keys()
+    assert all(torch.equal(w_mon[n], w_bare[n]) for n in w_mon)
+
+
+class CompiledInside(MLP):
+    """A Lightning module that compiles its network itself: its parameters are ``net._orig_mod.<i>.weight``."""
+
+    def __init__(self):
+        super().__init__(log_acc=False)
+        self.net = torch.compile(self.net)
+
+
+def test_module_compiled_inside_records_eager_names(fits, tmp_path):
+    weights, _, warned = _fit(tmp_path, compiled=False, monitor=True, module=CompiledInside)
+    assert any("_orig_mod" in n for n in weights)  # the model really holds a compiled submodule
+    run = open_run(tmp_path / "run.db")
+    eager = open_run(fits["eager"][0] / "run.db")
+    assert run.metrics() == eager.metrics()
+    assert run.series("act/mean/net.0").steps.tolist() == list(range(0, STEPS, ACT_EVERY))
+    assert "grad_norm/net.0.weight" in run.metrics() and "weight_norm/net.5.bias" in run.metrics()
+    assert not any("_orig_mod" in m["name"] for m in run.meta["model"]["modules"])
+    assert not any("activations" in w for w in warned)
+
+
+def test_no_recompiles_beyond_the_measuring_and_the_plain_graph(tmp_path):
+    """Hooks stay registered; dynamo guards on the recorder's flag: one graph with the statistics, one without,
+    then nothing new however many steps follow."""
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    graphs = []
+    mon = drive(tmp_path, torch.compile(model), torch.optim.SGD(model.parameters(), lr=0.1), 8,
+                config=MonitorConfig(sharpness_budget=0, activations_every_n_steps=2),
+                on_step=lambda step: graphs.append(dynamo.utils.counters["stats"]["unique_graphs"]))
+    assert graphs[2:] == [graphs[1]] * (len(graphs) - 2)  # steps 0 and 1 compiled both; nothing after
+    run = open_run(tmp_path / "run.db")
+    assert run.series("act/dead/1").steps.tolist() == [0, 2, 4, 6]
+    assert not model[1]._forward_hooks and mon.collectors  # removed at the end
+
+
+def test_compiled_before_the_monitor_started_is_explained_not_silent(tmp_path):
+    """A compiled model run before the monitor registered its hooks keeps the graph dynamo traced without them
+    (dynamo does not guard on hooks): what cannot be measured is recorded in meta and warned about."""
+    dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    compiled = torch.compile(model)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    nn.functional.mse_loss(compiled(x), y).backward()  # traced now, without the monitor's hooks
+    model.zero_grad()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drive(tmp_path, compiled, torch.optim.SGD(model.parameters(), lr=0.1), 4, data=(x, y),
+              config=MonitorConfig(sharpness_budget=0, activations_every_n_steps=2))
+    meta = open_run(tmp_path / "run.db").meta["activations"]
+    assert meta["measured_steps"] == 2 and meta["steps_without_statistics"] == [0, 2]
+    assert meta["never_ran"] == ["0", "1", "2"] and "torch.compile" in meta["note"]
+    warned = [str(w.message) for w in caught if "dyncheck: activations" in str(w.message)]
+    assert any("no selected module produced an output at step 0" in w for w in warned)
+    assert any("never ran" in w for w in warned)
