@@ -25,8 +25,9 @@ __all__ = ["ActivationCollector"]
 COMPILED_NOTE = (
     "the model is compiled (torch.compile): its modules are measured inside the compiled graph, but a module in a "
     "graph that dynamo traced before the monitor registered its hooks (a forward of the compiled model before the "
-    "fit started) is not seen, as dynamo does not guard on hooks (torch._dynamo.config.skip_nnmodule_hook_guards); "
-    "start the monitor before the first compiled forward, or call torch._dynamo.reset() first")
+    "fit started, or of another instance of the same model class compiled earlier in this process) is not seen, as "
+    "dynamo does not guard on hooks (torch._dynamo.config.skip_nnmodule_hook_guards); start the monitor before the "
+    "first compiled forward, or call torch._dynamo.reset() before the fit")
 #: a module that is selected but not called
 NEVER_RAN_NOTE = (
     "a selected module that never ran on a measuring step was not called by the model's forward (e.g. "
