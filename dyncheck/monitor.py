@@ -100,7 +100,9 @@ class MonitorConfig:
         "activation statistics every this many steps; default ``every_n_steps``; 0 turns them off."))
     activation_modules: tuple[str, ...] | None = _opt(None, (
         "glob patterns over module names to hook (default: every leaf module except dropout, identity, flatten "
-        "and embeddings)."))
+        "and embeddings); a pattern naming a module with children selects the leaves below it. Names are those "
+        "of the uncompiled model (without ``_orig_mod.``). Patterns that match nothing are warned about and "
+        "listed in the run's meta ``activations``."))
     flush_every_n_steps: int = _opt(100, (
         "copy buffered values to the host and the store every this many steps (100); also at every validation, "
         "checkpoint and the end of the fit. Bounds the monitor's memory."))
