@@ -12,6 +12,7 @@ from models import MLP, loaders, trainer
 from torch import nn
 
 from dyncheck import DynamicsMonitor, open_run
+from dyncheck.measure.activations import activation_stats
 from dyncheck.monitor import MonitorConfig
 
 STEPS, ACT_EVERY = 6, 2
@@ -135,3 +136,25 @@ def test_compiled_before_the_monitor_started_is_explained_not_silent(tmp_path):
     warned = [str(w.message) for w in caught if "dyncheck: activations" in str(w.message)]
     assert any("no selected module produced an output at step 0" in w for w in warned)
     assert any("never ran" in w for w in warned)
+
+
+def test_a_second_fit_of_the_same_compiled_model_is_measured_with_its_weights(tmp_path):
+    """The graph traced in the first fit reads the hooks (and their recorder's flag) where the module holds them:
+    the second fit's new hooks record into its own recorder, the current weights' statistics."""
+    dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    compiled = torch.compile(model)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    for fit in range(2):
+        with torch.no_grad():  # what step 0 of this fit sees: the weights the previous fit left
+            ref = activation_stats(torch.relu(model[0](x)), 1)
+        (tmp_path / str(fit)).mkdir()
+        drive(tmp_path / str(fit), compiled, torch.optim.SGD(model.parameters(), lr=0.1), 3, data=(x, y),
+              config=MonitorConfig(sharpness_budget=0, activations_every_n_steps=2))
+        run = open_run(tmp_path / str(fit) / "run.db")
+        mean = run.series("act/mean/1")
+        assert mean.steps.tolist() == [0, 2], fit
+        assert mean.values[0] == pytest.approx(float(ref[0]), rel=1e-5)
+        assert run.series("act/dead/1").values[0] == pytest.approx(float(ref[4]), abs=1e-7)
+        assert run.meta["activations"]["steps_without_statistics"] == []
