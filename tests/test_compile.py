@@ -12,6 +12,7 @@ from models import MLP, loaders, trainer
 from torch import nn
 
 from dyncheck import DynamicsMonitor, open_run
+from dyncheck.checks import evaluate
 from dyncheck.measure.activations import activation_stats
 from dyncheck.monitor import MonitorConfig
 
@@ -130,9 +131,12 @@ def test_compiled_before_the_monitor_started_is_explained_not_silent(tmp_path):
         warnings.simplefilter("always")
         drive(tmp_path, compiled, torch.optim.SGD(model.parameters(), lr=0.1), 4, data=(x, y),
               config=MonitorConfig(sharpness_budget=0, activations_every_n_steps=2))
-    meta = open_run(tmp_path / "run.db").meta["activations"]
+    run = open_run(tmp_path / "run.db")
+    meta = run.meta["activations"]
     assert meta["measured_steps"] == 2 and meta["steps_without_statistics"] == [0, 2]
     assert meta["never_ran"] == ["0", "1", "2"] and "torch.compile" in meta["note"]
+    reason = {s.check: s.reason for s in evaluate(run).skipped}["dead-units"]  # what `dyncheck check` prints
+    assert "none of the 3 selected modules ran on a measuring step" in reason and "torch._dynamo.reset()" in reason
     warned = [str(w.message) for w in caught if "dyncheck: activations" in str(w.message)]
     assert any("no selected module produced an output at step 0" in w for w in warned)
     assert any("never ran" in w for w in warned)

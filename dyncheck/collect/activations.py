@@ -129,7 +129,8 @@ class ActivationCollector(Collector):
         if not fit.selected and not fit.unmatched and rec is None:
             return {}
         ran = rec.ran if rec is not None else set()
-        never = [n for n in fit.selected if n not in ran] if fit.measured_steps else []
+        off = rec.off if rec is not None else set()  # could not be hooked or measured: in measurement_errors
+        never = [n for n in fit.selected if n not in ran and n not in off] if fit.measured_steps else []
         info: dict[str, Any] = {
             "patterns": list(self.patterns) if self.patterns is not None else None,
             "selected": fit.selected,

@@ -191,6 +191,11 @@ class ActivationRecorder:
         self._errors: list[tuple[str, Exception]] = []
 
     @property
+    def off(self) -> set[str]:
+        """The modules turned off (could not be hooked or measured)."""
+        return set(self._off)
+
+    @property
     def attached(self) -> bool:
         return bool(self._handles)
 
