@@ -2,10 +2,11 @@
 while their recorder is ``active`` (the steps that measure).
 
 Hooks are registered once and switched by a flag, not added and removed per step, so that ``torch.compile`` sees
-them: dynamo traces the hooks a module has when it first compiles a frame and does not guard on them
-(``torch._dynamo.config.skip_nnmodule_hook_guards``), so hooks added later are never called from the compiled
-code. It does guard on the flag: a compiled model gets one graph with the statistics and one without, compiled once
-each, and the statistics are computed inside the compiled graph.
+them: a graph dynamo traced while a module had no hooks does not guard on its hooks
+(``torch._dynamo.config.skip_nnmodule_hook_guards``), so hooks added later are never called from it (per-step
+attaching recorded step 0 only). A graph traced with the hooks inlines them and guards on their count and on the
+flag, which it reads through the hook registered now: a compiled model gets one graph with the statistics (computed
+inside the graph) and one without, compiled once each, and a later fit's new hooks and recorder are used by them.
 
 Statistics of one module output ``a`` (computed in float32 on a detached copy):
 
