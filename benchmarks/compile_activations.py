@@ -6,9 +6,11 @@ Lightning overhead in the figures) trains an MLP on a fixed random batch. Config
 instance (same seed), run interleaved with the order rotated each repeat:
 
 - ``eager``                  no monitor
+- ``eager, hooks off``       no monitor, the monitor's activation hooks registered and switched off (the cost of
+  keeping them registered for the whole fit, on the steps that do not measure)
 - ``eager + monitor``        ``Monitor`` with per-layer statistics and activations every ``--every`` steps
 - ``eager + monitor, act/1``  activations every step (the worst case: statistics in every forward)
-- ``compiled``, ``compiled + monitor``, ``compiled + monitor, act/1``  the same on ``torch.compile(model)``
+- ``compiled``, ``compiled, hooks off``, ... the same on ``torch.compile(model)``
 
 Each configuration is warmed up first (compiling, and for the monitor one measuring and one plain step, so both of
 its graphs exist); each repeat then times ``--steps`` steps inside one monitored fit (``start`` and ``finish``
@@ -37,6 +39,7 @@ import torch._dynamo as dynamo
 from torch import nn
 
 from dyncheck import open_run
+from dyncheck.measure.activations import ActivationRecorder, select_modules
 from dyncheck.monitor import Monitor, MonitorConfig
 
 
@@ -47,7 +50,8 @@ def _graphs() -> int:
 class Config:
     """One configuration: its model, optimizer and data, and a method that trains ``n`` steps."""
 
-    def __init__(self, name: str, *, compiled: bool, act_every: int | None, every: int, width: int) -> None:
+    def __init__(self, name: str, *, compiled: bool, act_every: int | None, every: int, width: int,
+                 hooks_off: bool = False) -> None:
         self.name, self.compiled, self.act_every, self.every = name, compiled, act_every, every
         torch.manual_seed(0)
         # a class of its own per configuration: dynamo shares one graph between instances of a class, traced with
@@ -55,6 +59,8 @@ class Config:
         cls = type(f"MLP_{len(name)}_{compiled}_{act_every}", (nn.Sequential,), {})
         self.model = cls(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.GELU(),
                                    nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 10))
+        if hooks_off:  # the monitor's hooks, registered and switched off: what they cost on the other steps
+            ActivationRecorder(select_modules(self.model), active=False).attach()
         self.forward = torch.compile(self.model) if compiled else self.model
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         g = torch.Generator().manual_seed(0)
@@ -126,6 +132,8 @@ def main() -> None:
     for compiled in (False, True):
         mode = "compiled" if compiled else "eager"
         configs += [Config(mode, compiled=compiled, act_every=None, every=args.every, width=args.width),
+                    Config(f"{mode}, hooks off", compiled=compiled, act_every=None, every=args.every,
+                           width=args.width, hooks_off=True),
                     Config(f"{mode} + monitor", compiled=compiled, act_every=args.every, every=args.every,
                            width=args.width),
                     Config(f"{mode} + monitor, act/1", compiled=compiled, act_every=1, every=args.every,
@@ -139,7 +147,7 @@ def main() -> None:
         k = r % len(configs)
         for c in configs[k:] + configs[:k]:
             c.fit(args.steps, timed=True)
-    base = {False: statistics.median(configs[0].times), True: statistics.median(configs[3].times)}
+    base = {False: statistics.median(configs[0].times), True: statistics.median(configs[4].times)}
     print(f"\n{args.steps} steps x {args.repeats} interleaved repeats; monitor every {args.every} steps\n")
     print(f"{'configuration':<28} {'ms/step':>8} {'x same mode':>11} {'x eager':>8} {'graphs warm-up':>14} "
           f"{'graphs timed':>12} {'act steps':>10}")
