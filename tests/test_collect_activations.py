@@ -210,3 +210,22 @@ def test_gpt2_block_pattern_selects_the_block(tmp_path):
     assert s.steps.tolist() == [0, 2]
     ref = seen[0]
     assert s.values[0] == pytest.approx(float((ref - ref.mean()).square().mean().sqrt()), rel=1e-5)
+
+
+def test_skip_reasons_name_the_activation_gaps():
+    from dyncheck.checks._activation_gaps import activation_gap_reason
+
+    base = "no recorded metric matches act/dead/*: activation statistics were not recorded (...)"
+    meta = {"activations": {"selected": ["a", "b"], "never_ran": ["b"], "unmatched_patterns": ["x*"],
+                            "measured_steps": 4, "n_steps_without_statistics": 1, "note": "why"}}
+    partial = activation_gap_reason(["act/dead/*"], "not enough points", meta)
+    assert partial == ("not enough points; activation_modules patterns x* match no module; 1 selected modules "
+                       "never ran (b); 1 of 4 measuring steps recorded no activation statistic (why)")
+    assert activation_gap_reason(["loss/train"], "not enough points", meta) == "not enough points"
+    assert activation_gap_reason(["act/dead/*"], base, {}) == base
+    every_step = {"activations": {**meta["activations"], "never_ran": [], "n_steps_without_statistics": 4}}
+    assert activation_gap_reason(["act/dead/*"], base, every_step) == (
+        "no recorded metric matches act/dead/*: none of the 4 measuring steps recorded an activation statistic (why)")
+    none_ran = {"activations": {**meta["activations"], "never_ran": ["a", "b"]}}
+    assert "none of the 2 selected modules ran on a measuring step (why)" in \
+        activation_gap_reason(["act/dead/*"], base, none_ran)
