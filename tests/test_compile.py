@@ -162,3 +162,29 @@ def test_a_second_fit_of_the_same_compiled_model_is_measured_with_its_weights(tm
         assert mean.values[0] == pytest.approx(float(ref[0]), rel=1e-5)
         assert run.series("act/dead/1").values[0] == pytest.approx(float(ref[4]), abs=1e-7)
         assert run.meta["activations"]["steps_without_statistics"] == []
+
+
+@pytest.mark.parametrize("watched", ["compiled", "inner"])
+def test_plain_loop_watch_measures_a_compiled_model(tmp_path, watched):
+    """``dyncheck.watch`` on the compiled model, or on the model inside it while the loop calls the compiled one:
+    the forward pre-hook that starts each step runs before the compiled graph (or inside it, traced)."""
+    import dyncheck
+
+    dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    compiled = torch.compile(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    with dyncheck.watch(compiled if watched == "compiled" else model, opt, dirpath=tmp_path, every_n_steps=2,
+                        sharpness_budget=0, report=False, rules=None) as mon:
+        for _ in range(5):
+            loss = nn.functional.mse_loss(compiled(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            mon.step(loss)
+    run = open_run(tmp_path)
+    assert run.series("loss/train").steps.tolist() == [0, 1, 2, 3, 4]
+    assert run.metrics("act/mean/*") == ["act/mean/0", "act/mean/1", "act/mean/2"]
+    assert run.series("act/dead/1").steps.tolist() == [0, 2, 4]
