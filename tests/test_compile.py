@@ -102,18 +102,21 @@ def test_module_compiled_inside_records_eager_names(fits, tmp_path):
 
 def test_no_recompiles_beyond_the_measuring_and_the_plain_graph(tmp_path):
     """Hooks stay registered; dynamo guards on the recorder's flag: one graph with the statistics, one without,
-    then nothing new however many steps follow."""
+    then nothing new however many steps follow. ``fullgraph=True``: the hooks (statistics, saturation of the Tanh,
+    the recorder's bookkeeping) trace without a graph break, which would raise in the training here."""
     dynamo.reset()
     dynamo.utils.counters.clear()
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
     graphs = []
-    mon = drive(tmp_path, torch.compile(model), torch.optim.SGD(model.parameters(), lr=0.1), 8,
+    mon = drive(tmp_path, torch.compile(model, fullgraph=True), torch.optim.SGD(model.parameters(), lr=0.1), 8,
                 config=MonitorConfig(sharpness_budget=0, activations_every_n_steps=2),
                 on_step=lambda step: graphs.append(dynamo.utils.counters["stats"]["unique_graphs"]))
     assert graphs[2:] == [graphs[1]] * (len(graphs) - 2)  # steps 0 and 1 compiled both; nothing after
     run = open_run(tmp_path / "run.db")
     assert run.series("act/dead/1").steps.tolist() == [0, 2, 4, 6]
+    assert run.series("act/saturated/3").steps.tolist() == [0, 2, 4, 6]
+    assert run.meta["measurement_errors"] == []
     assert not model[1]._forward_hooks and mon.collectors  # removed at the end
 
 
