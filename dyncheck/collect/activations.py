@@ -148,7 +148,8 @@ class ActivationCollector(Collector):
             notes.append(COMPILED_NOTE)
         if notes:
             info["note"] = "; ".join(notes)
-        if never:
+        none_ran = len(never) == sum(1 for n in fit.selected if n not in off)
+        if never and not (fit.empty_steps and none_ran):  # else the first empty step's warning said it: once
             shown = ", ".join(never[:5]) + (f" and {len(never) - 5} more" if len(never) > 5 else "")
             warnings.warn(f"dyncheck: activations: {len(never)} selected modules never ran on a measuring step and "
                           f"have no statistics ({shown}): {info['note']}; see the run's meta 'activations'",
