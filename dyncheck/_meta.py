@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .measure.naming import named_modules, named_parameters
+
 
 def jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -26,14 +28,14 @@ def module_meta(module: nn.Module) -> dict[str, Any]:
     params = [
         {"name": n, "shape": list(p.shape), "numel": p.numel(), "dtype": str(p.dtype).replace("torch.", ""),
          "trainable": p.requires_grad}
-        for n, p in module.named_parameters()
+        for n, p in named_parameters(module)  # canonical names, as the metrics name them
     ]
     return {
         "class": f"{type(module).__module__}.{type(module).__qualname__}",
         "n_parameters": sum(p["numel"] for p in params),
         "n_trainable": sum(p["numel"] for p in params if p["trainable"]),
         "parameters": params,
-        "modules": [{"name": n, "type": type(m).__name__} for n, m in module.named_modules() if n],
+        "modules": [{"name": n, "type": type(m).__name__} for n, m in named_modules(module)],
     }
 
 

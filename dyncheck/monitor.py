@@ -46,6 +46,7 @@ from .collect import (
 from .collect.base import interned
 from .errors import ConfigError, MeasureError
 from .measure.probe import clone_batch
+from .measure.naming import named_parameters  # canonical names: compiled and eager runs record the same
 from .measure.tensors import has_sharded
 from .store import RunWriter, open_run
 
@@ -100,7 +101,9 @@ class MonitorConfig:
         "activation statistics every this many steps; default ``every_n_steps``; 0 turns them off."))
     activation_modules: tuple[str, ...] | None = _opt(None, (
         "glob patterns over module names to hook (default: every leaf module except dropout, identity, flatten "
-        "and embeddings)."))
+        "and embeddings); a pattern naming a module with children selects the leaves below it. Names are those "
+        "of the uncompiled model (without ``_orig_mod.``). Patterns that match nothing are warned about and "
+        "listed in the run's meta ``activations``."))
     flush_every_n_steps: int = _opt(100, (
         "copy buffered values to the host and the store every this many steps (100); also at every validation, "
         "checkpoint and the end of the fit. Bounds the monitor's memory."))
@@ -255,7 +258,7 @@ class Monitor:
         self._measuring = False
         self._active, self._stateful = [], []
         self._lists = {}
-        self._param_names = {id(p): n for n, p in module.named_parameters()}
+        self._param_names = {id(p): n for n, p in named_parameters(module)}
         self._opt_params, self._opt_sizes = {}, {}
         self._unnamed = set()
         self.failures = failures = Failures(on_new=self._errors_changed)
@@ -466,7 +469,7 @@ class Monitor:
         update)."""
         params = [p for g in opt.param_groups for p in g["params"]]
         if self._module is not None and any(id(p) not in self._param_names for p in params):
-            self._param_names = {id(p): n for n, p in self._module.named_parameters()}
+            self._param_names = {id(p): n for n, p in named_parameters(self._module)}
         named = [(self._param_names.get(id(p), f"param{i}"), p) for i, p in enumerate(params)]
         if id(opt) in self._opt_sizes:  # added during training
             assert self._ctx is not None
@@ -488,7 +491,7 @@ class Monitor:
         self._unnamed.discard(id(opt))
         before = self._opt_params[id(opt)]
         if self._module is not None:
-            self._param_names = {id(p): n for n, p in self._module.named_parameters()}
+            self._param_names = {id(p): n for n, p in named_parameters(self._module)}
         named = [(self._param_names.get(id(p), n), p) for n, p in before]
         found = [(n, p) for (n, p), (old, _) in zip(named, before) if n != old]
         self._opt_params[id(opt)] = named

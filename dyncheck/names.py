@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-__all__ = ["ACTIVATION_STATS", "METRIC_TEMPLATES", "glob_overlaps", "pattern_can_match"]
+__all__ = ["ACTIVATION_STATS", "METRIC_TEMPLATES", "WRAPPER_ATTRIBUTES", "canonical_name", "glob_overlaps",
+           "pattern_can_match"]
 
 #: activation statistics, in the order the monitor computes them
 ACTIVATION_STATS = ("mean", "std", "max_abs", "nonfinite", "dead", "saturated")
@@ -35,6 +36,29 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "output/softmax_floor",
     "logged/*",
 )
+
+
+#: attributes under which wrappers hold the module they wrap, left out of parameter and module names:
+#: ``torch.compile``'s ``OptimizedModule`` (``_orig_mod``), FSDP1's ``FullyShardedDataParallel``
+#: (``_fsdp_wrapped_module``) and activation checkpointing's ``CheckpointWrapper`` (``_checkpoint_wrapped_module``).
+#: DDP's ``module.`` is not among them (a model may well have a child called ``module``): Lightning, the HF Trainer
+#: and the plain loop hand the monitor the unwrapped model; see :func:`canonical_name`'s ``prefix``.
+WRAPPER_ATTRIBUTES = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+def canonical_name(name: str, prefix: str = "") -> str:
+    """A parameter or module name as the monitor records it: without wrappers' attributes
+    (:data:`WRAPPER_ATTRIBUTES`) anywhere in the dotted path, and without ``prefix`` (e.g. ``"module."`` when the
+    module handed to the monitor is a ``DistributedDataParallel``) at its start, so that compiled, wrapped and eager
+    runs of one model record the same names (``_orig_mod.net.0.weight`` -> ``net.0.weight``). Used by every
+    collector for ``grad_norm/<param>``, ``weight_norm/<param>``, ``act/<stat>/<module>`` and the like."""
+    if prefix and (name.startswith(prefix) or name == prefix.rstrip(".")):
+        name = name[len(prefix):]
+    if "_" not in name:  # the common case: nothing to strip
+        return name
+    parts = name.split(".")
+    kept = [p for p in parts if p not in WRAPPER_ATTRIBUTES]
+    return name if len(kept) == len(parts) else ".".join(kept)
 
 
 def _tokens(glob: str) -> tuple[str, ...]:

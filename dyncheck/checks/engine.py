@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ._activation_gaps import activation_gap_reason
 from .detectors import DETECTORS, held_for
 from .rules import SEVERITIES, Check, Condition, RuleSet, load_rules, render_message
 
@@ -763,6 +764,8 @@ def evaluate(run: Any, rules: RuleSet | str | Sequence[str] | None = "default", 
         outcome = _evaluate_check(check, src, span)
         if isinstance(outcome, Skipped) and result.measurement_errors:
             outcome = _failed_measurement_reason(check, outcome, result.measurement_errors)
+        if isinstance(outcome, Skipped) and isinstance(meta, Mapping) and "activations" in meta:
+            outcome = Skipped(outcome.check, activation_gap_reason(check.patterns, outcome.reason, meta))
         if on_check is not None:
             on_check(check, outcome)
         if isinstance(outcome, Skipped):

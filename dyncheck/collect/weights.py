@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..measure.naming import named_parameters  # canonical names (without torch.compile's _orig_mod.)
 from ..measure.tensors import NormPlan, fingerprint, local_part, same_fingerprint, update_norms, update_ratios
 from .base import GRADIENTS, WEIGHTS_BEFORE_STEP, Collector, GradStep, interned
 
@@ -90,7 +91,7 @@ class WeightCollector(Collector):
         super().start(ctx)
         held = {id(p) for opt, _ in ctx.optimizers for g in opt.param_groups for p in g["params"]} \
             if ctx.sharded else None
-        for n, p in ctx.module.named_parameters():
+        for n, p in named_parameters(ctx.module):
             # FSDP2 may show a root module's unsharded parameters now (after the sanity check's forward): the
             # optimizer's sharded ones come as new parameters at the first final gradients, unchanged until then
             if p.requires_grad and (held is None or id(p) in held):
@@ -120,7 +121,7 @@ class WeightCollector(Collector):
 
     # -- update ratios: the rotating subset ----------------------------------------------------------------------
     def _choose(self) -> set[str]:
-        params = [(n, p) for n, p in self.ctx.module.named_parameters() if p.requires_grad]
+        params = [(n, p) for n, p in named_parameters(self.ctx.module) if p.requires_grad]
         if not params:
             return set()
         sizes = [local_part(p).numel() * p.element_size() for _, p in params]  # this process's bytes
@@ -149,7 +150,7 @@ class WeightCollector(Collector):
     def step_end(self, step: int) -> None:
         ctx = self.ctx
         assert ctx is not None
-        params = [(n, p) for n, p in ctx.module.named_parameters() if p.requires_grad]
+        params = [(n, p) for n, p in named_parameters(ctx.module) if p.requires_grad]
         if not params:
             return
         names = interned(tuple(n for n, _ in params))

@@ -1,4 +1,12 @@
-"""Activation statistics per module, taken by forward hooks that are attached only on the steps that measure.
+"""Activation statistics per module, taken by forward hooks that stay registered for the whole fit and record only
+while their recorder is ``active`` (the steps that measure).
+
+Hooks are registered once and switched by a flag, not added and removed per step, so that ``torch.compile`` sees
+them: a graph dynamo traced while a module had no hooks does not guard on its hooks
+(``torch._dynamo.config.skip_nnmodule_hook_guards``), so hooks added later are never called from it (per-step
+attaching recorded step 0 only). A graph traced with the hooks inlines them and guards on their count and on the
+flag, which it reads through the hook registered now: a compiled model gets one graph with the statistics (computed
+inside the graph) and one without, compiled once each, and a later fit's new hooks and recorder are used by them.
 
 Statistics of one module output ``a`` (computed in float32 on a detached copy):
 
@@ -22,16 +30,17 @@ for its owner to report (:meth:`ActivationRecorder.take_errors`).
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import MeasureError
 from ..names import ACTIVATION_STATS
+from .naming import named_modules
 
 __all__ = ["ACTIVATION_STATS", "STAT_REDUCE", "activation_stats", "unit_dim", "saturation_bounds",
-           "first_float_tensor", "ActivationRecorder"]
+           "first_float_tensor", "ActivationRecorder", "Selection", "select", "select_modules", "is_compiled"]
 
 #: how each statistic combines across calls of a module and across processes
 STAT_REDUCE = {"mean": "mean", "std": "mean", "max_abs": "max", "nonfinite": "sum", "dead": "mean",
@@ -112,37 +121,80 @@ def first_float_tensor(output: Any) -> Tensor | None:
     return None
 
 
+class Selection(NamedTuple):
+    """The modules a list of patterns selects (canonical name, module; in model order) and the patterns that
+    select none."""
+
+    modules: list[tuple[str, nn.Module]]
+    unmatched: list[str]
+
+
+def select(model: nn.Module, patterns: Sequence[str] | None = None) -> Selection:
+    """Leaf modules worth measuring (not dropout, identity, flatten or embeddings), by canonical name
+    (:func:`dyncheck.names.canonical_name`: a compiled model's ``_orig_mod.`` is left out, so one list of
+    patterns fits the compiled and the eager model). ``patterns``: glob patterns (``fnmatchcase``) over module
+    names; a pattern naming a leaf selects it, one naming a module with children (``transformer.h.0``,
+    ``*.attn``) selects the leaves worth measuring below it. ``None``: every leaf worth measuring."""
+    mods = named_modules(model)
+    leaves = [(n, m) for n, m in mods if not any(True for _ in m.children())]
+    measurable = [(n, m) for n, m in leaves if not isinstance(m, _SKIP)]
+    if patterns is None:
+        return Selection(measurable, [])
+    leaf_names = {n for n, _ in leaves}
+    chosen: set[str] = set()
+    unmatched = []
+    for p in patterns:
+        hit = [n for n, _ in mods if fnmatch.fnmatchcase(n, p)]
+        subtrees = tuple(n + "." for n in hit if n not in leaf_names)
+        hit_leaves = set(hit) & leaf_names
+        got = {n for n, _ in measurable if n in hit_leaves or (subtrees and n.startswith(subtrees))}
+        if not got:
+            unmatched.append(p)
+        chosen |= got
+    return Selection([(n, m) for n, m in measurable if n in chosen], unmatched)
+
+
 def select_modules(model: nn.Module, patterns: Sequence[str] | None = None) -> list[tuple[str, nn.Module]]:
-    """Leaf modules worth measuring (not dropout, identity, flatten or embeddings), optionally filtered by glob
-    patterns over their qualified names."""
-    chosen = []
-    for name, mod in model.named_modules():
-        if not name or any(True for _ in mod.children()) or isinstance(mod, _SKIP):
-            continue
-        if patterns is not None and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
-            continue
-        chosen.append((name, mod))
-    return chosen
+    """The modules of :func:`select` (without the unmatched patterns)."""
+    return select(model, patterns).modules
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` or a submodule was wrapped by ``torch.compile`` (an ``OptimizedModule`` in the tree, or a
+    Lightning module whose steps Lightning compiled: ``_compiler_ctx``), or its ``forward`` was compiled."""
+    if getattr(model, "_compiler_ctx", None) or hasattr(getattr(model, "forward", None), "_torchdynamo_orig_callable"):
+        return True
+    return any(type(m).__name__ == "OptimizedModule" and hasattr(m, "_orig_mod") for m in model.modules())
 
 
 class ActivationRecorder:
-    """Attach forward hooks to modules, accumulate their activation statistics, then detach.
+    """Forward hooks on modules that accumulate their activation statistics while ``active``.
 
     >>> rec = ActivationRecorder(select_modules(model))
     >>> rec.attach(); model(x); rec.detach()
     >>> names, values = rec.collect()     # names like 'act/mean/fc1'; values: 1-D float32 tensor
 
+    A monitor attaches once and switches ``active`` per step (see the module docstring: ``torch.compile``).
+    ``ran`` holds the modules whose hook was called while active, up to the last :meth:`collect`.
+
     A module that cannot be hooked or measured is dropped from ``modules`` (its statistics of this step too) and
     its error kept until :meth:`take_errors`; hooks never raise into the forward.
     """
 
-    def __init__(self, modules: Iterable[tuple[str, nn.Module]]) -> None:
+    def __init__(self, modules: Iterable[tuple[str, nn.Module]], active: bool = True) -> None:
         self.modules = list(modules)
+        self.active = active
+        self.ran: set[str] = set()
         self._handles: list[Any] = []
         self._calls: dict[str, list[Tensor]] = {}
         self._saturating = {name for name, mod in self.modules if saturation_bounds(mod) is not None}
         self._off: set[str] = set()
         self._errors: list[tuple[str, Exception]] = []
+
+    @property
+    def off(self) -> set[str]:
+        """The modules turned off (could not be hooked or measured)."""
+        return set(self._off)
 
     @property
     def attached(self) -> bool:
@@ -179,15 +231,16 @@ class ActivationRecorder:
         sat = saturation_bounds(module)
 
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
-            if name in self._off:
+            if not self.active or name in self._off:
                 return
             try:
+                calls = self._calls.setdefault(name, [])  # it ran (even when its output has nothing to measure)
                 x = first_float_tensor(output)
                 if x is None:
                     if isinstance(output, Tensor) and output.is_complex():
                         raise MeasureError(f"activation statistics need a real output, got {output.dtype}")
                     return
-                self._calls.setdefault(name, []).append(activation_stats(x, unit_dim(mod, x), sat))
+                calls.append(activation_stats(x, unit_dim(mod, x), sat))
             except Exception as exc:  # a measurement must never break the forward it observes
                 self._turn_off(name, exc)
 
@@ -198,7 +251,10 @@ class ActivationRecorder:
         ``{"mean": (names, values), "max": ..., "sum": ...}``. Statistics that do not apply (``saturated`` of a
         non-saturating module) are left out. Values are float32, float64 when some module's output was float64."""
         out: dict[str, tuple[list[str], list[Tensor]]] = {}
+        self.ran.update(self._calls)
         for name, calls in self._calls.items():
+            if not calls:
+                continue
             stats = torch.stack(calls) if len(calls) > 1 else calls[0].unsqueeze(0)
             for j, stat in enumerate(ACTIVATION_STATS):
                 if stat == "saturated" and name not in self._saturating:

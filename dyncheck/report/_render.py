@@ -45,6 +45,9 @@ class _Series(SeriesSource):
         self.module_types = {str(m.get("name")): str(m.get("type")) for m in model.get("modules") or []
                              if isinstance(m, dict)}
         self.span = _run_span(self)
+        acts = meta.get("activations")
+        #: the run's meta ``activations`` (what was selected, what never ran, unmatched patterns)
+        self.activations: dict[str, Any] = acts if isinstance(acts, dict) else {}
 
     def matching(self, pattern: str) -> list[str]:
         return self.match([pattern])
@@ -169,7 +172,33 @@ def _act_section(src: _Series, skipped: dict[str, str]) -> Section:
     if not dead and not sat:
         sec.notes.append("Activation statistics were not recorded (activations_every_n_steps=0, or no module "
                          "matched).")
+    sec.notes.extend(_act_gaps(src.activations))
     return sec
+
+
+def _act_gaps(acts: dict[str, Any]) -> list[str]:
+    """Notes on what the activation statistics miss (meta ``activations``): modules that never ran, patterns that
+    matched nothing, measuring steps that recorded nothing."""
+    notes = []
+
+    def listed(items: Sequence[Any], n: int = 12) -> str:
+        items = [str(i) for i in items]
+        return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+    never, unmatched = acts.get("never_ran") or [], acts.get("unmatched_patterns") or []
+    empty = acts.get("steps_without_statistics") or []
+    if unmatched:
+        notes.append(f"activation_modules patterns that match no module worth measuring: {listed(unmatched)}.")
+    if never:
+        notes.append(f"{len(never)} selected modules never ran on a measuring step and have no statistics: "
+                     f"{listed(never)}.")
+    if empty:
+        count = acts.get("n_steps_without_statistics") or len(empty)
+        notes.append(f"{count} of {acts.get('measured_steps', '?')} measuring steps recorded no activation "
+                     f"statistic (steps {listed(empty, 6)}).")
+    if notes and acts.get("note"):
+        notes.append(f"Why: {acts['note']}.")
+    return notes
 
 
 def _sharpness_section(src: _Series, skipped: dict[str, str]) -> Section:
