@@ -96,3 +96,25 @@ def test_off_with_the_activations(tmp_path):
     with _fit(tmp_path, MLP(log_acc=False), activations_every_n_steps=0) as run:
         assert not [m for m in run.metrics() if m.startswith("output/")]
         assert run.meta["output"]["module"] is None
+
+
+def test_a_compiled_network_is_watched_from_outside_its_graph(tmp_path):
+    """Hooks go on the compiled wrapper, not inside its graph (where adding and removing them would recompile)."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+
+    class Compiled(ReluLogits):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.net = torch.compile(self.net)
+
+        def forward(self, x):
+            return self.net(x.reshape(len(x), -1)).relu()
+
+    model = Compiled(log_acc=False)
+    with _fit(tmp_path, model) as run:
+        assert run.meta["output"]["module"] == "" and run.meta["output"]["type"] == "Compiled"
+        assert run.series("output/blocked_share").values[0] > 0.3
+    inner = model.net._orig_mod
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in inner.modules())

@@ -109,3 +109,14 @@ def test_loss_modules_are_not_candidates():
 
     names = [n for n, _ in outermost_calls(M())]
     assert names == ["", "net"]
+
+
+def test_modules_inside_a_compiled_one_are_not_candidates():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.compile(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+            self.head = nn.Linear(2, 2)
+
+    names = [n for n, _ in outermost_calls(M())]
+    assert names == ["", "net", "head"]

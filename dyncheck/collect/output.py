@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from ..measure.output import blocked_share, model_output, output_facts, outermost_calls, softmax_floor
+from ..measure.naming import wrapper_prefix
+from ..names import canonical_name
 from .base import FORWARD_HOOKS, Collector, interned
 
 __all__ = ["OutputCollector"]
@@ -44,7 +46,8 @@ class OutputCollector(Collector):
 
     @dataclass
     class Fit:
-        module: str | None = None  # the output module's name, once found ("" is the root)
+        module: str | None = None  # the output module's canonical name, once found ("" is the root)
+        target: nn.Module | None = None  # that module
         kind: str = ""  # its class name
         shape: list[int] = field(default_factory=list)  # the output's shape at the last measurement
         handles: list[Any] = field(default_factory=list)
@@ -57,21 +60,22 @@ class OutputCollector(Collector):
         facts: Tensor | None = None
         wide: int = 0  # the output's last dimension when at least 2 (rows to be probability vectors), else 0
         blocked: Tensor | None = None  # from the gradient of the last output seen
-        seen: str | None = None  # discovery: the module of the last outermost call
+        seen: str | None = None  # discovery: the module of the last outermost call (canonical name)
+        seen_module: nn.Module | None = None
 
     def start(self, ctx) -> None:
         super().start(ctx)
         self._schedule = ctx.schedules["activations"]
 
     # -- hooks on the model ------------------------------------------------------------------------------------
-    def _take(self, name: str, output: Any) -> None:
+    def _take(self, name: str, module: nn.Module, output: Any) -> None:
         x = model_output(output)
         if x is None:
             return
         now = self.now
         now.facts = output_facts(x)
         now.wide = int(x.shape[-1]) if x.dim() > 0 and x.shape[-1] >= 2 else 0
-        now.seen = name
+        now.seen, now.seen_module = name, module
         now.blocked = None
         self.fit.shape = list(x.shape)
         if x.requires_grad and x.numel() <= _BLOCKED_MAX:
@@ -93,17 +97,19 @@ class OutputCollector(Collector):
             def post(mod: nn.Module, args: Any, output: Any) -> None:
                 fit.depth -= 1
                 if fit.depth == 0 and fit.armed and mod.training and torch.is_grad_enabled():
-                    self._take(name, output)
+                    self._take(name, mod, output)
             return post
 
-        for name, mod in outermost_calls(self.ctx.module):
+        prefix = wrapper_prefix(self.ctx.module)
+        for raw, mod in outermost_calls(self.ctx.module):  # wrappers too: under torch.compile their hooks run
+            name = canonical_name(raw, prefix)
             fit.handles.append(mod.register_forward_pre_hook(pre))
             fit.handles.append(mod.register_forward_hook(post_for(name)))
 
     def _watch(self, name: str, mod: nn.Module) -> None:
         def post(m: nn.Module, args: Any, output: Any) -> None:
             if self.fit.armed and m.training and torch.is_grad_enabled():
-                self._take(name, output)
+                self._take(name, m, output)
 
         self.fit.handles.append(mod.register_forward_hook(post))
 
@@ -120,7 +126,7 @@ class OutputCollector(Collector):
             if fit.module is None:
                 self._discover()
             else:
-                self._watch(fit.module, self.ctx.module.get_submodule(fit.module))
+                self._watch(fit.module, fit.target)
         fit.armed = True
 
     def step_end(self, step: int) -> None:
@@ -137,9 +143,9 @@ class OutputCollector(Collector):
             return
         if fit.module is None:  # discovery done: from now on, one hook on the output module
             self._remove()
-            fit.module = now.seen
-            fit.kind = type(ctx.module.get_submodule(now.seen)).__name__
-            self._watch(fit.module, ctx.module.get_submodule(fit.module))
+            fit.module, fit.target = now.seen, now.seen_module
+            fit.kind = type(getattr(fit.target, "_orig_mod", fit.target)).__name__
+            self._watch(fit.module, fit.target)
         fit.steps += 1
         facts = now.facts
         if now.wide:

@@ -97,9 +97,23 @@ def _is_loss(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.loss._Loss)
 
 
+def _compiled_forward(module: nn.Module) -> bool:
+    """The module's own calls run a compiled graph: a ``torch.compile`` wrapper (``OptimizedModule``), a forward
+    compiled in place, or a Lightning module whose steps Lightning compiled (``_compiler_ctx``)."""
+    return (hasattr(module, "_orig_mod") or bool(getattr(module, "_compiler_ctx", None))
+            or hasattr(getattr(module, "forward", None), "_torchdynamo_orig_callable"))
+
+
 def outermost_calls(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Every module of ``model`` whose output may be what the loss gets: all but loss modules (an
-    ``nn.CrossEntropyLoss`` held as an attribute is called after the model and would hide its output)."""
-    for name, mod in model.named_modules():
-        if not _is_loss(mod):
-            yield name, mod
+    ``nn.CrossEntropyLoss`` held as an attribute is called after the model and would hide its output) and the
+    modules inside a compiled one (hooks there would be traced into its graph, and removing them recompiles it;
+    the compiled module's own hooks run outside the graph)."""
+    todo = [("", model)]
+    while todo:
+        name, mod = todo.pop(0)
+        if _is_loss(mod):
+            continue
+        yield name, mod
+        if not _compiled_forward(mod):
+            todo.extend((f"{name}.{n}" if name else n, c) for n, c in mod.named_children())
