@@ -102,8 +102,8 @@ def main(out: str) -> None:
     train, val = loaders(n=128, batch_size=16, flat=True)
     train = DataLoader(train.dataset, batch_size=16, sampler=Interleaved(len(train.dataset)))
     val = DataLoader(val.dataset, batch_size=32, sampler=Interleaved(len(val.dataset)))
-    # sharpness on a fixed schedule: on one process it would probe at steps 0, 3, 6; here it must be off on both
-    # processes (no hang)
+    # sharpness on a fixed schedule: both processes probe together at steps 0, 3, 6 (finite differences over the
+    # shards, no hang)
     mon = DynamicsMonitor(dirpath=os.path.join(out, "run"), every_n_steps=2, sharpness_every_n_steps=3,
                           flush_every_n_steps=3)
     strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, timeout=timedelta(seconds=60))

@@ -27,6 +27,7 @@ from ..measure.probe import PROBE_CONTEXTS, ProbeContext, as_probe_loss, eager_m
 from ..measure.sharpness import (
     FD_CHECK_RTOL,
     SharpnessSchedule,
+    ShardedInner,
     fd_hvp_operator,
     fd_smoothness_check,
     hvp_operator,
@@ -44,12 +45,16 @@ _REORTH_MAX = 64_000_000
 _HOST_BASIS_MAX = 256_000_000
 
 
-#: why sharpness is off when parameters are DTensors (FSDP2's fully_shard, tensor parallelism)
-SHARDED_REASON = (
-    "the parameters are sharded DTensors (FSDP2 fully_shard / tensor parallelism): the Hessian-vector products "
-    "need double backward, which FSDP2 does not support (the sharded parameters are not in the forward's autograd "
-    "graph; their gradients arrive by reduce-scatter hooks, without a graph), and the probe's forward is a "
-    "collective that rank 0 cannot run alone; sharpness is off on every process")
+#: probes of a sharded run (FSDP2) when no ``sharpness_every_n_steps`` is given: this many, evenly over the planned
+#: steps (a fixed schedule: every process must probe at the same steps; the time budget differs between them)
+SHARDED_PROBES = 8
+#: the step between probes of a sharded run whose length is not known
+SHARDED_EVERY_UNKNOWN = 500
+#: how a sharded run (FSDP2 DTensor parameters) is probed, for the meta
+SHARDED_NOTE = (
+    "parameters are sharded DTensors (FSDP2 fully_shard): every process probes together, at the same steps (a "
+    "fixed schedule), by finite differences (FSDP2 has no double backward); each process perturbs its own shards "
+    "and the inner products are all-reduced; the loss is the mean of the processes' probe batches")
 
 
 class _OverLimit(Exception):
@@ -105,6 +110,7 @@ class SharpnessCollector(Collector):
         context: int = 0  # the probe context (PROBE_CONTEXTS) tried first: the first that worked so far
         context_probes: dict[str, int] = field(default_factory=dict)  # probes per context name
         context_errors: list[dict[str, Any]] = field(default_factory=list)  # why a context failed (once each)
+        sharded_every: int = 0  # > 0: a sharded run, probed at the multiples of this by every process
         precision: str | None = None  # what the probe's loss runs under (the adapter's ProbeLoss)
         fp32_precision: str | None = None  # what it runs under in float32 (the finite-difference context)
         fd_check: list[float] | None = None  # the last finite-difference check: v'Hv at the step, a quarter of it
@@ -125,10 +131,11 @@ class SharpnessCollector(Collector):
         elif complex_params:
             self._off(step0, MeasureError(f"complex parameters ({', '.join(complex_params[:5])}): the Hessian "
                                           "probe works on real parameters only"))
-        elif ctx.sharded:  # FSDP2 / tensor parallelism: off on every process (no rank may probe alone)
-            if ctx.has_store:  # recorded and warned once, by the process that writes
-                self._off(step0, MeasureError(SHARDED_REASON), what="is not supported")
-            self.enabled = False
+        elif ctx.sharded:  # FSDP2: every process probes, at the same steps, by finite differences
+            planned = ctx.planned_steps
+            every = self.every_n or (max(1, planned // SHARDED_PROBES) if planned else SHARDED_EVERY_UNKNOWN)
+            self.fit.sharded_every = every
+            self.fit.context = next(i for i, pc in enumerate(PROBE_CONTEXTS) if pc.operator == "fd")
 
     def _off(self, step: int | None, exc: BaseException, what: str = "measurement failed") -> None:
         self.enabled = False
@@ -140,13 +147,18 @@ class SharpnessCollector(Collector):
         return self.fit.seconds
 
     def due(self, step: int) -> bool:
-        sched, ctx = self.fit.schedule, self.ctx
+        sched, ctx, every = self.fit.schedule, self.ctx, self.fit.sharded_every
+        if every:  # every process, at the same steps
+            return ctx is not None and ctx.probe_batch is not None and (step - ctx.start_step) % every == 0
         return sched is not None and step >= sched.next_step and ctx is not None and ctx.has_store and \
             ctx.probe_batch is not None
 
     def step_start(self, step: int) -> None:
         sched, ctx = self.fit.schedule, self.ctx
         assert sched is not None and ctx is not None
+        if self.fit.sharded_every:
+            self._measure(step, math.inf)
+            return
         try:
             limit = sched.admit(step, ctx.clock())
             if limit is not None:
@@ -160,23 +172,27 @@ class SharpnessCollector(Collector):
         ctx, fit = self.ctx, self.fit
         assert ctx is not None
         module, batch, max_iter = ctx.module, ctx.probe_batch, self.max_iter
+        inner = ShardedInner(params) if fit.sharded_every else None
         if pc.operator == "exact":
             loss = probe(module, batch)
             matvec, n = hvp_operator(loss, params)
             del loss
         else:
             matvec, n = fd_hvp_operator(lambda: probe.fp32(module, batch) if pc.fp32 else probe(module, batch),
-                                        params)
+                                        params, inner=inner)
         graph_s = time.perf_counter() - t0
         timed = _TimedMatvec(matvec, graph_s, limit, max_iter)
         del matvec
         size = n * max_iter
+        reorth, host = size <= _REORTH_MAX, size <= _HOST_BASIS_MAX
+        if inner is not None:  # every process must take the same branches (their collectives must match)
+            reorth, host = inner.all(reorth), inner.all(host)
         try:
             res = lanczos_top_eig(timed, n, max_iter=max_iter, tol=self.tol, v0=fit.eigvec,
-                                  generator=fit.generator, reorthogonalize=size <= _REORTH_MAX,
-                                  basis_device="cpu" if size <= _HOST_BASIS_MAX else None)
+                                  generator=fit.generator, reorthogonalize=reorth,
+                                  basis_device="cpu" if host else None, inner=inner)
             if pc.operator == "fd" and res.vector is not None:
-                q, q4 = fd_smoothness_check(timed.matvec, res.vector)
+                q, q4 = fd_smoothness_check(timed.matvec, res.vector, inner)
                 fit.fd_check = [q, q4]
                 if not abs(q - q4) <= FD_CHECK_RTOL * max(abs(q), abs(q4)):
                     raise MeasureError(
@@ -195,7 +211,13 @@ class SharpnessCollector(Collector):
         ctx, fit = self.ctx, self.fit
         assert ctx is not None and fit.schedule is not None and ctx.probe_loss is not None
         module, sched = ctx.module, fit.schedule
-        params = [p for p in module.parameters() if p.requires_grad]
+        if fit.sharded_every:  # the optimizers' DTensors: after an evaluation forward FSDP2 may leave unsharded
+            # parameters registered on the module, whose storage it has freed
+            seen: set[int] = set()
+            params = [p for opt, _ in ctx.optimizers for g in opt.param_groups for p in g["params"]
+                      if p.requires_grad and not (id(p) in seen or seen.add(id(p)))]
+        else:
+            params = [p for p in module.parameters() if p.requires_grad]
         probe = as_probe_loss(ctx.probe_loss)
         fit.precision, fit.fp32_precision = probe.precision, probe.fp32_precision
         cold = fit.eigvec is None
@@ -271,6 +293,8 @@ class SharpnessCollector(Collector):
                 "failed": list(fit.context_errors)}
             if fit.fd_check is not None:
                 out["sharpness_probe"]["fd_check"] = [round(q, 9) for q in fit.fd_check]
+            if fit.sharded_every:
+                out["sharpness_probe"]["sharded"] = {"every_n_steps": fit.sharded_every, "note": SHARDED_NOTE}
         return out
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import MeasureError
 
-__all__ = ["EigResult", "hvp_operator", "fd_hvp_operator", "fd_smoothness_check", "lanczos_top_eig",
+__all__ = ["ShardedInner", "EigResult", "hvp_operator", "fd_hvp_operator", "fd_smoothness_check", "lanczos_top_eig",
            "power_iteration_top_eig", "stability_threshold", "preserved_training_state", "SharpnessSchedule"]
 
 
@@ -75,8 +75,47 @@ def hvp_operator(loss: Tensor, params: Sequence[Tensor]) -> tuple[Callable[[Tens
 FD_REL_STEP = 1e-5
 
 
+class ShardedInner:
+    """Inner products of vectors spread over processes: each process holds its parts of the parameters (the
+    local shards of DTensors, FSDP2) flattened in one vector; ``inner(a, b)`` is the global ``a . b`` -- the local
+    products, each tensor's weighted by ``1 / replicas`` (a part held by several processes counts once), summed
+    over the processes by one ``all_reduce``. ``a`` may be a matrix of row vectors (one product per row, one
+    collective). Every process must call it the same number of times, in the same order."""
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        from .tensors import local_part, replicas
+
+        local = [local_part(p) for p in params]
+        self.sizes = [t.numel() for t in local]
+        self.device = local[0].device if local else torch.device("cpu")
+        counts = [replicas(p) for p in params]
+        self.weights: Tensor | None = None
+        if any(c != 1 for c in counts):
+            self.weights = torch.cat([torch.full((n,), 1.0 / c, dtype=torch.float64, device=t.device)
+                                      for n, c, t in zip(self.sizes, counts, local)])
+
+    def __call__(self, a: Tensor, b: Tensor) -> Tensor:
+        if self.weights is not None:
+            a = a * self.weights.to(a.dtype)
+        out = (a @ b).detach().clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(out)
+        return out
+
+    def norm(self, v: Tensor) -> float:
+        return math.sqrt(max(float(self(v, v)), 0.0))
+
+    def all(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every process."""
+        t = torch.tensor([0.0 if flag else 1.0], device=self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(t)
+        return float(t) == 0.0
+
+
 def fd_hvp_operator(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], *,
-                    rel_step: float = FD_REL_STEP) -> tuple[Callable[[Tensor], Tensor], int]:
+                    rel_step: float = FD_REL_STEP, inner: ShardedInner | None = None
+                    ) -> tuple[Callable[[Tensor], Tensor], int]:
     """Return ``(matvec, n)``: ``matvec(v)`` is the central difference ``(g(w + eps v) - g(w - eps v)) / (2 eps)``,
     an approximation of H v from first-order gradients only, for where double backward is impossible (reentrant
     gradient checkpointing, compiled graphs without double backward, FSDP). ``loss_fn()`` computes the loss at
@@ -89,7 +128,16 @@ def fd_hvp_operator(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], *,
     for the training, e.g. with :func:`preserved_training_state`). Gradients come from ``torch.autograd.grad``, or,
     where that is refused (reentrant checkpointing accepts ``.backward()`` only), from ``loss.backward()``. The
     difference is taken in float32 (float64 for float64 parameters). ``n`` counts every parameter (those without
-    a gradient have zero rows)."""
+    a gradient have zero rows).
+
+    ``inner`` (a :class:`ShardedInner` for the same ``params``): the parameters are DTensors (FSDP2). The vectors
+    are then this process's parts (its local shards, flattened; ``n`` counts them), the weights written are the
+    local shards (FSDP2's next all-gather reads them), the gradients are read from ``.grad`` after
+    ``loss.backward()`` (FSDP2 reduce-scatters them; ``autograd.grad`` does not reach sharded parameters), and
+    ``||w||``, ``||v||`` are global, so that every process takes the same step. Every process must call
+    ``matvec`` together (each forward and backward is a collective)."""
+    from .tensors import local_part
+
     params = [p for p in params]
     if not params:
         raise MeasureError("no parameters to differentiate")
@@ -97,14 +145,20 @@ def fd_hvp_operator(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], *,
     if low:  # w + eps v would round back to w: a zero product, silently
         raise MeasureError(f"finite differences need float32 or float64 weights, some are {', '.join(low)} (a step "
                            "of 1e-5 of their scale is below their rounding)")
-    sizes = [p.numel() for p in params]
+    targets = [local_part(p) for p in params] if inner is not None else params  # what is written
+    sizes = [t.numel() for t in targets]
     n = sum(sizes)
-    saved = [p.detach().clone() for p in params]
+    saved = [t.detach().clone() for t in targets]
     dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
-    w_norm = math.sqrt(sum(float(w.to(dtype).pow(2).sum()) for w in saved))
+    if inner is None:
+        w_norm = math.sqrt(sum(float(w.to(dtype).pow(2).sum()) for w in saved))
+    else:
+        flat = torch.cat([w.reshape(-1).to(dtype) for w in saved])
+        w_norm = inner.norm(flat)
+        del flat
+    mode = {"backward": inner is not None}
     cuda = sorted({p.device.index or 0 for p in params if p.is_cuda})
     rng = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda]
-    mode = {"backward": False}
 
     def reset_rng() -> None:
         torch.set_rng_state(rng[0])
@@ -130,33 +184,33 @@ def fd_hvp_operator(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], *,
             for p in params:
                 p.grad = None
             loss.backward()
-            return [p.grad.detach().to(dtype) if p.grad is not None else torch.zeros_like(p, dtype=dtype)
-                    for p in params]
+            return [local_part(p.grad).detach().to(dtype) if p.grad is not None else
+                    torch.zeros_like(t, dtype=dtype) for p, t in zip(params, targets)]
         finally:
             for p, g in zip(params, before):
                 p.grad = g
 
     def matvec(v: Tensor, step: float | None = None) -> Tensor:
-        v_norm = float(v.norm())
+        v_norm = float(v.norm()) if inner is None else inner.norm(v)
         if v_norm == 0:
             return torch.zeros_like(v)
         eps = (rel_step if step is None else step) * (w_norm if w_norm > 0 else 1.0) / v_norm
-        parts = [c.view_as(p) for c, p in zip(torch.split(v.to(dtype), sizes), params)]
+        parts = [c.view_as(t) for c, t in zip(torch.split(v.to(dtype), sizes), targets)]
         grads = []
         try:
             for sign in (1.0, -1.0):
                 with torch.no_grad():
-                    for p, w, c in zip(params, saved, parts):
-                        p.copy_((w.to(dtype) + (sign * eps) * c).to(p.dtype))
+                    for t, w, c in zip(targets, saved, parts):
+                        t.copy_((w.to(dtype) + (sign * eps) * c).to(t.dtype))
                 grads.append(gradients())
         finally:
             with torch.no_grad():
-                for p, w in zip(params, saved):
-                    p.copy_(w)
+                for t, w in zip(targets, saved):
+                    t.copy_(w)
         hv = torch.cat([((a - b) / (2 * eps)).reshape(-1) for a, b in zip(*grads)])
         return hv.to(v.dtype)
 
-    matvec.device = params[0].device  # type: ignore[attr-defined]
+    matvec.device = targets[0].device  # type: ignore[attr-defined]
     matvec.rel_step = rel_step  # type: ignore[attr-defined]
     return matvec, n
 
@@ -166,27 +220,36 @@ def fd_hvp_operator(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], *,
 FD_CHECK_RTOL = 1e-2
 
 
-def fd_smoothness_check(matvec: Callable[..., Tensor], vector: Tensor) -> tuple[float, float]:
+def fd_smoothness_check(matvec: Callable[..., Tensor], vector: Tensor,
+                        inner: ShardedInner | None = None) -> tuple[float, float]:
     """``(q, q_quarter)``: the Rayleigh quotient ``v'Hv`` of the unit ``vector`` by a :func:`fd_hvp_operator`
     product at its step and at a quarter of it (two products). Where the gradient has kinks along ``v`` (ReLU,
     max-pool: a unit changes side within the step), the central difference measures the jump over the step, not a
     curvature, and Lanczos seeks out exactly those directions: the two quotients then disagree (by about the step
     ratio), while on smooth losses they agree to rounding."""
-    v = vector / vector.norm()
-    q = float(torch.dot(matvec(v), v))
-    q4 = float(torch.dot(matvec(v, step=matvec.rel_step / 4), v))  # type: ignore[attr-defined]
+    dot = torch.dot if inner is None else inner
+    v = vector / (vector.norm() if inner is None else inner.norm(vector))
+    q = float(dot(matvec(v), v))
+    q4 = float(dot(matvec(v, step=matvec.rel_step / 4), v))  # type: ignore[attr-defined]
     return q, q4
 
 
-def _start_vector(n: int, v0: Tensor | None, generator: torch.Generator | None, device, dtype) -> Tensor:
-    if v0 is not None and v0.numel() == n and torch.isfinite(v0).all():
-        v = v0.detach().to(device=device, dtype=dtype).clone()
+def _start_vector(n: int, v0: Tensor | None, generator: torch.Generator | None, device, dtype,
+                  inner: ShardedInner | None = None) -> Tensor:
+    def norm_of(v: Tensor) -> Tensor:
+        return v.norm() if inner is None else torch.tensor(inner.norm(v), dtype=v.dtype, device=v.device)
+
+    ok = v0 is not None and v0.numel() == n and bool(torch.isfinite(v0).all())
+    if inner is not None:  # every process must take the same branch
+        ok = inner.all(ok)
+    if ok:
+        v = v0.detach().to(device=device, dtype=dtype).clone()  # type: ignore[union-attr]
     else:
         v = torch.randn(n, generator=generator, dtype=dtype).to(device)
-    norm = v.norm()
+    norm = norm_of(v)
     if not torch.isfinite(norm) or norm == 0:
         v = torch.randn(n, generator=generator, dtype=dtype).to(device)
-        norm = v.norm()
+        norm = norm_of(v)
     return v / norm
 
 
@@ -202,6 +265,7 @@ def lanczos_top_eig(
     dtype: torch.dtype = torch.float32,
     reorthogonalize: bool = True,
     basis_device: torch.device | str | None = None,
+    inner: ShardedInner | None = None,
 ) -> EigResult:
     """Largest algebraic eigenvalue of the symmetric operator ``matvec`` by Lanczos.
 
@@ -215,11 +279,20 @@ def lanczos_top_eig(
     reorthogonalisation. Without it the three-term recurrence alone is used (ghost copies of converged eigenvalues
     may appear, which does not harm the top value) and the basis, kept only to return the eigenvector for warm
     starts, goes to ``basis_device`` (e.g. ``"cpu"``; ``None``: not kept, no vector returned).
+
+    ``inner`` (a :class:`ShardedInner`): the vectors are this process's parts of vectors spread over processes
+    (FSDP2's local shards, ``n`` their size here); every inner product and norm is then global, so every process
+    computes the same tridiagonal matrix, the same value and the same stopping step, and returns its part of the
+    eigenvector. Every process must call it together.
     """
     if max_iter < 1:
         raise ValueError(f"lanczos_top_eig(max_iter={max_iter}): expected >= 1")
     device = device if device is not None else getattr(matvec, "device", "cpu")
-    q = _start_vector(n, v0, generator, device, dtype)
+    q = _start_vector(n, v0, generator, device, dtype, inner)
+
+    def dot(a: Tensor, b: Tensor) -> Tensor:
+        return a @ b if inner is None else inner(a, b).to(a.dtype)
+
     bdev = device if reorthogonalize else basis_device
     basis = torch.empty((min(max_iter, n), n), device=bdev, dtype=dtype) if bdev is not None else None
     alphas: list[float] = []
@@ -230,15 +303,15 @@ def lanczos_top_eig(
         if basis is not None:
             basis[j] = q.to(basis.device, non_blocking=True)
         w = matvec(q)
-        alpha = torch.dot(w, q)
+        alpha = dot(w, q)
         w = w - alpha * q
         if q_prev is not None:
             w = w - betas[-1] * q_prev
         if reorthogonalize and basis is not None:
             b = basis[: j + 1]
-            w = w - b.T @ (b @ w)
-            w = w - b.T @ (b @ w)  # twice is enough (Kahan-Parlett)
-        beta = float(w.norm())
+            w = w - b.T @ dot(b, w)
+            w = w - b.T @ dot(b, w)  # twice is enough (Kahan-Parlett)
+        beta = float(w.norm()) if inner is None else inner.norm(w)
         alphas.append(float(alpha))
         t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
         evals, evecs = np.linalg.eigh(t)
