@@ -1,5 +1,5 @@
-"""Evidence for hooking a finite-difference Hessian-vector product up under FSDP2 (sharpness is off there today:
-FSDP2 has no double backward). Two CPU processes (gloo) shard a small float64 MLP with ``fully_shard``; every rank
+"""The finite-difference Hessian-vector product the sharpness probe uses under FSDP2 (FSDP2 has no double
+backward), checked at its root in float64. Two CPU processes (gloo) shard a small float64 MLP with ``fully_shard``; every rank
 
 - perturbs its local shards in place (``p.to_local().copy_(w + eps v)``: FSDP2's next all-gather reads them),
 - runs the forward and ``loss.backward()`` on its half of the batch together with the other rank (all-gather and
