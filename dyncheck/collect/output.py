@@ -103,7 +103,11 @@ class OutputCollector(Collector):
         prefix = wrapper_prefix(self.ctx.module)
         for raw, mod in outermost_calls(self.ctx.module):  # wrappers too: under torch.compile their hooks run
             name = canonical_name(raw, prefix)
-            fit.handles.append(mod.register_forward_pre_hook(pre))
+            try:
+                pre_handle = mod.register_forward_pre_hook(pre)
+            except Exception:  # TorchScript modules take no hooks: their calls are not candidates
+                continue
+            fit.handles.append(pre_handle)
             fit.handles.append(mod.register_forward_hook(post_for(name)))
 
     def _watch(self, name: str, mod: nn.Module) -> None:
