@@ -29,6 +29,11 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "sharpness/top_eig",
     "sharpness/threshold",
     "sharpness/n_hvp",
+    "ntk/distance",
+    "ntk/velocity",
+    "ntk/top_eig",
+    "ntk/top_eig_share",
+    "traj/c*",  # traj/c<i>: coordinate i of the weight sketch
     "logged/*",
 )
 

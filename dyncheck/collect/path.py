@@ -1,0 +1,102 @@
+"""``traj/c<i>``: a fixed sketch of the weight vector (:class:`~dyncheck.measure.trajectory.Sketch`, ``trajectory_dim``
+coordinates drawn once from the trainable parameters), every ``trajectory_every_n_steps`` steps, for the trajectory
+PCA of the report (:func:`~dyncheck.measure.trajectory.pca`; read back with
+:func:`~dyncheck.measure.trajectory.read_sketch`, or ``run.metrics("traj/c*")`` and ``run.series``).
+
+The sketch at step s is of the weights step s's forward runs with (taken at the step's start), so that it pairs
+with ``loss/train`` at s. Per measuring step: one ``index_select`` per tensor that has coordinates, into a buffer
+on the device, emitted as one block (no host synchronisation); off the schedule nothing. Values are rank zero's
+(under DDP every process holds the same weights). Sharded parameters (FSDP2 DTensors): off. Parameters added to an
+optimizer during training are not in the sketch (it is fixed at the start of the run, so that all its snapshots
+are comparable); the coordinates are drawn again identically at a resumed fit from the same parameter sizes.
+
+Default schedule: about ``TARGET_SNAPSHOTS`` snapshots over the planned run (every ``planned // 200`` steps, at
+least 1), every ``OPEN_EVERY`` steps when the run's length is unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import MeasureError
+from ..measure.trajectory import SEED, Sketch
+from .base import Collector, interned
+
+__all__ = ["TrajectoryCollector"]
+
+TARGET_SNAPSHOTS = 200
+OPEN_EVERY = 50
+
+
+class TrajectoryCollector(Collector):
+    name = "trajectory"
+    metrics = ("traj/c*",)
+    reduce = "none"
+    schedule = "trajectory"
+
+    def __init__(self, *, every_n: int | None, dim: int = 1024) -> None:
+        super().__init__()
+        self.every_n, self.dim = every_n, dim
+
+    @dataclass
+    class Fit:
+        every: int = 0
+        sketch: Sketch | None = None
+        params: list[Tensor] | None = None
+        names: tuple[str, ...] = ()
+        snapshots: int = 0
+
+    @dataclass
+    class Saved:
+        sizes: list | None = None  # parameter sizes the sketch was drawn for (a resume must see the same)
+
+    def start(self, ctx) -> None:
+        super().start(ctx)
+        every = self.every_n
+        if every is None:
+            every = max(1, (ctx.planned_steps or 0) // TARGET_SNAPSHOTS) if ctx.planned_steps else OPEN_EVERY
+        self.fit.every = every
+        if every == 0 or self.dim <= 0 or not ctx.has_store:
+            self.enabled = False
+            return
+        if ctx.sharded:
+            self.enabled = False
+            ctx.failed(self.name, [(None, MeasureError("the parameters are sharded DTensors (FSDP2 / tensor "
+                                                       "parallelism): the sketch would see this process's share "
+                                                       "only"))], ctx.start_step, what="is not supported")
+            return
+        params = [p for p in ctx.module.parameters() if p.requires_grad and not p.is_complex()]
+        if not params:
+            self.enabled = False
+            return
+        sizes = [p.numel() for p in params]
+        if self.saved.sizes is not None and self.saved.sizes != sizes:
+            ctx.failed(self.name, [(None, MeasureError("the trainable parameters changed since the sketch was "
+                                                       "drawn: the snapshots of this fit are not comparable with "
+                                                       "the earlier ones"))], ctx.start_step)
+            self.enabled = False
+            return
+        self.saved.sizes = sizes
+        self.fit.sketch = Sketch(sizes, self.dim, seed=SEED)
+        self.fit.params = params
+        self.fit.names = interned(tuple(f"traj/c{i}" for i in range(self.fit.sketch.dim)))
+
+    def due(self, step: int) -> bool:
+        return self.fit.every > 0 and step % self.fit.every == 0
+
+    def step_start(self, step: int) -> None:
+        fit, ctx = self.fit, self.ctx
+        assert fit.sketch is not None and fit.params is not None and ctx is not None
+        ctx.emit(step, fit.names, fit.sketch.take(fit.params), self.reduce)
+        fit.snapshots += 1
+
+    def meta(self) -> dict[str, Any]:
+        fit = self.fit
+        if fit.sketch is None:
+            return {}
+        return {"trajectory": {"every_n_steps": fit.every, "dim": fit.sketch.dim, "of_parameters": fit.sketch.total,
+                               "snapshots": fit.snapshots, "method": "fixed random coordinate subset",
+                               "seed": SEED}}
