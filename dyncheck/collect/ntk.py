@@ -39,6 +39,13 @@ _LATER = interned(("ntk/top_eig", "ntk/top_eig_share", "ntk/distance", "ntk/velo
 DEFAULT_OUTPUT = "sum of the model's outputs per example (module(x).reshape(m, -1).sum(1)), eval mode"
 
 
+def _no_forward(module: Any) -> bool:
+    """Whether the module's class has no ``forward`` of its own (``nn.Module``'s or ``LightningModule``'s, which
+    raise ``NotImplementedError``)."""
+    fwd = getattr(type(module), "forward", None)
+    return getattr(fwd, "__qualname__", "") in ("Module._forward_unimplemented", "LightningModule.forward")
+
+
 def _fingerprint(batch: Any) -> str:
     """A short hash of the probe examples' tensors (shapes and bytes), to recognise the probe set after a resume."""
     h = hashlib.sha1()
@@ -80,6 +87,7 @@ class NTKCollector(Collector):
         probes: int = 0
         looped: bool = False
         n_params: int = 0
+        off: str | None = None  # why the NTK is off without a failure
 
     @dataclass
     class Saved:
@@ -95,12 +103,21 @@ class NTKCollector(Collector):
         if ctx.probe_loss is None or self.fit.schedule.mode == "off" or not ctx.has_store:
             self.enabled = False  # no probe batch (the monitor keeps one only with a probe loss), or not rank 0
             return
-        if ctx.sharded:
+        trainable = [(n, p) for n, p in ctx.module.named_parameters() if p.requires_grad]
+        complex_params = [n for n, p in trainable if p.is_complex()]
+        if self.output_fn is None and _no_forward(ctx.module):  # not a failure: nothing to call by default
+            self.enabled = False
+            self.fit.off = ("the module has no forward() of its own (its training_step calls submodules): pass "
+                            "ntk_output_fn=fn(module, batch) -> Tensor[m]")
+        elif ctx.sharded:
             self._off(ctx.start_step, MeasureError("the parameters are sharded DTensors (FSDP2 / tensor "
                                                    "parallelism): the probe's forward is a collective that rank 0 "
                                                    "cannot run alone"), what="is not supported")
-        elif not any(p.requires_grad for p in ctx.module.parameters()):
+        elif not trainable:
             self._off(ctx.start_step, MeasureError("the model has no trainable parameters"))
+        elif complex_params:
+            self._off(ctx.start_step, MeasureError(f"complex parameters ({', '.join(complex_params[:5])}): the NTK "
+                                                   "is taken over real parameters only"))
 
     def _off(self, step: int | None, exc: BaseException, what: str = "measurement failed") -> None:
         self.enabled = False
@@ -175,9 +192,14 @@ class NTKCollector(Collector):
         ctx.emit_host(step, names, vals)
         return cost
 
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() if self.saved.k0 is not None else {}
+
     def meta(self) -> dict[str, Any]:
         fit = self.fit
         out: dict[str, Any] = {"ntk_time_s": round(fit.seconds, 6), "ntk_probes": fit.probes}
+        if fit.off:
+            out["ntk"] = {"off": fit.off}
         if fit.probes:
             out["ntk"] = {"examples": int(len(self.saved.k0)) if self.saved.k0 is not None else None,
                           "output": getattr(self.output_fn, "__qualname__", "ntk_output_fn") if self.output_fn
