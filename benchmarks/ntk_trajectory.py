@@ -1,0 +1,199 @@
+"""Accuracy and cost of the empirical NTK (dyncheck.measure.ntk) and of the weight-trajectory sketch
+(dyncheck.measure.trajectory).
+
+1. NTK accuracy: ``empirical_ntk`` (float32, batched backward; and one backward per example; and in parameter
+   blocks of 1M Jacobian entries) against ``torch.func.jacrev`` (float64 Gram of the float32 Jacobian) on m = 32
+   digits: relative Frobenius error of K and of its top eigenvalue. Target 1e-5.
+   NTK cost: seconds per probe (median of interleaved repeats) and the same in training steps (one SGD step of a
+   batch of 32), against jacrev's.
+2. PCA: the explained-variance ratios of the first 3 components and the principal angles between the PCA paths
+   of the sketch (D coordinates) and of the full snapshots, on trajectories of real training (digits, SGD momentum).
+   Target: ratios within 5 points, small angles.
+3. Sketch overhead: seconds of one ``Sketch.take`` (D = 1024) against one training step, interleaved repeats,
+   median ratio, for a small and a larger MLP.
+
+Usage: ``python benchmarks/ntk_trajectory.py [--quick]`` (single-threaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev
+
+from dyncheck.measure.ntk import empirical_ntk, kernel_stats
+from dyncheck.measure.trajectory import Sketch, pca, principal_angles
+
+
+def digits(n: int = 512, image: bool = False):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data[:n], dtype=torch.float32) / 16
+    if image:
+        x = x.reshape(-1, 1, 8, 8)
+    return x, torch.tensor(d.target[:n])
+
+
+def models(quick: bool):
+    torch.manual_seed(0)
+    out = [("mlp 64-64-32-10 tanh", nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 32), nn.Tanh(),
+                                                   nn.Linear(32, 10)), False),
+           ("cnn conv8-bn-conv16-fc (eval)", nn.Sequential(
+               nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+               nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 16, 10)), True)]
+    if not quick:
+        out.append(("mlp 64-512-512-10 relu", nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512),
+                                                             nn.ReLU(), nn.Linear(512, 10)), False))
+    return out
+
+
+def jacrev_kernel(net, x):
+    params = {k: v.detach() for k, v in net.named_parameters()}
+
+    def f(p):
+        o = functional_call(net, p, (x,))
+        return o.reshape(o.shape[0], -1).sum(1)
+
+    jac = jacrev(f)(params)
+    j = torch.cat([jac[k].reshape(x.shape[0], -1) for k in params], dim=1).double()
+    return j @ j.T
+
+
+def median_time(fns: dict[str, callable], repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():  # interleaved
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ntk_table(quick: bool, m: int = 32) -> None:
+    print(f"\n1. empirical NTK vs torch.func.jacrev, m = {m} probe examples (target: relative error <= 1e-5)")
+    print(f"{'model':32s} {'params':>8s} {'rel err K':>10s} {'looped':>10s} {'blocks':>10s} {'top eig':>10s} "
+          f"{'s/probe':>9s} {'steps':>7s} {'jacrev s':>9s} {'jacrev/dc':>9s}")
+    for name, net, image in models(quick):
+        x, y = digits(image=image)
+        net.eval()
+        xp = x[:m]
+        ref = jacrev_kernel(net, xp)
+        k = empirical_ntk(net, xp).kernel
+        kl = empirical_ntk(net, xp, batched=False).kernel
+        kb = empirical_ntk(net, xp, block_values=1_000_000).kernel
+        rel = lambda a: float((a - ref).norm() / ref.norm())  # noqa: E731
+        top = abs(kernel_stats(k)[0] / kernel_stats(ref)[0] - 1)
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: the timing does not change the model
+
+        def step():
+            net.train()
+            loss = nn.functional.cross_entropy(net(x[:32]), y[:32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            net.eval()
+
+        t = median_time({"ntk": lambda: empirical_ntk(net, xp), "step": step,
+                         "jacrev": lambda: jacrev_kernel(net, xp)}, 3 if quick else 9)
+        n = sum(p.numel() for p in net.parameters())
+        print(f"{name:32s} {n:8d} {rel(k):10.1e} {rel(kl):10.1e} {rel(kb):10.1e} {top:10.1e} {t['ntk']:9.4f} "
+              f"{t['ntk'] / t['step']:7.1f} {t['jacrev']:9.4f} {t['jacrev'] / t['ntk']:9.2f}")
+    print("(rel err: ||K - K_jacrev||_F / ||K_jacrev||_F of the batched backward, of one backward per example "
+          "('looped') and of 1M-entry parameter blocks; top eig: relative error of the top eigenvalue; steps: one "
+          "probe in training steps of batch 32)")
+
+
+def trajectory(seed: int, net: nn.Module, image: bool, steps: int, every: int, dims):
+    x, y = digits(image=image)
+    torch.manual_seed(seed)
+    for p in net.parameters():  # a fresh init per seed
+        if p.dim() > 1:
+            nn.init.kaiming_uniform_(p, a=5 ** 0.5)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    params = list(net.parameters())
+    sketches = {d: Sketch([p.numel() for p in params], d, seed=seed) for d in dims}
+    full, sk = [], {d: [] for d in dims}
+    for step in range(steps):
+        if step % every == 0:
+            full.append(torch.cat([p.detach().reshape(-1) for p in params]).numpy().copy())
+            for d, s in sketches.items():
+                sk[d].append(s.take(params).numpy())
+        i = (step * 32) % len(y)
+        loss = nn.functional.cross_entropy(net(x[i:i + 32]), y[i:i + 32])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return np.array(full), {d: np.array(v) for d, v in sk.items()}
+
+
+def pca_table(quick: bool) -> None:
+    print("\n2. trajectory PCA: sketch of D coordinates vs exact PCA of full snapshots (target: ratios within 5 "
+          "points, small principal angles)")
+    print(f"{'model':24s} {'params':>7s} {'D':>5s} {'seed':>4s} {'exact ratios (PC1-3)':>24s} "
+          f"{'sketch ratios':>22s} {'max |diff|':>10s} {'angles (deg)':>20s}")
+    cases = [("mlp 64-64-32-10", lambda: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                                                        nn.Linear(32, 10)), False)]
+    if not quick:
+        cases.append(("cnn 8-16 (20k)", lambda: nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 16, 32), nn.ReLU(), nn.Linear(32, 10)), True))
+    dims = (256, 1024) if quick else (256, 1024, 4096)
+    for name, make, image in cases:
+        for seed in range(1 if quick else 3):
+            full, sk = trajectory(seed, make(), image, 150 if quick else 450, 3, dims)
+            exact = pca(full)
+            for d in dims:
+                ap = pca(sk[d])
+                diff = np.abs(exact.ratios[:3] - ap.ratios[:3]).max()
+                ang = np.degrees(principal_angles(exact.path, ap.path))
+                fmt = lambda r: " ".join(f"{v:.3f}" for v in r[:3])  # noqa: E731
+                print(f"{name:24s} {full.shape[1]:7d} {d:5d} {seed:4d} {fmt(exact.ratios):>24s} "
+                      f"{fmt(ap.ratios):>22s} {diff:10.3f} {' '.join(f'{a:5.1f}' for a in ang):>20s}")
+
+
+def overhead_table(quick: bool) -> None:
+    print("\n3. sketch overhead per step: one Sketch.take (D = 1024) vs one training step (batch 32), median of "
+          "interleaved repeats")
+    print(f"{'model':26s} {'params':>9s} {'step s':>10s} {'take s':>10s} {'take/step':>10s}")
+    cases = [("mlp 64-64-32-10", [64, 64, 32, 10]), ("mlp 64-1024-1024-10", [64, 1024, 1024, 10])]
+    if not quick:
+        cases.append(("mlp 64-2048x3-10", [64, 2048, 2048, 2048, 10]))
+    x, y = digits()
+    for name, sizes in cases:
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        net = nn.Sequential(*layers[:-1])
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        params = list(net.parameters())
+        sk = Sketch([p.numel() for p in params], 1024)
+
+        def step():
+            loss = nn.functional.cross_entropy(net(x[:32]), y[:32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        t = median_time({"step": step, "take": lambda: sk.take(params)}, 20 if quick else 200)
+        n = sum(p.numel() for p in params)
+        print(f"{name:26s} {n:9d} {t['step']:10.2e} {t['take']:10.2e} {t['take'] / t['step']:10.4f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small cases and few repeats (for tests)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    ntk_table(args.quick)
+    pca_table(args.quick)
+    overhead_table(args.quick)
+
+
+if __name__ == "__main__":
+    main()
