@@ -98,7 +98,7 @@ def test_pca_path_and_variance_bars_of_a_known_trajectory(tmp_path):
     assert "The first two components hold 100% of the motion" in sec and "39 sketches of 50 of the 5000" in sec
     specs = _specs(text)
     path = specs["chart-traj-path"]["data"][0]
-    assert path["type"] == "scatter3d" and path["marker"]["colorscale"]
+    assert path["type"] == "scatter" and path["marker"]["colorscale"] and path["name"] == "path"
     bars = specs["chart-traj-variance"]["data"][0]
     assert bars["type"] == "bar" and bars["x"][:3] == ["PC1", "PC2", "PC3"]
 
@@ -120,3 +120,27 @@ def test_demo_scenarios_show_their_regime(name, verdict, tmp_path):
     text = render_report(run_dir, rules=None)
     assert f"This run is {verdict}" in _section(text, "ntk")
     assert 'data-chart="chart-traj-path"' in text
+
+
+def test_dynamics_sections_render_in_a_browser(tmp_path):
+    from test_report_browser import ARGS, assert_clean, chromium_path, open_report
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("no Chromium found (see tests/test_report_browser.py)")
+    from dyncheck.report import write_report
+    from dyncheck.scenarios import run_scenario
+
+    run_dir = run_scenario("rich-narrow", tmp_path, monitor_kwargs={"rules": None, "report": False})
+    path = write_report(run_dir)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=ARGS)
+        try:
+            seen = open_report(b, path, "rich-narrow")
+        finally:
+            b.close()
+    assert_clean(seen)
+    ids = {c["id"] for c in seen["charts"]}
+    assert {"chart-ntk", "chart-traj-path", "chart-traj-variance"} <= ids
+    assert "This run is rich" in seen["text"] and "Antognini" in seen["text"]

@@ -129,6 +129,8 @@ def _loss_at(src: Any, steps: np.ndarray) -> np.ndarray | None:
 
 
 def _path_chart(steps: np.ndarray, path: np.ndarray, loss: np.ndarray | None) -> Chart:
+    """The path in PC1-PC2 (an SVG scatter, drawn without WebGL: the report works in any browser, offline), the
+    markers coloured by the training loss; the hover shows the step and PC3."""
     if len(steps) > MAX_PATH_POINTS:
         keep = np.unique(np.linspace(0, len(steps) - 1, MAX_PATH_POINTS).round().astype(int))
         steps, path = steps[keep], path[keep]
@@ -139,26 +141,23 @@ def _path_chart(steps: np.ndarray, path: np.ndarray, loss: np.ndarray | None) ->
         c = np.log10(loss) if positive else loss
         colour = {"color": c.astype(np.float32), "colorscale": "Viridis", "showscale": True,
                   "colorbar": {"title": {"text": "log<sub>10</sub> loss" if positive else "loss"}, "thickness": 12}}
-    hover = "step %{customdata}<extra></extra>"
+    y = path[:, 1] if path.shape[1] > 1 else np.zeros(len(path))
+    third = path[:, 2] if path.shape[1] > 2 else np.zeros(len(path))
+    custom = np.stack([steps.astype(np.float64), third], axis=1).astype(np.float32)
     fig = go.Figure(layout=_BASE_LAYOUT)
-    if path.shape[1] >= 3:
-        fig.add_trace(go.Scatter3d(
-            x=path[:, 0].astype(np.float32), y=path[:, 1].astype(np.float32), z=path[:, 2].astype(np.float32),
-            mode="lines+markers", customdata=steps.astype(np.int32), hovertemplate=hover, name="path",
-            marker={"size": 3, **colour}, line={"width": 2, "color": "#b0bec5"}))
-        fig.update_layout(height=460, showlegend=False, margin={"l": 0, "r": 0, "t": 10, "b": 0},
-                          scene={"xaxis": {"title": {"text": "PC1"}}, "yaxis": {"title": {"text": "PC2"}},
-                                 "zaxis": {"title": {"text": "PC3"}}})
-    else:
-        y = path[:, 1] if path.shape[1] > 1 else np.zeros(len(path))
-        fig.add_trace(go.Scatter(x=path[:, 0].astype(np.float32), y=y.astype(np.float32), mode="lines+markers",
-                                 customdata=steps.astype(np.int32), hovertemplate=hover, name="path",
-                                 marker={"size": 5, **colour}, line={"width": 1, "color": "#b0bec5"}))
-        fig.update_layout(height=380, showlegend=False, xaxis={"title": {"text": "PC1"}},
-                          yaxis={"title": {"text": "PC2"}})
-    return Chart("chart-traj-path", _to_json(fig), "The weight trajectory in its first principal components, "
-                 "coloured by the training loss (start: first point; hover for the step).",
-                 460 if path.shape[1] >= 3 else 380)
+    fig.add_trace(go.Scatter(x=path[:, 0].astype(np.float32), y=y.astype(np.float32), mode="lines+markers",
+                             customdata=custom, name="path",
+                             hovertemplate="step %{customdata[0]:.0f}<br>PC1 %{x:.3g}, PC2 %{y:.3g}, "
+                                           "PC3 %{customdata[1]:.3g}<extra></extra>",
+                             marker={"size": 6, **colour}, line={"width": 1, "color": "#b0bec5"}))
+    fig.add_trace(go.Scatter(x=[float(path[0, 0])], y=[float(y[0])], mode="markers+text", text=["start"],
+                             textposition="top center", name="start", hoverinfo="skip",
+                             marker={"size": 11, "symbol": "circle-open", "color": "#263238", "line": {"width": 2}}))
+    fig.update_layout(height=400, showlegend=False, xaxis={"title": {"text": "PC1"}, "zeroline": False},
+                      yaxis={"title": {"text": "PC2"}, "scaleanchor": "x", "scaleratio": 1})
+    return Chart("chart-traj-path", _to_json(fig), "The weight trajectory in its first two principal components "
+                 "(same scale on both axes), coloured by the training loss; hover for the step and the third "
+                 "component.", 400)
 
 
 def _bars_chart(ratios: np.ndarray) -> Chart:
