@@ -64,19 +64,26 @@ def _inputs(batch: Any) -> Any:
     return batch
 
 
+def _first_float(values: Any) -> Any:
+    return next((v for v in values if isinstance(v, Tensor) and v.is_floating_point()), None)
+
+
 def default_output(module: nn.Module, batch: Any) -> Tensor:
     """The default scalar output per example: the sum of the model's outputs for that example. The input is the
     batch itself (a tensor), its first element (``(x, y)``), or its keys as keyword arguments (a mapping, labels
-    left out: a Hugging Face model); an output with ``.logits`` or a tuple uses the logits / its first element."""
+    left out: a Hugging Face model); of an output that is a dict, has ``.logits`` or is a tuple, the logits or the
+    first floating-point tensor."""
     x = _inputs(batch)
     if isinstance(x, Mapping):
         out = module(**{k: v for k, v in x.items() if k not in ("labels", "label")})
     else:
         out = module(x)
-    if hasattr(out, "logits"):
+    if isinstance(out, Mapping):  # a dict, or a Hugging Face ModelOutput: its logits, else its first float tensor
+        out = out["logits"] if "logits" in out else _first_float(out.values())
+    elif hasattr(out, "logits"):
         out = out.logits
-    elif isinstance(out, (tuple, list)) and out:
-        out = out[0]
+    elif isinstance(out, (tuple, list)):
+        out = _first_float(out)
     if not isinstance(out, Tensor) or out.dim() == 0:
         raise MeasureError("the model's output on the probe batch is not a batched tensor; pass "
                            "ntk_output_fn=fn(module, batch) -> Tensor[m]")
@@ -107,6 +114,11 @@ def _blocks(params: Sequence[Tensor], m: int, block_values: int) -> list[list[Te
     return groups
 
 
+def _dense(g: Tensor) -> Tensor:
+    """Sparse gradients (``nn.Embedding(sparse=True)``) as dense tensors."""
+    return g.to_dense() if g.layout != torch.strided else g
+
+
 def _jacobian_block(out: Tensor, group: Sequence[Tensor], batched: bool) -> tuple[Tensor, bool]:
     """The m x (group's size) Jacobian of ``out`` (m outputs); ``batched``: try the vmapped backward first.
     Returns it and whether the one-backward-per-example loop was used."""
@@ -116,14 +128,16 @@ def _jacobian_block(out: Tensor, group: Sequence[Tensor], batched: bool) -> tupl
             eye = torch.eye(m, dtype=out.dtype, device=out.device)
             gs = torch.autograd.grad(out, group, grad_outputs=eye, retain_graph=True, allow_unused=True,
                                      is_grads_batched=True)
-            return torch.cat([(g if g is not None else torch.zeros((m, *p.shape), dtype=p.dtype, device=p.device))
-                              .reshape(m, -1) for g, p in zip(gs, group)], dim=1), False
+            return torch.cat([(_dense(g) if g is not None else torch.zeros((m, *p.shape), dtype=p.dtype,
+                                                                            device=p.device)).reshape(m, -1)
+                              for g, p in zip(gs, group)], dim=1), False
         except Exception:  # an operation without a batching rule: one backward per example
             pass
     rows = []
     for i in range(m):
         gs = torch.autograd.grad(out[i], group, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, group)]))
+        rows.append(torch.cat([(_dense(g) if g is not None else torch.zeros_like(p)).reshape(-1)
+                               for g, p in zip(gs, group)]))
     return torch.stack(rows), True
 
 
