@@ -190,6 +190,53 @@ def overhead_table(quick: bool) -> None:
         print(f"{name:26s} {n:9d} {t['step']:10.2e} {t['take']:10.2e} {t['take'] / t['step']:10.4f}")
 
 
+def store_table(quick: bool) -> None:
+    import tempfile
+
+    from dyncheck.monitor import Monitor, MonitorConfig
+
+    print("\n4. the sketch in the run store: seconds per flush of D series (monitor.flush of 100 steps with a "
+          "snapshot every 16 steps, the default for a 3200-step run, minus the same flush without the sketch), "
+          "median of interleaved repeats, and that per training step at the default flush_every_n_steps=100")
+    print(f"{'D':>6s} {'flush s (sketch)':>17s} {'flush s (none)':>15s} {'extra s/step':>13s}")
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    x = torch.randn(8, 64)
+    for dim in (256, 1024) if quick else (256, 1024, 4096):
+        mons = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, every in (("sketch", 16), ("none", 0)):
+                mon = Monitor(MonitorConfig(sharpness_budget=0, ntk_budget=0, trajectory_every_n_steps=every,
+                                            trajectory_dim=dim, every_n_steps=1000, flush_every_n_steps=1000))
+                mon.start(module=net, optimizers=[opt], store_path=f"{tmp}/{name}.db", meta={}, every_n_steps=1000)
+                mons[name] = mon
+            step = {"sketch": 0, "none": 0}
+
+            def hundred(name):
+                mon = mons[name]
+                for _ in range(100):
+                    s = step[name]
+                    mon.batch_start(s, (x,))
+                    loss = net(x).sum()
+                    loss.backward()
+                    mon.before_optimizer_step(s, opt)
+                    opt.zero_grad()
+                    mon.batch_end(s, loss.detach(), stepped=True)
+                    step[name] += 1
+
+            times = {"sketch": [], "none": []}
+            for _ in range(3 if quick else 10):
+                for name in ("sketch", "none"):
+                    hundred(name)
+                    t = time.perf_counter()
+                    mons[name].flush()
+                    times[name].append(time.perf_counter() - t)
+            for mon in mons.values():
+                mon.finish("finished")
+        a, b = statistics.median(times["sketch"]), statistics.median(times["none"])
+        print(f"{dim:6d} {a:17.4f} {b:15.4f} {(a - b) / 100:13.2e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small cases and few repeats (for tests)")
@@ -198,6 +245,7 @@ def main() -> None:
     ntk_table(args.quick)
     pca_table(args.quick)
     overhead_table(args.quick)
+    store_table(args.quick)
 
 
 if __name__ == "__main__":
