@@ -347,7 +347,7 @@ class Monitor:
             if isinstance(c, ActivationCollector) and c.fit.recorder is not None:
                 c.fit.recorder.detach()  # first: nothing may stay hooked into the model
         try:
-            self.flush(reduce=reduce)
+            self.flush(reduce=reduce, final=True)
         finally:
             if self.store is not None and not self.store.closed:
                 info: dict[str, Any] = {"status": status, "ended": time.time()}
@@ -568,14 +568,19 @@ class Monitor:
         self._blocks.append(_Block(step, interned(tuple(values)), vals, op))
 
     # -- flushing ----------------------------------------------------------------------------------------------
-    def flush(self, reduce: bool = True) -> None:
+    def flush(self, reduce: bool = True, final: bool = False) -> None:
         """Reduce buffered statistics across processes (when ``reduce``), copy them to the host in one transfer
         and append them to the store. Every process must call this at the same points when ``reduce`` is true.
+        ``final`` (the end of the fit, a checkpoint): collectors that hold values back to write them in bulk
+        (``before_flush``) hand over all they hold.
 
         At most three collectives, one per operation: ``"sum"`` also carries the shares of sharded norms (``"rss"``
         and ``"ratio"`` blocks travel squared, the root is taken after), ``"max"`` also carries ``"min"`` blocks
         (negated). Without the reduction (a crash) under several processes, blocks of shares are left out: this
         process's shares are not values of the whole tensors."""
+        for c in self.collectors:
+            if c.enabled and c.overrides("before_flush"):
+                self._guard(c, "before_flush", c.before_flush, final)
         blocks, host = self._blocks, self._host
         self._blocks, self._host = [], []
         self._steps_since_flush = 0
@@ -669,7 +674,7 @@ class Monitor:
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must carry so that a resumed run continues its series without duplicates.
         Flushes first (a collective under DDP: every process saves checkpoints at the same points)."""
-        self.flush()
+        self.flush(final=True)
         state: dict[str, Any] = {"seq": self._last_seq, "last_bucket": self.schedules["layers"].last,
                                  "last_act_bucket": self.schedules["activations"].last,
                                  "store": str(self.store_path) if self.store_path is not None else None}

@@ -168,3 +168,32 @@ def test_off_with_every_n_0(tmp_path):
     with open_run(tmp_path / "on" / "run.db") as run:
         steps, mat = read_sketch(run)
         assert list(steps) == [0, 2] and mat.shape == (2, 8)
+
+
+def test_snapshots_reach_the_store_in_bulk_and_all_of_them_at_checkpoints_and_the_end(tmp_path):
+    from loop import drive
+
+    from dyncheck.collect.path import EMIT_EVERY_FLUSHES
+
+    net = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 1))
+    seen = {}
+    holder = {}
+
+    def on_step(step):  # after the optimizer step, before batch_end's flush of this step
+        if step == 24:
+            holder["state"] = holder["mon"].state_dict()  # a checkpoint: flushes everything so far
+        with open_run(tmp_path / "run.db") as run:
+            seen[step] = len(read_sketch(run)[0])
+
+    from dyncheck.monitor import Monitor
+
+    holder["mon"] = mon = Monitor(MonitorConfig(sharpness_budget=0, trajectory_every_n_steps=1, trajectory_dim=8,
+                                                flush_every_n_steps=2))
+    drive(tmp_path, net, torch.optim.SGD(net.parameters(), lr=0.1), 40, monitor=mon, on_step=on_step)
+    # flushes after steps 1, 3, 5, ...: the first 8 hold the snapshots back, the 8th writes steps 0-15
+    assert EMIT_EVERY_FLUSHES == 8
+    assert seen[14] == 0 and seen[16] == 16
+    assert seen[24] == 25  # the checkpoint wrote all of them, step 24's included
+    with open_run(tmp_path / "run.db") as run:
+        steps, mat = read_sketch(run)
+    assert list(steps) == list(range(40)) and mat.shape == (40, 8)  # the end of the fit writes the rest
