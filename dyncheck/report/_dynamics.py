@@ -80,8 +80,9 @@ def _ntk_section(src: Any, meta: dict[str, Any]):
         vs, vv = src.get("ntk/velocity")
         lines.append(Line("velocity (between measurements)", vs, vv, colour="#ef6c00", dash="dot", width=1.5))
     sec.charts.append(line_chart("chart-ntk", lines, y_title="kernel distance", log_y=False, height=280,
-                                 caption=f"{int(ok.sum())} kernels of {info.get('examples', '?')} probe examples; "
-                                         f"output: {info.get('output', 'sum of the outputs per example')}."))
+                                 caption=f"{int(ok.sum())} kernels"
+                                         + (f" of {info['examples']} probe examples" if info.get("examples") else "")
+                                         + f"; output: {info.get('output', 'sum of the outputs per example')}."))
     last = float(d[ok][-1])
     peak = float(np.nanmax(d))
     verdict = ntk_verdict(last)
@@ -94,7 +95,7 @@ def _ntk_section(src: Any, meta: dict[str, Any]):
             i = int(np.nanargmax(np.where(fin, vv, -np.inf)))
             prev = steps_all[steps_all < vs[i]]
             start = int(prev[-1]) if prev.size else int(vs[i])
-            where = f" It moved fastest between steps {start} and {int(vs[i])}."
+            where = f" It moved fastest between steps {start} and {int(vs[i])}{_phase_of(src, start, int(vs[i]))}."
     text = {"lazy": f"This run is lazy: the kernel barely moved (distance {last:.3g} at step {int(s[ok][-1])}, "
                     f"at most {peak:.3g}). The network trained close to its linearisation around the initial "
                     "weights, like a kernel machine with the initial NTK.",
@@ -116,6 +117,23 @@ def _ntk_section(src: Any, meta: dict[str, Any]):
                 " (the kernel spread over more directions)" if b < a - 0.05 else ""
             sec.notes.append(f"The top eigenvalue's share of the kernel's trace went from {a:.2f} to {b:.2f}{how}.")
     return sec
+
+
+def _phase_of(src: Any, first: int, last: int) -> str:
+    """" (during rapid fitting)" when most of the steps first..last lie in one phase of the training loss."""
+    if "loss/train" not in src.names:
+        return ""
+    from ..phases import detect_phases
+
+    s, v = src.get("loss/train")
+    best, overlap = None, 0
+    for p in detect_phases(s, v):
+        o = min(p.end, last) - max(p.start, first)
+        if o > overlap:
+            best, overlap = p, o
+    if best is None or overlap < 0.5 * max(last - first, 1):
+        return ""
+    return f" (during {best.name}, steps {best.start}-{best.end})"
 
 
 def _loss_at(src: Any, steps: np.ndarray) -> np.ndarray | None:
