@@ -222,3 +222,23 @@ def test_bad_options_are_clear_errors(kw):
         MonitorConfig(**kw)
     with pytest.raises(ConfigError, match=name):
         DynamicsMonitor(**kw)
+
+
+def test_the_benchmark_script_runs_and_prints_its_tables():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "ntk_trajectory.py"), "--quick"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for title in ("1. empirical NTK vs torch.func.jacrev", "2. trajectory PCA", "3. sketch overhead per step",
+                  "4. the sketch in the run store"):
+        assert title in out
+    row = next(line for line in out.splitlines() if line.startswith("mlp 64-64-32-10 tanh"))
+    assert all(float(v) < 1e-5 for v in row.split()[4:9])  # every error column within the target
