@@ -238,6 +238,80 @@ def store_table(quick: bool) -> None:
         print(f"{dim:6d} {a:17.4f} {b:15.4f} {(a - b) / 100:13.2e}")
 
 
+def self_time_table(quick: bool) -> None:
+    """Seconds the new collectors themselves take in a Lightning run at the monitor's defaults: the NTK probes (the
+    run's meta ``ntk_time_s``), the sketch's hooks (timed around them) and the monitor's flushes (the store writes
+    of the sketch fall in them), against the same run with both off; a whole-run ratio is buried in machine noise
+    on a shared 2-core host, these are not."""
+    import sys
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from overhead import make_cnn
+
+    from dyncheck import DynamicsMonitor, open_run
+    from dyncheck.collect.path import TrajectoryCollector
+    from dyncheck.monitor import Monitor
+
+    steps = 200 if quick else 1600
+    x, y = digits(n=1797, image=True)
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=False)
+    clock = {"traj": 0.0, "flush": 0.0}
+
+    def timed(fn, key):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                clock[key] += time.perf_counter() - t
+        return wrapper
+
+    orig = (TrajectoryCollector.step_start, TrajectoryCollector.before_flush, Monitor.flush)
+    TrajectoryCollector.step_start = timed(orig[0], "traj")
+    TrajectoryCollector.before_flush = timed(orig[1], "traj")
+    Monitor.flush = timed(orig[2], "flush")
+    rows: dict[str, list[tuple[float, ...]]] = {"defaults": [], "NTK + trajectory off": []}
+    try:
+        for _ in range(1 if quick else 3):
+            for name in rows:
+                kw = {} if name == "defaults" else {"ntk_budget": 0, "trajectory_every_n_steps": 0}
+                with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    pl.seed_everything(0, verbose=False)
+                    model = make_cnn()
+                    mon = DynamicsMonitor(dirpath=Path(tmp) / "run", rules=None, report=False, **kw)
+                    tr = pl.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+                                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                                    devices=1, callbacks=[mon])
+                    clock.update(traj=0.0, flush=0.0)
+                    t = time.perf_counter()
+                    tr.fit(model, loader)
+                    fit_s = time.perf_counter() - t
+                    with open_run(Path(tmp) / "run") as run:
+                        meta = run.meta
+                    rows[name].append((fit_s, meta.get("ntk_time_s", 0.0), meta.get("ntk_probes", 0), clock["traj"],
+                                       clock["flush"], meta.get("sharpness_time_s", 0.0)))
+    finally:
+        TrajectoryCollector.step_start, TrajectoryCollector.before_flush, Monitor.flush = orig
+    base = statistics.median(r[0] for r in rows["NTK + trajectory off"])
+    base_flush = statistics.median(r[4] for r in rows["NTK + trajectory off"])
+    print(f"\n5. self-time of the new collectors in a Lightning run at defaults: CNN (overhead.py), {steps} steps, "
+          f"batch 64; medians of {len(rows['defaults'])} interleaved runs; shares of the fit without them "
+          f"({base:.2f} s)")
+    print(f"{'configuration':24s} {'fit s':>7s} {'NTK s':>7s} {'probes':>6s} {'sketch s':>9s} {'flush s':>8s} "
+          f"{'NTK %':>6s} {'sketch %':>9s} {'flush +%':>9s}")
+    for name, rs in rows.items():
+        med = [statistics.median(r[i] for r in rs) for i in range(6)]
+        print(f"{name:24s} {med[0]:7.2f} {med[1]:7.3f} {med[2]:6.0f} {med[3]:9.4f} {med[4]:8.3f} "
+              f"{100 * med[1] / base:6.2f} {100 * med[3] / base:9.2f} {100 * (med[4] - base_flush) / base:9.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small cases and few repeats (for tests)")
@@ -247,6 +321,7 @@ def main() -> None:
     pca_table(args.quick)
     overhead_table(args.quick)
     store_table(args.quick)
+    self_time_table(args.quick)
 
 
 if __name__ == "__main__":

@@ -197,3 +197,24 @@ def test_snapshots_reach_the_store_in_bulk_and_all_of_them_at_checkpoints_and_th
     with open_run(tmp_path / "run.db") as run:
         steps, mat = read_sketch(run)
     assert list(steps) == list(range(40)) and mat.shape == (40, 8)  # the end of the fit writes the rest
+
+
+def test_store_series_matching_reads_many_series_in_one_query_as_series_does(tmp_path):
+    from dyncheck.store import RunWriter
+
+    with RunWriter(tmp_path / "run.db") as w:
+        w.write({"traj/c1": ([0, 1], [1.0, 2.0]), "traj/c10": ([0], [3.0]), "traj/d": ([0], [4.0]),
+                 "trajx": ([0], [5.0]), "loss/train": ([0, 1], [9.0, 8.0]), "traj/c2": ([0], [7.0])})
+        w.write({"traj/c1": ([1, 2], [20.0, 30.0]), "traj/c2": ([], [])})  # step 1 rewritten: the last write wins
+    with open_run(tmp_path / "run.db") as run:
+        got = run.series_matching("traj/c*")
+        assert list(got) == ["traj/c1", "traj/c10", "traj/c2"] == run.metrics("traj/c*")
+        for name, s in got.items():
+            ref = run.series(name)
+            assert np.array_equal(s.steps, ref.steps) and np.array_equal(s.values, ref.values)
+        assert got["traj/c1"].values.tolist() == [1.0, 20.0, 30.0]
+        assert list(run.series_matching("*")) == run.metrics()
+        assert list(run.series_matching("traj/c?")) == ["traj/c1", "traj/c2"]
+        assert run.series_matching("nothing/*") == {}
+        steps, mat = read_sketch(run)  # the steps every coordinate has
+        assert list(steps) == [0] and mat.tolist() == [[1.0, 7.0, 3.0]]

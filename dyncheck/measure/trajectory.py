@@ -119,22 +119,21 @@ def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def read_sketch(run, prefix: str = "traj/c") -> tuple[np.ndarray, np.ndarray]:
-    """The recorded sketch of a run (an open :class:`~dyncheck.store.Run` or a mapping name -> (steps, values)):
-    ``(steps, snapshots)``, T x D, coordinates in index order, only the steps every coordinate has."""
-    names = run.metrics(prefix + "*") if hasattr(run, "metrics") else [n for n in run if n.startswith(prefix)]
-    names = [n for n in names if n[len(prefix):].isdigit()]
+    """The recorded sketch of a run (an open :class:`~dyncheck.store.Run`, read in one query with
+    ``Run.series_matching``, or a mapping name -> (steps, values)): ``(steps, snapshots)``, T x D, coordinates in
+    index order, only the steps every coordinate has."""
+    if hasattr(run, "series_matching"):
+        cols_by_name = {n: (s.steps, s.values) for n, s in run.series_matching(prefix + "*").items()}
+    else:
+        cols_by_name = {n: run[n] for n in run if n.startswith(prefix)}
+    names = [n for n in cols_by_name if n[len(prefix):].isdigit()]
     names.sort(key=lambda n: int(n[len(prefix):]))
     if not names:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0))
-    cols = []
-    for n in names:
-        if hasattr(run, "series"):
-            s = run.series(n)
-            cols.append((np.asarray(s.steps), np.asarray(s.values)))
-        else:
-            st, v = run[n]
-            cols.append((np.asarray(st), np.asarray(v)))
+    cols = [(np.asarray(cols_by_name[n][0]), np.asarray(cols_by_name[n][1], dtype=np.float64)) for n in names]
     steps = cols[0][0]
+    if all(np.array_equal(st, steps) for st, _ in cols):  # the usual case: every coordinate at every snapshot
+        return steps.astype(np.int64), np.stack([v for _, v in cols], axis=1)
     for st, _ in cols[1:]:
         steps = np.intersect1d(steps, st)
     mat = np.empty((len(steps), len(cols)))

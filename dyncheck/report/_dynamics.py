@@ -207,7 +207,8 @@ def _trajectory_section(src: Any, meta: dict[str, Any]):
                          "The weight sketch was not recorded (trajectory_every_n_steps=0, sharded parameters, or "
                          "an imported log).")
         return sec
-    steps, mat = read_sketch({n: src.get(n) for n in names})
+    run = getattr(src, "_src", None)  # the open run: all coordinates in one query
+    steps, mat = read_sketch(run if hasattr(run, "series_matching") else {n: src.get(n) for n in names})
     finite = np.isfinite(mat).all(axis=1)
     if not finite.all():
         sec.notes.append(f"{int((~finite).sum())} sketch(es) with non-finite weights are left out of the PCA.")
