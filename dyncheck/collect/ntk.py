@@ -6,7 +6,8 @@ shared with sharpness). The reference kernel K_0 is taken at the first step of t
 each later probe at step t records the kernel distance 1 - <K_0, K_t>_F / (||K_0||_F ||K_t||_F) (Fort et al. 2020),
 the velocity (the same distance between this probe's kernel and the previous one's), the top eigenvalue of K_t and
 its share of the trace. Probes run on the budget schedule of sharpness (:class:`~dyncheck.measure.sharpness.
-SharpnessSchedule`, a share ``ntk_budget`` of the training time, one "product" per probe) or every
+SharpnessSchedule`, a share ``ntk_budget`` of the training time, one "product" per probe; its first probe at a
+tenth of the run rather than 1%: the reference is the early point) or every
 ``ntk_every_n_steps`` steps, on rank zero only, in eval mode (dropout off; see the measure's docstring), with the
 training state restored after each probe (random generators, buffers, ``.grad``, train/eval flags).
 
@@ -34,6 +35,9 @@ __all__ = ["NTKCollector"]
 
 _FIRST = interned(("ntk/top_eig", "ntk/top_eig_share", "ntk/distance"))
 _LATER = interned(("ntk/top_eig", "ntk/top_eig_share", "ntk/distance", "ntk/velocity"))
+
+#: the budget schedule's first probe after the reference comes at 1/10 of a planned run (a fresh fit's)
+FIRST_PROBE_SHARE_INV = 10
 
 #: what the run's meta says about the scalar output the kernel is taken of
 DEFAULT_OUTPUT = "sum of the model's outputs per example (module(x).reshape(m, -1).sum(1)), eval mode"
@@ -98,8 +102,14 @@ class NTKCollector(Collector):
 
     def start(self, ctx) -> None:
         super().start(ctx)
+        # the reference is the run's first point; the budget's first probe waits for a tenth of a planned run (the
+        # sharpness schedule's 1% would land where the kernel has not moved yet), the rest spread over the run
+        planned, shift = ctx.planned_steps, 0
+        if planned and not self.every_n and ctx.start_step == 0:
+            shift = planned // FIRST_PROBE_SHARE_INV
         self.fit.schedule = SharpnessSchedule(budget=self.budget, every_n=self.every_n,
-                                              total_steps=ctx.planned_steps, max_iter=1, start_step=ctx.start_step)
+                                              total_steps=planned - shift if planned else planned, max_iter=1,
+                                              start_step=ctx.start_step + shift)
         if ctx.probe_loss is None or self.fit.schedule.mode == "off" or not ctx.has_store:
             self.enabled = False  # no probe batch (the monitor keeps one only with a probe loss), or not rank 0
             return
