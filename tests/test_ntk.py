@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -242,3 +243,37 @@ def test_the_benchmark_script_runs_and_prints_its_tables():
         assert title in out
     row = next(line for line in out.splitlines() if line.startswith("mlp 64-64-32-10 tanh"))
     assert all(float(v) < 1e-5 for v in row.split()[4:9])  # every error column within the target
+
+
+def test_a_lightning_resume_continues_the_kernel_distances_and_the_sketch(tmp_path):
+    """An uninterrupted run vs one that crashes in epoch 3 and resumes from the epoch-2 checkpoint with a new
+    monitor: the same NTK distances (K_0 came back from the checkpoint) and the same weight sketch, step for step."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from test_lifecycle import Crashing
+
+    from dyncheck.measure.trajectory import read_sketch
+
+    kw = dict(every_n_steps=3, flush_every_n_steps=2, ntk_every_n_steps=3, ntk_examples=8, trajectory_every_n_steps=2,
+              trajectory_dim=64, sharpness_budget=0, rules=None, report=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pl.seed_everything(7)
+        trainer(tmp_path / "ref", [DynamicsMonitor(dirpath=tmp_path / "ref_run", **kw)], max_epochs=4).fit(
+            MLP(), *loaders(flat=True))
+        pl.seed_everything(7)
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+        with pytest.raises(RuntimeError):
+            trainer(tmp_path / "a", [DynamicsMonitor(dirpath=tmp_path / "run", **kw), ckpt], max_epochs=4,
+                    enable_checkpointing=True).fit(Crashing(20, RuntimeError("preempted")), *loaders(flat=True))
+        last = sorted((tmp_path / "ckpt").glob("epoch=1*.ckpt"))[0]
+        pl.seed_everything(7)
+        trainer(tmp_path / "b", [DynamicsMonitor(dirpath=tmp_path / "run", **kw)], max_epochs=4,
+                enable_checkpointing=True).fit(MLP(), *loaders(flat=True), ckpt_path=last)
+    with open_run(tmp_path / "run") as run, open_run(tmp_path / "ref_run") as ref:
+        assert run.meta["resumed_from_step"] == 16 and run.meta["ntk"]["reference_step"] == 0
+        for name in ("ntk/distance", "ntk/velocity", "ntk/top_eig"):
+            a, b = run.series(name), ref.series(name)
+            assert list(a.steps) == list(b.steps) == list(range(0 if name != "ntk/velocity" else 3, 32, 3)), name
+            np.testing.assert_allclose(a.values, b.values, rtol=1e-6, atol=1e-12, err_msg=name)
+        (sa, ma), (sb, mb) = read_sketch(run), read_sketch(ref)
+        assert list(sa) == list(sb) == list(range(0, 32, 2)) and np.array_equal(ma, mb)
