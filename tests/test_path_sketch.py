@@ -218,3 +218,18 @@ def test_store_series_matching_reads_many_series_in_one_query_as_series_does(tmp
         assert run.series_matching("nothing/*") == {}
         steps, mat = read_sketch(run)  # the steps every coordinate has
         assert list(steps) == [0] and mat.tolist() == [[1.0, 7.0, 3.0]]
+
+
+def test_more_snapshots_than_buffer_rows_between_flushes_are_all_kept(tmp_path):
+    from loop import drive
+
+    from dyncheck.collect.path import MAX_PENDING
+
+    net = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 1))
+    drive(tmp_path, net, torch.optim.SGD(net.parameters(), lr=0.1), MAX_PENDING + 30,
+          config=MonitorConfig(sharpness_budget=0, trajectory_every_n_steps=1, trajectory_dim=1000,
+                               flush_every_n_steps=1000))  # one flush, at the end
+    with open_run(tmp_path / "run.db") as run:
+        steps, mat = read_sketch(run)
+    assert list(steps) == list(range(MAX_PENDING + 30)) and mat.shape == (MAX_PENDING + 30, 41)
+    assert len({row.tobytes() for row in mat}) == len(mat)  # every row its own snapshot (no buffer row reused)

@@ -4,11 +4,12 @@ PCA of the report (:func:`~dyncheck.measure.trajectory.pca`; read back with
 :func:`~dyncheck.measure.trajectory.read_sketch`, or ``run.metrics("traj/c*")`` and ``run.series``).
 
 The sketch at step s is of the weights step s's forward runs with (taken at the step's start), so that it pairs
-with ``loss/train`` at s. Per measuring step: one ``index_select`` per tensor that has coordinates, into a buffer
-on the device, emitted as one block (no host synchronisation); off the schedule nothing. Values are rank zero's
-(under DDP every process holds the same weights). Sharded parameters (FSDP2 DTensors): off. Parameters added to an
-optimizer during training are not in the sketch (it is fixed at the start of the run, so that all its snapshots
-are comparable); the coordinates are drawn again identically at a resumed fit from the same parameter sizes.
+with ``loss/train`` at s. Per measuring step: one ``index_select`` per tensor that has coordinates, into a row of a
+buffer preallocated on the device (``MAX_PENDING`` rows; no host synchronisation); off the schedule nothing.
+Values are rank zero's (under DDP every process holds the same weights). Sharded parameters (FSDP2 DTensors): off.
+Parameters added to an optimizer during training are not in the sketch (it is fixed at the start of the run, so
+that all its snapshots are comparable); the coordinates are drawn again identically at a resumed fit from the same
+parameter sizes.
 
 Default schedule: about ``TARGET_SNAPSHOTS`` snapshots over the planned run (every ``planned // 200`` steps, at
 least 1), every ``OPEN_EVERY`` steps when the run's length is unknown. The snapshots stay on the device until
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..errors import MeasureError
@@ -54,7 +56,9 @@ class TrajectoryCollector(Collector):
         params: list[Tensor] | None = None
         names: tuple[str, ...] = ()
         snapshots: int = 0
-        pending: list = field(default_factory=list)  # (step, sketch on the device) not yet emitted
+        pending: list = field(default_factory=list)  # (step, row of buffer) not yet emitted
+        overflow: list = field(default_factory=list)  # (step, sketch) beyond the buffer's rows
+        buffer: Tensor | None = None  # MAX_PENDING x dim on the parameters' device
         flushes: int = 0  # flushes since the last emission
 
     @dataclass
@@ -98,7 +102,13 @@ class TrajectoryCollector(Collector):
     def step_start(self, step: int) -> None:
         fit = self.fit
         assert fit.sketch is not None and fit.params is not None
-        fit.pending.append((step, fit.sketch.take(fit.params)))
+        if fit.buffer is None:  # MAX_PENDING rows, allocated once; a row is free again once it was flushed
+            fit.buffer = torch.empty((MAX_PENDING, fit.sketch.dim), dtype=torch.float32,
+                                     device=fit.params[0].device)
+        if len(fit.pending) >= MAX_PENDING:  # no flush came in between (flush_every_n_steps > MAX_PENDING x every)
+            fit.overflow.append((step, fit.sketch.take(fit.params)))
+        else:
+            fit.pending.append((step, fit.sketch.take(fit.params, out=fit.buffer[len(fit.pending)])))
         fit.snapshots += 1
 
     def before_flush(self, final: bool) -> None:
@@ -110,9 +120,9 @@ class TrajectoryCollector(Collector):
         if not fit.pending or not (final or fit.flushes >= EMIT_EVERY_FLUSHES or len(fit.pending) >= MAX_PENDING):
             return
         assert ctx is not None
-        for step, values in fit.pending:
+        for step, values in fit.pending + fit.overflow:  # the flush that follows copies the rows (stack)
             ctx.emit(step, fit.names, values, self.reduce)
-        fit.pending = []
+        fit.pending, fit.overflow = [], []
         fit.flushes = 0
 
     def meta(self) -> dict[str, Any]:

@@ -68,10 +68,12 @@ class Sketch:
             parts = self._device_parts[device] = [(t, idx.to(device), o) for t, idx, o in self.parts]
         return parts
 
-    def take(self, tensors: Sequence[Tensor]) -> Tensor:
-        """The sketch of ``tensors`` (the sizes it was made for): a new float32 vector of ``dim`` values."""
+    def take(self, tensors: Sequence[Tensor], out: Tensor | None = None) -> Tensor:
+        """The sketch of ``tensors`` (the sizes it was made for): ``dim`` float32 values, written into ``out`` (a
+        preallocated float32 vector on the first tensor's device) or a new vector."""
         device = tensors[0].device
-        out = torch.empty(self.dim, dtype=torch.float32, device=device)
+        if out is None:
+            out = torch.empty(self.dim, dtype=torch.float32, device=device)
         with torch.no_grad():
             for t, idx, o in self._on(device):
                 x = tensors[t].detach()
