@@ -15,6 +15,7 @@ and position effects hit all of them equally:
   ``trainer.log_every_n_steps`` = 50 steps, sharpness within a 2% time budget)
 - ``monitor, no checks/report``  ``rules=None, report=False`` (measuring only)
 - ``monitor, sharpness off``  ``DynamicsMonitor(dirpath=tmp, sharpness_budget=0)``
+- ``monitor, NTK + trajectory off``  ``ntk_budget=0, trajectory_every_n_steps=0`` (the defaults before issue 15)
 - ``monitor, all every step`` (``--all-every-step``) ``every_n_steps=1, activations_every_n_steps=1`` and
   sharpness on a fixed schedule of every 10 steps: one probe is up to 20 Hessian-vector products (~8 training
   steps for the CNN, ~75 for the 8.5M MLP on this CPU), so probing every step would only measure the probe.
@@ -171,6 +172,7 @@ CONFIGS = {
     "monitor, defaults": {},
     "monitor, no checks/report": {"rules": None, "report": False},
     "monitor, sharpness off": {"sharpness_budget": 0},
+    "monitor, NTK + trajectory off": {"ntk_budget": 0, "trajectory_every_n_steps": 0},
 }
 ALL_EVERY_STEP = {f"monitor, all every step (sharp every {SHARP_EVERY})": {
     "every_n_steps": 1, "activations_every_n_steps": 1, "sharpness_every_n_steps": SHARP_EVERY}}

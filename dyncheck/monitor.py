@@ -121,6 +121,23 @@ class MonitorConfig:
     sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = _opt(None, (
         "``fn(module, batch) -> loss`` for the probe; default ``training_step(batch, 0)`` with logging silenced "
         "(needed for manual optimization, where training_step steps the optimizers)."))
+    ntk_budget: float = _opt(0.01, (
+        "share of training wall time that empirical-NTK probes may take (0.01; the schedule of "
+        "``sharpness_budget``); 0 turns them off unless ``ntk_every_n_steps`` is set. The reference kernel is "
+        "taken at the first step. Needs the probe batch, as sharpness does."))
+    ntk_every_n_steps: int | None = _opt(None, (
+        "probe the NTK on this fixed schedule (steps that are multiples of it) instead of the time budget; 0 "
+        "turns it off."))
+    ntk_examples: int = _opt(32, "probe examples of the NTK (the first of the probe batch; 32): an m x m kernel.")
+    ntk_output_fn: Callable[[nn.Module, Any], Tensor] | None = _opt(None, (
+        "``fn(module, batch) -> Tensor[m]``: the scalar output per probe example the NTK is taken of; default the "
+        "sum of the model's outputs (logits) per example, ``module(x).reshape(m, -1).sum(1)``, in eval mode."))
+    trajectory_every_n_steps: int | None = _opt(None, (
+        "sketch of the weights for the trajectory PCA every this many steps; default about 200 sketches over "
+        "the planned run (every 50 steps when its length is unknown); 0 turns it off."))
+    trajectory_dim: int = _opt(1024, (
+        "coordinates of the weight sketch (1024): a fixed random subset of the trainable parameters' values, "
+        "spread over the tensors by size, recorded as ``traj/c<i>``."))
     train_loss_key: str | None = _opt(None, "logged metric used as training loss when ``training_step`` returns none.")
     val_loss_key: str | None = _opt(None, (
         "logged metric recorded as ``loss/val`` (default: the first of ``val_loss``, ``val/loss``, ``valid_loss``, "
@@ -144,6 +161,14 @@ class MonitorConfig:
         _check_int(o, "sharpness_every_n_steps", self.sharpness_every_n_steps, minimum=0)
         _check_int(o, "sharpness_max_iter", self.sharpness_max_iter, minimum=1, allow_none=False)
         _check_float(o, "sharpness_tol", self.sharpness_tol, lo=0.0, hi=1.0, lo_open=True)
+        _check_float(o, "ntk_budget", self.ntk_budget, lo=0.0, hi=1.0)
+        _check_int(o, "ntk_every_n_steps", self.ntk_every_n_steps, minimum=0)
+        _check_int(o, "ntk_examples", self.ntk_examples, minimum=1, allow_none=False)
+        if self.ntk_output_fn is not None and not callable(self.ntk_output_fn):
+            raise ConfigError(f"{o}(ntk_output_fn={self.ntk_output_fn!r}): expected a callable "
+                              "(module, batch) -> Tensor of one value per example, or None")
+        _check_int(o, "trajectory_every_n_steps", self.trajectory_every_n_steps, minimum=0)
+        _check_int(o, "trajectory_dim", self.trajectory_dim, minimum=1, allow_none=False)
         if self.sharpness_loss_fn is not None and not callable(self.sharpness_loss_fn):
             raise ConfigError(f"{o}(sharpness_loss_fn={self.sharpness_loss_fn!r}): expected a callable "
                               "(module, batch) -> loss tensor, or None")
@@ -157,6 +182,10 @@ class MonitorConfig:
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{o}({key}={value!r}): expected the name of a logged metric (str) or None")
+
+    @property
+    def ntk_enabled(self) -> bool:
+        return self.ntk_every_n_steps != 0 and (self.ntk_budget > 0 or bool(self.ntk_every_n_steps))
 
     @property
     def sharpness_enabled(self) -> bool:
@@ -322,7 +351,7 @@ class Monitor:
             if isinstance(c, ActivationCollector) and c.fit.recorder is not None:
                 c.fit.recorder.detach()  # first: nothing may stay hooked into the model
         try:
-            self.flush(reduce=reduce)
+            self.flush(reduce=reduce, final=True)
         finally:
             if self.store is not None and not self.store.closed:
                 info: dict[str, Any] = {"status": status, "ended": time.time()}
@@ -543,14 +572,19 @@ class Monitor:
         self._blocks.append(_Block(step, interned(tuple(values)), vals, op))
 
     # -- flushing ----------------------------------------------------------------------------------------------
-    def flush(self, reduce: bool = True) -> None:
+    def flush(self, reduce: bool = True, final: bool = False) -> None:
         """Reduce buffered statistics across processes (when ``reduce``), copy them to the host in one transfer
         and append them to the store. Every process must call this at the same points when ``reduce`` is true.
+        ``final`` (the end of the fit, a checkpoint): collectors that hold values back to write them in bulk
+        (``before_flush``) hand over all they hold.
 
         At most three collectives, one per operation: ``"sum"`` also carries the shares of sharded norms (``"rss"``
         and ``"ratio"`` blocks travel squared, the root is taken after), ``"max"`` also carries ``"min"`` blocks
         (negated). Without the reduction (a crash) under several processes, blocks of shares are left out: this
         process's shares are not values of the whole tensors."""
+        for c in self.collectors:
+            if c.enabled and c.overrides("before_flush"):
+                self._guard(c, "before_flush", c.before_flush, final)
         blocks, host = self._blocks, self._host
         self._blocks, self._host = [], []
         self._steps_since_flush = 0
@@ -644,7 +678,7 @@ class Monitor:
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must carry so that a resumed run continues its series without duplicates.
         Flushes first (a collective under DDP: every process saves checkpoints at the same points)."""
-        self.flush()
+        self.flush(final=True)
         state: dict[str, Any] = {"seq": self._last_seq, "last_bucket": self.schedules["layers"].last,
                                  "last_act_bucket": self.schedules["activations"].last,
                                  "store": str(self.store_path) if self.store_path is not None else None}

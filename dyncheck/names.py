@@ -34,6 +34,11 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "output/prob_rows",
     "output/blocked_share",
     "output/softmax_floor",
+    "ntk/distance",
+    "ntk/velocity",
+    "ntk/top_eig",
+    "ntk/top_eig_share",
+    "traj/c*",  # traj/c<i>: coordinate i of the weight sketch
     "logged/*",
 )
 

@@ -564,6 +564,9 @@ class Run:
             close = fnmatch.filter(self.metrics(), name.split("/")[0] + "/*")[:5]
             hint = f"; recorded under {name.split('/')[0]}/: {', '.join(close)}" if close else ""
             raise StoreError(f"metric {name!r} was not recorded in {self.path}{hint}")
+        return self._series_of(name, rows)
+
+    def _series_of(self, name: str, rows: list[tuple]) -> Series:
         steps, vals = self._chunks(name, rows)
         if len(rows) > 1 or (steps.size > 1 and np.any(np.diff(steps) <= 0)):
             # last write of a step wins: unique over the reversed order keeps the last occurrence
@@ -571,6 +574,27 @@ class Run:
             uniq, idx = np.unique(rev_steps, return_index=True)
             steps, vals = uniq, vals[::-1][idx]
         return Series(name, steps.astype(np.int64, copy=False), vals.astype(np.float64, copy=False))
+
+    def series_matching(self, pattern: str) -> dict[str, Series]:
+        """Every recorded metric whose name matches the glob ``pattern`` (as :meth:`metrics`), as ``{name:
+        Series}`` in name order, read in one query over the names that share the pattern's literal prefix: much
+        faster than :meth:`series` per name for many series (the 1024 ``traj/c<i>`` of the weight sketch)."""
+        prefix = next((pattern[:i] for i, c in enumerate(pattern) if c in "*?["), pattern)
+        rows = self._rows(
+            "SELECT m.name, c.seq, c.n, c.step_min, c.step_max, c.steps, c.vals FROM chunks c JOIN metrics m "
+            "ON m.id = c.metric_id WHERE m.name >= ? AND m.name < ? ORDER BY m.name, c.seq",
+            (prefix, prefix + "\U0010ffff"), what=f"the metrics matching {pattern!r}")
+        out: dict[str, Series] = {}
+        start = 0
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or rows[i][0] != rows[start][0]:
+                name = rows[start][0]
+                if not isinstance(name, str):
+                    raise StoreError(f"{self.path}: a metric name is not text ({name!r}): table metrics is damaged")
+                if fnmatch.fnmatchcase(name, pattern):
+                    out[name] = self._series_of(name, [r[1:] for r in rows[start:i]])
+                start = i
+        return out
 
     def _chunks(self, name: str, rows: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
         """The chunks' steps and values concatenated, after checking that each chunk is whole: blobs of 8 bytes

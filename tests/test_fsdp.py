@@ -47,7 +47,9 @@ def fsdp(tmp_path_factory):
     assert (out / "rank0.done").read_text() == "DTensor" and (out / "rank1.done").exists()
 
     pl.seed_everything(3)
-    ref_mon = DynamicsMonitor(dirpath=out / "ref", every_n_steps=2, sharpness_every_n_steps=3)
+    # the NTK and the weight sketch are off under FSDP2 (sharded DTensors): off in the reference too
+    ref_mon = DynamicsMonitor(dirpath=out / "ref", every_n_steps=2, sharpness_every_n_steps=3, ntk_budget=0,
+                              trajectory_every_n_steps=0)
     trainer(out, [ref_mon], max_epochs=2).fit(OffsetMLP(), *loaders(n=128, batch_size=32, flat=True))
     return out, log
 

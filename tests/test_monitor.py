@@ -237,8 +237,8 @@ def test_buffers_bounded_and_store_readable_during_training(tmp_path):
     mon = DynamicsMonitor(dirpath=tmp_path / "run", every_n_steps=1, flush_every_n_steps=4)
     trainer(tmp_path, [mon, Probe()], max_epochs=3).fit(MLP(), *loaders(flat=True))
     # per step: loss, total norm, grad norms, non-finite counts, weight norms, ratios, 3 activation groups, the
-    # output's facts and its blocked share
-    assert seen["max_blocks"] <= 4 * 11
+    # output's facts and its blocked share, the weight sketch (trajectory: every step of this 24-step run)
+    assert seen["max_blocks"] <= 4 * 12
     assert seen["live"][0] == ("running", 8)
 
 
@@ -499,7 +499,7 @@ def test_checkpoint_state_carries_schedules_and_collector_state(tmp_path):
                 config=MonitorConfig(sharpness_budget=0, activations_every_n_steps=4))
     state = mon.state_dict()
     assert state["last_bucket"] == 2 and state["last_act_bucket"] == 1 and state["seq"] > 0
-    assert state["collectors"] == {"weights": {"update_cursor": 0}}
+    assert state["collectors"] == {"weights": {"update_cursor": 0}, "trajectory": {"sizes": [3, 1]}}
     again = Monitor(MonitorConfig(sharpness_budget=0))
     again.start(module=model, optimizers=[torch.optim.SGD(model.parameters(), lr=0.1)],
                 store_path=tmp_path / "run.db", meta={}, every_n_steps=2, resume=state)

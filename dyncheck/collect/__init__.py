@@ -9,6 +9,8 @@ collector                metrics                                                
 :class:`WeightCollect..` ``weight_norm/<p>``, ``update_ratio/<p>``, ``weight_unchanged/<p>``  layers   none
 :class:`ActivationCo..`  ``act/<stat>/<module>``                                     activations mean/max/sum
 :class:`SharpnessColl..` ``sharpness/top_eig``, ``sharpness/n_hvp``, ``sharpness/threshold``  budget  none
+:class:`NTKCollector`    ``ntk/distance``, ``ntk/velocity``, ``ntk/top_eig``, ``ntk/top_eig_share``  budget  none
+:class:`TrajectoryCol..` ``traj/c<i>`` (a fixed sketch of the weights)                  trajectory  none
 :class:`OutputCollector` ``output/zero_share``, ``output/prob_rows``, ``output/blocked_share``,   activations mean
                          ``output/softmax_floor``
 =======================  ==========================================================  ==========  ===========
@@ -38,6 +40,8 @@ from .base import (
 from .grads import GradientCollector
 from .loss import LossCollector
 from .lr import LearningRateCollector
+from .ntk import NTKCollector
+from .path import TrajectoryCollector
 from .output import OutputCollector
 from .sharpness import SharpnessCollector
 from .weights import WeightCollector
@@ -58,8 +62,10 @@ __all__ = [
     "LearningRateCollector",
     "LossCollector",
     "Modulo",
+    "NTKCollector",
     "OutputCollector",
     "SharpnessCollector",
+    "TrajectoryCollector",
     "WeightCollector",
     "default_collectors",
 ]
@@ -73,6 +79,10 @@ def default_collectors(config: Any) -> list[Collector]:
         SharpnessCollector(budget=config.sharpness_budget if on else 0.0,
                            every_n=config.sharpness_every_n_steps if on else 0,
                            max_iter=config.sharpness_max_iter, tol=config.sharpness_tol),
+        NTKCollector(budget=config.ntk_budget if config.ntk_enabled else 0.0,
+                     every_n=config.ntk_every_n_steps if config.ntk_enabled else 0,
+                     examples=config.ntk_examples, output_fn=config.ntk_output_fn),
+        TrajectoryCollector(every_n=config.trajectory_every_n_steps, dim=config.trajectory_dim),
         LearningRateCollector(),
         LossCollector(),
         GradientCollector(),

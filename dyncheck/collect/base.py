@@ -21,9 +21,10 @@ Python floats; a collector never writes to the store and never synchronises with
 The monitor calls, per optimizer step, on the steps the collector is ``due`` and only the hooks it overrides:
 ``step_start(step)`` (before the step's first forward), ``batch(step, loss)`` (each batch's loss),
 ``gradients(step, g)`` (final gradients of one optimizer, before it steps: a :class:`GradStep`),
-``step_end(step)`` (after the optimizer step); whatever the schedule: ``new_parameters(step, named)`` and
-``flushed()``; and ``meta()`` at the end of the fit. An exception that escapes one of them turns that collector off for
-the rest of the fit, with one warning and a record in ``measurement_errors``; the training goes on.
+``step_end(step)`` (after the optimizer step); whatever the schedule: ``new_parameters(step, named)``,
+``before_flush(final)`` and ``flushed()``; and ``meta()`` at the end of the fit. An exception that escapes one of
+them turns that collector off for the rest of the fit, with one warning and a record in ``measurement_errors``; the
+training goes on.
 """
 
 from __future__ import annotations
@@ -359,6 +360,10 @@ class Collector:
     def new_parameters(self, step: int, named: list[tuple[str, Tensor]]) -> None:
         """Parameters added to an optimizer during training, seen before their first update (called whatever
         the schedule)."""
+
+    def before_flush(self, final: bool) -> None:
+        """Before a flush: a collector that holds values back (to write many steps in one store chunk per
+        metric) emits them now; ``final`` (end of the fit, a checkpoint): all of them."""
 
     def flushed(self) -> None:
         """After a flush (the host has just synchronised with the device): a cheap moment to look at values."""

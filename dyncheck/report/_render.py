@@ -472,6 +472,9 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
     loss, phases = _loss_section(src, skipped)
     sections = [loss, _lr_section(src), _grad_section(src), _update_section(src), _act_section(src, skipped),
                 _sharpness_section(src, skipped)]
+    from ._dynamics import dynamics_sections
+
+    sections += dynamics_sections(src, meta)
     name = title or run.dir.name
     comparison = None
     if compare:

@@ -759,3 +759,4 @@ def _head_not_in_optimizer() -> Setup:
 # the calibration corpus (issue 11): more healthy runs and faults, in their own modules
 # ----------------------------------------------------------------------------------------------------------------
 from . import corpus_faults, corpus_healthy  # noqa: E402,F401  (they register into SCENARIOS)
+from . import dynamics  # noqa: E402,F401  (issue 15: lazy-wide, rich-narrow)
