@@ -102,7 +102,8 @@ def test_fsdp2_sharpness_by_finite_differences_on_every_process(fsdp):
     assert a.steps.tolist() == b.steps.tolist() == [0, 3, 6]
     np.testing.assert_allclose(a.values, b.values, rtol=1e-3)
     np.testing.assert_allclose(run.series("sharpness/threshold").values, ref.series("sharpness/threshold").values)
-    assert run.meta["measurement_errors"] == []
+    # the NTK and the weight sketch are not supported under FSDP2 (recorded with their reasons); sharpness ran
+    assert {e["measurement"] for e in run.meta["measurement_errors"]} <= {"ntk", "trajectory"}
     probe = run.meta["sharpness_probe"]
     assert probe["context"] == "finite-difference" and probe["probes"] == {"finite-difference": 3}
     assert probe["sharded"]["every_n_steps"] == 3 and ref.meta["sharpness_probe"]["context"] == "double-backward"
