@@ -117,6 +117,16 @@ class MonitorConfig:
     sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = _opt(None, (
         "``fn(module, batch) -> loss`` for the probe; default ``training_step(batch, 0)`` with logging silenced "
         "(needed for manual optimization, where training_step steps the optimizers)."))
+    noise_budget: float = _opt(0.01, (
+        "share of training wall time the gradient noise scale may take (0.01); 0 turns it off unless "
+        "``noise_every_n_steps`` is set. From gradient-accumulation micro-batches when there are several, else "
+        "from a probe that splits the probe batch in 8 micro-batches (README: \"Gradient noise scale\")."))
+    noise_every_n_steps: int | None = _opt(None, (
+        "measure the gradient noise scale at the first step of every this many steps instead of the time budget; "
+        "0 turns it off."))
+    noise_ema: float = _opt(0.95, (
+        "weight of the past in the moving averages of tr(Σ) and |G|² whose ratio is ``noise/b_simple`` (0.95; "
+        "0: no smoothing)."))
     train_loss_key: str | None = _opt(None, "logged metric used as training loss when ``training_step`` returns none.")
     val_loss_key: str | None = _opt(None, (
         "logged metric recorded as ``loss/val`` (default: the first of ``val_loss``, ``val/loss``, ``valid_loss``, "
@@ -140,6 +150,11 @@ class MonitorConfig:
         _check_int(o, "sharpness_every_n_steps", self.sharpness_every_n_steps, minimum=0)
         _check_int(o, "sharpness_max_iter", self.sharpness_max_iter, minimum=1, allow_none=False)
         _check_float(o, "sharpness_tol", self.sharpness_tol, lo=0.0, hi=1.0, lo_open=True)
+        _check_float(o, "noise_budget", self.noise_budget, lo=0.0, hi=1.0)
+        _check_int(o, "noise_every_n_steps", self.noise_every_n_steps, minimum=0)
+        _check_float(o, "noise_ema", self.noise_ema, lo=0.0, hi=1.0)
+        if self.noise_ema == 1.0:
+            raise ConfigError(f"{o}(noise_ema=1.0): expected a number in [0.0, 1.0) (1 would never move)")
         if self.sharpness_loss_fn is not None and not callable(self.sharpness_loss_fn):
             raise ConfigError(f"{o}(sharpness_loss_fn={self.sharpness_loss_fn!r}): expected a callable "
                               "(module, batch) -> loss tensor, or None")
@@ -368,6 +383,7 @@ class Monitor:
         ctx = self._ctx
         if ctx is None:
             return
+        ctx.batch = batch
         if self._needs_probe and ctx.probe_batch is None:
             self._needs_probe = any(PROBE_BATCH in c.needs and c.enabled for c in self.collectors)
             if self._needs_probe:

@@ -29,6 +29,10 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "sharpness/top_eig",
     "sharpness/threshold",
     "sharpness/n_hvp",
+    "noise/b_simple",
+    "noise/trace_sigma",
+    "noise/grad_sq",
+    "batch/size",
     "logged/*",
 )
 

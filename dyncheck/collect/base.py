@@ -203,6 +203,8 @@ class Context:
         self.reduced: dict[str, float] = {}
         self.plans: dict[Any, NormPlan] = {}
         self.probe_batch: Any = None  # set by the monitor at the first batch when a collector needs it
+        #: the current batch (a reference, set at each batch start; None where the adapter does not pass it)
+        self.batch: Any = None
 
     def failed(self, measurement: str, failures: Sequence[tuple[str | None, BaseException]], step: int | None,
                **kw: Any) -> None:

@@ -1,0 +1,224 @@
+"""``noise/b_simple``, ``noise/trace_sigma``, ``noise/grad_sq`` and ``batch/size``: the gradient noise scale
+B_simple = tr(Σ)/|G|² of McCandlish et al. 2018 (:mod:`dyncheck.measure.noise`), its smoothed numerator and
+denominator (exponential moving averages, weight of the past ``noise_ema``, bias-corrected), and the training
+batch size per optimizer step beside it (examples of the probe batch x micro-batches per step x processes).
+
+Where the squared norms at two batch sizes come from, in order of preference:
+
+(a) DDP, per-process gradients vs the all-reduced ones -- not available: DDP all-reduces the gradients inside
+    the backward pass (bucket hooks overwrite ``.grad`` in place), so a callback never sees the local gradients;
+    reading them needs a DDP communication hook on the wrapped model, which belongs to the strategy, not to a
+    monitor. Recorded as skipped in the meta.
+(b) gradient accumulation with several micro-batches (one process): ``.grad`` after each micro-batch minus the
+    copy taken after the one before gives each micro-batch's gradient (scaled by 1/A, the convention of Lightning
+    and of the usual loop ``(loss / A).backward()``), the final gradient is their mean. Costs one copy of the
+    gradients per measured step, no extra forward or backward.
+(c) otherwise a probe at step start on the step's own batch (before its forward; the kept probe batch, a copy of
+    the first batch, where the adapter does not pass batches): split in k random equal micro-batches, per-micro-batch gradients by ``torch.autograd.grad`` (``.grad`` untouched), the model's state
+    preserved (random generators, buffers, flags). It runs on the process that writes only (rank zero).
+
+The schedule (:class:`~dyncheck.measure.noise.NoiseSchedule`) is ``noise_every_n_steps`` or a share
+``noise_budget`` of the training time. Values are rank zero's. The probe uses the step's own batch rather than
+the fixed probe batch: on one fixed batch the estimate keeps that batch's sampling error at every probe (|G|² of a
+batch of 16 digits came out negative at all 20 probes of a run), which the moving averages cannot remove; on the
+training batches the errors of successive probes are independent and average out. The micro-batches are new
+tensors (indexing copies), so the training's batch is never touched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import MeasureError
+from ..measure.noise import NoiseEMA, NoiseSchedule, batch_size_of, noise_probe, two_batch_estimates
+from .base import PROBE_BATCH, Collector, interned
+
+__all__ = ["NoiseScaleCollector", "DDP_REASON"]
+
+#: micro-batches a probe splits the probe batch into (fewer when the batch is smaller)
+PROBE_MICRO_BATCHES = 8
+
+DDP_REASON = ("DDP all-reduces gradients inside the backward pass (bucket hooks overwrite .grad in place), so the "
+              "per-process gradients never reach a callback; reading them needs a DDP communication hook on the "
+              "wrapped model, which the strategy owns")
+SHARDED_REASON = ("the parameters are sharded DTensors (FSDP2 / tensor parallelism): the probe's forward is a "
+                  "collective that rank 0 cannot run alone, and local gradients are shards")
+_NAMES = interned(("noise/b_simple", "noise/trace_sigma", "noise/grad_sq", "batch/size"))
+_NAMES_NO_B = interned(("noise/trace_sigma", "noise/grad_sq", "batch/size"))
+
+
+def _world() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _sq_norm(tensors: list[Tensor]) -> Tensor:
+    return torch.stack([torch.linalg.vector_norm(t.float()) ** 2 for t in tensors]).sum()
+
+
+class NoiseScaleCollector(Collector):
+    name = "noise"
+    metrics = ("noise/b_simple", "noise/trace_sigma", "noise/grad_sq", "batch/size")
+    reduce = "none"
+    needs = frozenset({PROBE_BATCH})
+    schedule = "budget"  # its own (NoiseSchedule); the probe's time is not training time
+
+    def __init__(self, *, budget: float, every_n: int | None, ema: float,
+                 micro_batches: int = PROBE_MICRO_BATCHES) -> None:
+        super().__init__()
+        self.budget, self.every_n, self.ema, self.micro_batches = budget, every_n, ema, micro_batches
+
+    @dataclass
+    class Fit:
+        schedule: NoiseSchedule | None = None
+        ema: NoiseEMA | None = None
+        source: str | None = None  # "accumulation" | "probe", decided at the first measured step
+        skipped: dict[str, str] = field(default_factory=dict)  # source -> why it was not used
+        generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+        world: int = 1
+        micro_batches: int | None = None  # of the last probe
+        seconds: float = 0.0
+
+    @dataclass
+    class Step:
+        seen_final: bool = False  # the step's final gradients were seen (later batch hooks: after the step)
+        micro: int = 0  # batches that ended before the final gradients (accumulation micro-batches)
+        prev: list[Tensor] | None = None  # .grad after the last micro-batch
+        delta_sq: Tensor | None = None  # sum over micro-batches of |.grad change|²
+        estimate: tuple[float, float, float, float] | None = None  # (|G_small|², |G_big|², b_small, b_big)
+        accumulated: int = 1  # micro-batches of this step
+        batch: int = 0  # examples of the step's (first) batch on this process
+        seconds: float = 0.0
+
+    def start(self, ctx) -> None:
+        super().start(ctx)
+        fit = self.fit
+        fit.schedule = NoiseSchedule(budget=self.budget, every_n=self.every_n, start_step=ctx.start_step)
+        fit.ema = NoiseEMA(self.ema)
+        fit.world = _world()
+        if fit.schedule.mode == "off" or ctx.probe_loss is None:
+            fit.skipped["all"] = "turned off (noise_budget=0 or noise_every_n_steps=0)" if \
+                fit.schedule.mode == "off" else "no probe loss for this model"
+            self.enabled = False
+            return
+        if fit.world > 1:
+            fit.skipped["ddp"] = DDP_REASON
+            fit.skipped["accumulation"] = ("several processes: the micro-batches' gradients are local, the final "
+                                           "one is all-reduced")
+        else:
+            fit.skipped["ddp"] = "a single process"
+        if ctx.sharded:
+            if ctx.has_store:
+                ctx.failed("noise", [(None, MeasureError(SHARDED_REASON))], ctx.start_step, what="is not supported")
+            self.enabled = False
+
+    def _params(self) -> list[Tensor]:
+        assert self.ctx is not None
+        return [p for p in self.ctx.module.parameters() if p.requires_grad]
+
+    def due(self, step: int) -> bool:
+        ctx, sched = self.ctx, self.fit.schedule
+        return ctx is not None and sched is not None and ctx.has_store and ctx.probe_batch is not None and \
+            sched.due(step, ctx.clock())
+
+    # -- (c) the probe --------------------------------------------------------------------------------------------
+    def step_start(self, step: int) -> None:
+        fit, ctx = self.fit, self.ctx
+        assert ctx is not None and ctx.probe_loss is not None
+        batch = ctx.batch if ctx.batch is not None else ctx.probe_batch
+        size = batch_size_of(batch)
+        if size is None or size < 2:
+            raise MeasureError(f"the batch has {size or 'no'} examples along its first dimension: two batch sizes "
+                               "need at least 2")
+        self.now.batch = size
+        if fit.source != "probe":
+            return  # the first measured step looks for accumulation first; or accumulation measures in its hooks
+        t = time.perf_counter()
+        self.now.estimate = tuple(float(v) for v in noise_probe(  # type: ignore[assignment]
+            ctx.module, ctx.probe_loss, batch, self.micro_batches, fit.generator))
+        self.now.seconds += time.perf_counter() - t
+
+    # -- (b) gradient accumulation ---------------------------------------------------------------------------------
+    def batch(self, step: int, loss: Tensor | None) -> None:
+        now = self.now
+        if now.seen_final:
+            return
+        now.micro += 1
+        if self.fit.source == "probe" or self.fit.world > 1:
+            return
+        t = time.perf_counter()
+        with torch.no_grad():
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params()]
+            if now.prev is None:
+                d = _sq_norm(grads)
+            else:
+                d = _sq_norm(torch._foreach_sub(grads, now.prev))
+            now.delta_sq = d if now.delta_sq is None else now.delta_sq + d
+            now.prev = [g.detach().clone() for g in grads]
+        now.seconds += time.perf_counter() - t
+
+    def gradients(self, step: int, g: Any) -> None:
+        now, fit = self.now, self.fit
+        if now.seen_final:
+            return  # a second optimizer: the module's gradients were taken at the first
+        now.seen_final = True
+        now.accumulated = now.micro + 1
+        if fit.source is None:
+            if now.micro >= 1 and fit.world == 1:
+                fit.source = "accumulation"
+                fit.skipped["probe"] = "gradient accumulation gives micro-batch gradients without extra passes"
+            else:
+                fit.source = "probe"
+                if fit.world == 1:
+                    fit.skipped["accumulation"] = "one batch per optimizer step (no gradient accumulation)"
+        if fit.source != "accumulation" or now.prev is None or now.delta_sq is None:
+            return
+        t = time.perf_counter()
+        a = now.accumulated
+        with torch.no_grad():
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params()]
+            delta_sq = now.delta_sq + _sq_norm(torch._foreach_sub(grads, now.prev))
+            # .grad = (1/A) sum of micro-batch gradients: each change is g_i / A, the final gradient their mean
+            vals = torch.stack([delta_sq * a, _sq_norm(grads)]).cpu().tolist()
+        b = float(now.batch)
+        now.estimate = (vals[0], vals[1], b, a * b)
+        now.prev = None
+        now.seconds += time.perf_counter() - t
+
+    # -- emit ------------------------------------------------------------------------------------------------------
+    def step_end(self, step: int) -> None:
+        fit, now, ctx = self.fit, self.now, self.ctx
+        assert fit.schedule is not None and fit.ema is not None and ctx is not None
+        if not now.seen_final:
+            now.accumulated = max(now.micro, 1)
+        est = now.estimate
+        if est is None:
+            return  # the look for accumulation found none: the probe measures from the next due step
+        fit.schedule.record(step, now.seconds)
+        fit.seconds += now.seconds
+        sq_small, sq_big, b_small, b_big = est
+        g2, trace = two_batch_estimates(sq_small, sq_big, b_small, b_big)
+        fit.ema.update(g2, trace)
+        size = float(now.batch * now.accumulated * fit.world)
+        b_simple, tr_s, g2_s = fit.ema.b_simple, fit.ema.trace, fit.ema.grad_sq
+        if tr_s is None or g2_s is None:
+            return
+        if b_simple is None:
+            ctx.emit_host(step, _NAMES_NO_B, [tr_s, g2_s, size])
+        else:
+            ctx.emit_host(step, _NAMES, [b_simple, tr_s, g2_s, size])
+
+    def meta(self) -> dict[str, Any]:
+        fit = self.fit
+        out: dict[str, Any] = {"noise_source": fit.source, "noise_sources_skipped": dict(fit.skipped),
+                               "noise_time_s": round(fit.seconds, 6)}
+        if fit.source == "probe":
+            out["noise_micro_batches"] = self.micro_batches
+        if fit.schedule is not None:
+            out["noise_schedule"] = fit.schedule.facts()
+        return out
