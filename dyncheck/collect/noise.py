@@ -168,27 +168,36 @@ class NoiseScaleCollector(Collector):
             return  # a second optimizer: the module's gradients were taken at the first
         now.seen_final = True
         now.accumulated = now.micro + 1
-        if fit.source is None:
-            if now.micro >= 1 and fit.world == 1:
-                fit.source = "accumulation"
-                fit.skipped["probe"] = "gradient accumulation gives micro-batch gradients without extra passes"
-            else:
-                fit.source = "probe"
-                if fit.world == 1:
-                    fit.skipped["accumulation"] = "one batch per optimizer step (no gradient accumulation)"
-        if fit.source != "accumulation" or now.prev is None or now.delta_sq is None:
+        if fit.source == "probe" or fit.world > 1 or now.prev is None or now.delta_sq is None:
+            self._decide(False)
             return
         t = time.perf_counter()
-        a = now.accumulated
         with torch.no_grad():
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params()]
-            delta_sq = now.delta_sq + _sq_norm(torch._foreach_sub(grads, now.prev))
-            # .grad = (1/A) sum of micro-batch gradients: each change is g_i / A, the final gradient their mean
-            vals = torch.stack([delta_sq * a, _sq_norm(grads)]).cpu().tolist()
-        b = float(now.batch)
-        now.estimate = (vals[0], vals[1], b, a * b)
+            last = _sq_norm(torch._foreach_sub(grads, now.prev))
+            total, last_sq, final_sq = torch.stack([now.delta_sq + last, last, _sq_norm(grads)]).cpu().tolist()
         now.prev = None
+        # a loop that gives the last batch's loss before optimizer.step(): that batch's change was taken already
+        a = now.accumulated = now.micro + (1 if last_sq > 0 else 0)
+        self._decide(a >= 2)
+        if fit.source == "accumulation" and a >= 2:
+            # .grad = (1/A) sum of micro-batch gradients: each change is g_i / A, the final gradient their mean
+            b = float(now.batch)
+            now.estimate = (total * a, final_sq, b, a * b)
         now.seconds += time.perf_counter() - t
+
+    def _decide(self, accumulating: bool) -> None:
+        """At the first measured step: gradient accumulation (several micro-batches, one process) or the probe."""
+        fit = self.fit
+        if fit.source is not None:
+            return
+        if accumulating:
+            fit.source = "accumulation"
+            fit.skipped["probe"] = "gradient accumulation gives micro-batch gradients without extra passes"
+        else:
+            fit.source = "probe"
+            if fit.world == 1:
+                fit.skipped["accumulation"] = "one batch per optimizer step (no gradient accumulation)"
 
     # -- emit ------------------------------------------------------------------------------------------------------
     def step_end(self, step: int) -> None:

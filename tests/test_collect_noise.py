@@ -1,0 +1,195 @@
+"""The noise-scale collector: exact values through a plain loop (probe and gradient accumulation, against gradients
+computed in the test), a real Lightning Trainer recording the metrics from either source, training left
+bit-identical, and its options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+import dyncheck
+from dyncheck import ConfigError, DynamicsMonitor, open_run
+from dyncheck.measure.noise import split_batch, two_batch_estimates
+from models import MLP, loaders, trainer
+
+NOISE = ("noise/b_simple", "noise/trace_sigma", "noise/grad_sq", "batch/size")
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(128, 8, generator=g), torch.randn(128, 1, generator=g)
+
+
+def _loss(model, batch):
+    return nn.functional.mse_loss(model(batch[0]), batch[1])
+
+
+def _copy(model):
+    """A copy of the weights in a fresh module (the watched one carries the monitor's hooks)."""
+    ref = _model()
+    ref.load_state_dict(model.state_dict())
+    return ref
+
+
+def _sq(grads):
+    return float(sum((g.double() ** 2).sum() for g in grads))
+
+
+def _grads(model, batch):
+    return torch.autograd.grad(_loss(model, batch), list(model.parameters()))
+
+
+@pytest.mark.parametrize("order", ["after", "before"])
+def test_accumulation_source_in_a_plain_loop_matches_micro_batch_gradients(tmp_path, order):
+    """Four micro-batches of 8 per step, ``(loss / 4).backward()``: with no smoothing (noise_ema=0) each step's
+    tr(Σ) and |G|² are the two-batch estimates of the micro-batch gradients (B_small 8, B_big 32), computed here
+    on a copy of the model. ``mon.step(loss)`` before or after ``optimizer.step()`` gives the same."""
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    expected = {}
+    with dyncheck.watch(model, opt, dirpath=tmp_path / "run", probe_batch=(x[:8], y[:8]), sharpness_loss_fn=_loss,
+                        sharpness_budget=0, noise_every_n_steps=1, noise_ema=0.0, report=False) as mon:
+        for step in range(6):
+            ref = _copy(model)
+            micro = [(x[(4 * step + k) * 8 % 128:][:8], y[(4 * step + k) * 8 % 128:][:8]) for k in range(4)]
+            gs = [_grads(ref, mb) for mb in micro]
+            mean = [sum(g[i] for g in gs) / 4 for i in range(len(gs[0]))]
+            expected[step] = two_batch_estimates(float(np.mean([_sq(g) for g in gs])), _sq(mean), 8, 32)
+            for k, mb in enumerate(micro):
+                loss = _loss(model, mb)
+                (loss / 4).backward()
+                if order == "before" or k < 3:
+                    mon.step(loss)
+            opt.step()
+            opt.zero_grad()
+            if order == "after":
+                mon.step(loss)
+    run = open_run(tmp_path / "run")
+    assert run.meta["noise_source"] == "accumulation"
+    assert set(run.meta["noise_sources_skipped"]) == {"ddp", "probe"}
+    tr, g2 = run.series("noise/trace_sigma"), run.series("noise/grad_sq")
+    assert tr.steps.tolist() == list(range(6)) == g2.steps.tolist()
+    np.testing.assert_allclose(g2.values, [expected[s][0] for s in range(6)], rtol=1e-4)
+    np.testing.assert_allclose(tr.values, [expected[s][1] for s in range(6)], rtol=1e-4)
+    assert run.series("batch/size").values.tolist() == [32.0] * 6
+    b = run.series("noise/b_simple")
+    pos = g2.values > 0
+    assert b.steps.tolist() == g2.steps[pos].tolist()
+    np.testing.assert_allclose(b.values, tr.values[pos] / g2.values[pos], rtol=1e-6)
+
+
+def test_probe_source_in_a_plain_loop_matches_the_same_partitions(tmp_path):
+    """One batch per step: the probe splits the probe batch (a plain loop passes no batches) in 8 random
+    micro-batches at the weights of the step (before its forward); the values are reproduced here with the
+    collector's generator (seed 0, one permutation per probe). The first measured step only looks for
+    accumulation."""
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    probe = (x[:32], y[:32])
+    weights = {}
+    with dyncheck.watch(model, opt, dirpath=tmp_path / "run", probe_batch=probe, sharpness_loss_fn=_loss,
+                        sharpness_budget=0, noise_every_n_steps=1, noise_ema=0.0, report=False) as mon:
+        for step in range(6):
+            weights[step] = _copy(model)
+            loss = _loss(model, (x[16 * step:16 * step + 16], y[16 * step:16 * step + 16]))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            mon.step(loss)
+    run = open_run(tmp_path / "run")
+    assert run.meta["noise_source"] == "probe"
+    assert run.meta["noise_sources_skipped"]["accumulation"].startswith("one batch per optimizer step")
+    tr, g2 = run.series("noise/trace_sigma"), run.series("noise/grad_sq")
+    assert tr.steps.tolist() == [1, 2, 3, 4, 5]
+    gen = torch.Generator().manual_seed(0)
+    for i, step in enumerate(tr.steps):
+        ref = weights[int(step)]
+        perm = torch.randperm(32, generator=gen)
+        gs = [_grads(ref, split_batch(probe, perm[j * 4:(j + 1) * 4], 32)) for j in range(8)]
+        mean = [sum(g[k] for g in gs) / 8 for k in range(len(gs[0]))]
+        want = two_batch_estimates(float(np.mean([_sq(g) for g in gs])), _sq(mean), 4, 32)
+        assert g2.values[i] == pytest.approx(want[0], rel=1e-4)
+        assert tr.values[i] == pytest.approx(want[1], rel=1e-4)
+    assert run.series("batch/size").values.tolist() == [32.0] * 5
+
+
+@pytest.mark.parametrize("accumulate", [1, 4])
+def test_lightning_records_the_noise_scale_beside_the_batch_size(tmp_path, accumulate):
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", noise_every_n_steps=2, report=False)
+    trainer(tmp_path, [mon], max_epochs=3, accumulate_grad_batches=accumulate).fit(
+        MLP(), *loaders(batch_size=16, flat=True, shuffle=True))
+    run = open_run(tmp_path / "run")
+    steps = 48 // accumulate
+    assert run.meta["noise_source"] == ("probe" if accumulate == 1 else "accumulation")
+    assert run.meta["noise_schedule"]["mode"] == "fixed"
+    tr, g2, size = (run.series(k) for k in NOISE[1:])
+    # the probe: step 0 looks for accumulation, the probe measures from step 1 (bucket 0 still open)
+    want = ([1] if accumulate == 1 else [0]) + list(range(2, steps, 2))
+    assert tr.steps.tolist() == want == size.steps.tolist()
+    assert size.values.tolist() == [16.0 * accumulate] * len(want)
+    assert np.all(tr.values > 0) and np.all(np.isfinite(g2.values))
+    b = run.series("noise/b_simple")
+    assert len(b) >= len(want) // 2
+    i = np.searchsorted(tr.steps, b.steps)
+    np.testing.assert_allclose(b.values, tr.values[i] / g2.values[i], rtol=1e-6)
+    assert run.meta["measurement_errors"] == []
+
+
+def _train(tmp_path, monitor, accumulate):
+    pl.seed_everything(1234)
+    model = MLP(dropout=0.3, batchnorm=True, momentum=0.9)
+    trainer(tmp_path, [monitor] if monitor else [], accumulate_grad_batches=accumulate).fit(
+        model, *loaders(shuffle=True, flat=True))
+    return model.losses, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_noise_probe_does_not_change_training(tmp_path, accumulate):
+    """Same seed, bit-identical losses and weights with the noise scale measured at every step (dropout draws
+    random numbers, BatchNorm keeps running statistics), beside sharpness probes and activation hooks."""
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", every_n_steps=1, activations_every_n_steps=1,
+                          sharpness_every_n_steps=2, noise_every_n_steps=1, flush_every_n_steps=3, report=False)
+    with_losses, with_state = _train(tmp_path / "a", mon, accumulate)
+    plain_losses, plain_state = _train(tmp_path / "b", None, accumulate)
+    assert with_losses == plain_losses
+    for k in plain_state:
+        assert torch.equal(with_state[k], plain_state[k]), k
+    run = open_run(tmp_path / "run")
+    assert len(run.series("noise/trace_sigma")) >= 16 // accumulate - 1
+    assert run.meta["measurement_errors"] == []
+
+
+def test_default_budget_measures_and_zero_budget_turns_it_off(tmp_path):
+    on = DynamicsMonitor(dirpath=tmp_path / "on", report=False)
+    trainer(tmp_path, [on]).fit(MLP(), *loaders(batch_size=16, flat=True, shuffle=True))
+    run = open_run(tmp_path / "on")
+    assert run.meta["noise_schedule"]["mode"] == "budget" and run.meta["noise_schedule"]["measurements"] >= 1
+    assert len(run.series("noise/trace_sigma")) == run.meta["noise_schedule"]["measurements"]
+    off = DynamicsMonitor(dirpath=tmp_path / "off", noise_budget=0, report=False)
+    trainer(tmp_path, [off]).fit(MLP(), *loaders(batch_size=16, flat=True))
+    run = open_run(tmp_path / "off")
+    assert not [m for m in run.metrics() if m.startswith("noise/") or m == "batch/size"]
+    assert run.meta["noise_source"] is None and "turned off" in run.meta["noise_sources_skipped"]["all"]
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"noise_budget": -0.1}, r"noise_budget=-0\.1\): expected a number in \[0\.0, 1\.0\]"),
+    ({"noise_budget": 2}, "noise_budget=2"),
+    ({"noise_budget": "a"}, "noise_budget='a'"),
+    ({"noise_every_n_steps": -1}, r"noise_every_n_steps=-1\): expected an int >= 0 or None"),
+    ({"noise_every_n_steps": 2.5}, "noise_every_n_steps=2.5"),
+    ({"noise_ema": 1.0}, r"noise_ema=1\.0\): expected a number in \[0\.0, 1\.0\)"),
+    ({"noise_ema": -0.5}, "noise_ema=-0.5"),
+    ({"noise_ema": True}, "noise_ema=True"),
+])
+def test_bad_options_are_clear_errors(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        DynamicsMonitor(**kw)
