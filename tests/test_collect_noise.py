@@ -193,3 +193,36 @@ def test_default_budget_measures_and_zero_budget_turns_it_off(tmp_path):
 def test_bad_options_are_clear_errors(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         DynamicsMonitor(**kw)
+
+
+@pytest.mark.parametrize("top, dip_at_end, fires_from", [
+    (1000.0, False, 8),  # B_simple >= 160 (batch 16 at 0.1x or less) from point 8 of 20 on: 12 points, to the end
+    (300.0, False, None),  # from point 13 on: 7 of 20 points, under half of them
+    (1000.0, True, None),  # not so at the end
+])
+def test_noise_dominated_check_is_info_and_needs_a_sustained_stretch_to_the_end(top, dip_at_end, fires_from):
+    from dyncheck.checks.engine import evaluate
+    from dyncheck.checks.rules import load_rules
+
+    steps = np.arange(20) * 10
+    b = np.geomspace(50.0, top, 20)
+    if dip_at_end:
+        b[-1] = 100.0
+    series = {"loss/train": (np.arange(200), np.linspace(2, 0.5, 200)), "batch/size": (steps, np.full(20, 16.0)),
+              "noise/b_simple": (steps, b)}
+    rules = load_rules("default")
+    assert rules["noise-dominated"].severity == "info"
+    found = [f for f in evaluate(series, rules).findings if f.check == "noise-dominated"]
+    if fires_from is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].severity == "info" and found[0].first_step == steps[fires_from]
+        assert "noise-dominated" in found[0].message
+
+
+def test_noise_dominated_is_skipped_with_a_reason_when_not_measured():
+    from dyncheck.checks.engine import evaluate
+
+    res = evaluate({"loss/train": (np.arange(50), np.ones(50))}, "default")
+    why = {s.check: s.reason for s in res.skipped}["noise-dominated"]
+    assert "gradient noise scale was not measured" in why

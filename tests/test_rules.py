@@ -11,7 +11,7 @@ DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "oscillating-loss"
                "dead-units", "saturated-activations", "no-progress", "premature-plateau", "train-val-divergence",
                "validation-stalled", "over-regularization",
                "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability",
-               "progressive-sharpening", "catapult", "lr-collapse", "layers-not-learning"]
+               "progressive-sharpening", "catapult", "lr-collapse", "layers-not-learning", "noise-dominated"]
 
 
 def write(tmp_path, text, name="rules.yaml"):
