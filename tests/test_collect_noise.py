@@ -178,6 +178,10 @@ def test_default_budget_measures_and_zero_budget_turns_it_off(tmp_path):
     run = open_run(tmp_path / "off")
     assert not [m for m in run.metrics() if m.startswith("noise/") or m == "batch/size"]
     assert run.meta["noise_source"] is None and "turned off" in run.meta["noise_sources_skipped"]["all"]
+    from dyncheck.report import render_report
+
+    html = render_report(tmp_path / "off")
+    assert "The gradient noise scale was not measured: turned off (noise_budget=0 or noise_every_n_steps=0)" in html
 
 
 @pytest.mark.parametrize("kw, msg", [
@@ -226,3 +230,24 @@ def test_noise_dominated_is_skipped_with_a_reason_when_not_measured():
     res = evaluate({"loss/train": (np.arange(50), np.ones(50))}, "default")
     why = {s.check: s.reason for s in res.skipped}["noise-dominated"]
     assert "gradient noise scale was not measured" in why
+
+
+def test_noise_scale_scenario_shows_the_noise_scale_growing_as_the_loss_falls(tmp_path):
+    """The demo scenario (``dyncheck demo --scenario noise-scale``): a healthy run, no warnings or errors, where
+    B_simple ends several times above where it started while the loss falls; the report says so."""
+    from dyncheck import evaluate
+    from dyncheck.scenarios import SCENARIOS, run_scenario
+
+    run_dir = run_scenario("noise-scale", tmp_path, monitor_kwargs={"rules": None})
+    run = open_run(run_dir)
+    b, loss = run.series("noise/b_simple"), run.series("loss/train")
+    k = len(b) // 3
+    assert len(b) > 100 and np.median(b.values[-k:]) > 2.5 * np.median(b.values[:k])
+    assert np.median(loss.values[-100:]) < 0.6 * np.median(loss.values[:100])
+    assert run.meta["noise_source"] == "probe"
+    result = evaluate(run_dir, "default")
+    assert {f.check for f in result.findings if f.severity != "info"} <= SCENARIOS["noise-scale"].allowed
+    from dyncheck.report import render_report
+
+    html = render_report(run_dir, result=result)
+    assert "it grew, as the noise scale does while the loss falls" in html
