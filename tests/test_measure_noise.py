@@ -178,3 +178,18 @@ def test_schedule_fixed_budget_and_off():
     for off in (NoiseSchedule(budget=0.0, every_n=None), NoiseSchedule(budget=0.5, every_n=0)):
         assert off.mode == "off" and not off.due(100, 1e9)
     assert NoiseSchedule(budget=0.0, every_n=3).mode == "fixed"
+
+
+def test_evaluating_only_some_micro_batches():
+    """``evaluate=m``: the first m micro-batches of the same partition; b_big is m x b."""
+    net = _net()
+    x, y = torch.randn(32, 10), torch.randint(0, 3, (32,))
+    per = _per_example(net, x, y)
+    got = micro_batch_sq_norms(_loss(net), [x, y], list(net.parameters()), 8, torch.Generator().manual_seed(5),
+                               evaluate=2)
+    perm = torch.randperm(32, generator=torch.Generator().manual_seed(5))
+    groups = [per[perm[i * 4:(i + 1) * 4]].mean(0) for i in range(2)]
+    mean = torch.stack(groups).mean(0)
+    assert got[2:] == (4, 8)
+    assert got[0] == pytest.approx(float(np.mean([float(g @ g) for g in groups])), rel=1e-5)
+    assert got[1] == pytest.approx(float(mean @ mean), rel=1e-5)

@@ -14,9 +14,12 @@ Where the squared norms at two batch sizes come from, in order of preference:
     and of the usual loop ``(loss / A).backward()``), the final gradient is their mean. Costs one copy of the
     gradients per measured step, no extra forward or backward.
 (c) otherwise a probe at step start on the step's own batch (before its forward; the kept probe batch, a copy of
-    the first batch, where the adapter does not pass batches): split in k random equal micro-batches,
-    per-micro-batch gradients by ``torch.autograd.grad`` (``.grad`` untouched), the model's state preserved
-    (random generators, buffers, flags). It runs on the process that writes only (rank zero).
+    the first batch, where the adapter does not pass batches): the batch split in 8 random equal micro-batches,
+    the gradients of 2 of them by ``torch.autograd.grad`` (``.grad`` untouched; 2 passes over a quarter of the
+    batch), the model's state preserved (random generators, buffers, flags), against the step's own final
+    gradient as the big batch (free: B_big = batch x micro-batches x processes, so under DDP the big batch is
+    the global one). It runs on the process that writes only (rank zero). In a plain loop the batch size is the
+    probe batch's: give one of the training batch size.
 
 The schedule (:class:`~dyncheck.measure.noise.NoiseSchedule`) is ``noise_every_n_steps`` or a share
 ``noise_budget`` of the training time. Values are rank zero's. The probe uses the step's own batch rather than
@@ -45,8 +48,10 @@ from .base import PROBE_BATCH, Collector, interned
 
 __all__ = ["NoiseScaleCollector", "DDP_REASON"]
 
-#: micro-batches a probe splits the probe batch into (fewer when the batch is smaller)
+#: a probe splits the batch into this many micro-batches (fewer when the batch is smaller) and computes the
+#: gradients of PROBE_EVALUATED of them: 2 passes over a quarter of the batch in all
 PROBE_MICRO_BATCHES = 8
+PROBE_EVALUATED = 2
 
 DDP_REASON = ("DDP all-reduces gradients inside the backward pass (bucket hooks overwrite .grad in place), so the "
               "per-process gradients never reach a callback; reading them needs a DDP communication hook on the "
@@ -74,9 +79,10 @@ class NoiseScaleCollector(Collector):
     schedule = "budget"  # its own (NoiseSchedule); the probe's time is not training time
 
     def __init__(self, *, budget: float, every_n: int | None, ema: float,
-                 micro_batches: int = PROBE_MICRO_BATCHES) -> None:
+                 micro_batches: int = PROBE_MICRO_BATCHES, evaluated: int = PROBE_EVALUATED) -> None:
         super().__init__()
-        self.budget, self.every_n, self.ema, self.micro_batches = budget, every_n, ema, micro_batches
+        self.budget, self.every_n, self.ema = budget, every_n, ema
+        self.micro_batches, self.evaluated = micro_batches, evaluated
 
     @dataclass
     class Fit:
@@ -96,6 +102,7 @@ class NoiseScaleCollector(Collector):
         prev: list[Tensor] | None = None  # .grad after the last micro-batch
         delta_sq: Tensor | None = None  # sum over micro-batches of |.grad change|²
         estimate: tuple[float, float, float, float] | None = None  # (|G_small|², |G_big|², b_small, b_big)
+        small: tuple[float, float] | None = None  # the probe's (|G_small|², b_small), before the step's gradient
         accumulated: int = 1  # micro-batches of this step
         batch: int = 0  # examples of the step's (first) batch on this process
         seconds: float = 0.0
@@ -144,8 +151,9 @@ class NoiseScaleCollector(Collector):
         if fit.source != "probe":
             return  # the first measured step looks for accumulation first; or accumulation measures in its hooks
         t = time.perf_counter()
-        self.now.estimate = tuple(float(v) for v in noise_probe(  # type: ignore[assignment]
-            ctx.module, ctx.probe_loss, batch, self.micro_batches, fit.generator))
+        sq_small, _, b_small, _ = noise_probe(ctx.module, ctx.probe_loss, batch, self.micro_batches, fit.generator,
+                                              evaluate=self.evaluated)
+        self.now.small = (float(sq_small), float(b_small))
         self.now.seconds += time.perf_counter() - t
 
     # -- (b) gradient accumulation ---------------------------------------------------------------------------------
@@ -173,7 +181,11 @@ class NoiseScaleCollector(Collector):
             return  # a second optimizer: the module's gradients were taken at the first
         now.seen_final = True
         now.accumulated = now.micro + 1
-        if fit.source == "probe" or fit.world > 1 or now.prev is None or now.delta_sq is None:
+        if fit.source == "probe":
+            if now.small is not None:
+                self._probe_estimate()
+            return
+        if fit.world > 1 or now.prev is None or now.delta_sq is None:
             self._decide(False)
             return
         t = time.perf_counter()
@@ -189,6 +201,21 @@ class NoiseScaleCollector(Collector):
             # .grad = (1/A) sum of micro-batch gradients: each change is g_i / A, the final gradient their mean
             b = float(now.batch)
             now.estimate = (total * a, final_sq, b, a * b)
+        now.seconds += time.perf_counter() - t
+
+    def _probe_estimate(self) -> None:
+        """The probe's micro-batches against the step's own gradient: the full batch (all micro-batches, all
+        processes: B_big = batch x micro-batches x processes), read at no cost."""
+        now, fit = self.now, self.fit
+        assert now.small is not None
+        t = time.perf_counter()
+        with torch.no_grad():
+            grads = [p.grad for p in self._params() if p.grad is not None]
+            if not grads:
+                return
+            sq_big = float(_sq_norm(grads))
+        sq_small, b_small = now.small
+        now.estimate = (sq_small, sq_big, b_small, float(now.batch * now.accumulated * fit.world))
         now.seconds += time.perf_counter() - t
 
     def _decide(self, accumulating: bool) -> None:
@@ -232,7 +259,7 @@ class NoiseScaleCollector(Collector):
         out: dict[str, Any] = {"noise_source": fit.source, "noise_sources_skipped": dict(fit.skipped),
                                "noise_time_s": round(fit.seconds, 6)}
         if fit.source == "probe":
-            out["noise_micro_batches"] = self.micro_batches
+            out["noise_probe"] = {"micro_batches": self.micro_batches, "evaluated": self.evaluated}
         if fit.schedule is not None:
             out["noise_schedule"] = fit.schedule.facts()
         return out

@@ -122,21 +122,25 @@ def split_batch(batch: Any, index: Tensor, size: int) -> Any:
 # the probe
 # ----------------------------------------------------------------------------------------------------------------
 def micro_batch_sq_norms(loss_fn: Callable[[Any], Tensor], batch: Any, params: Sequence[Tensor], k: int,
-                         generator: torch.Generator | None = None) -> tuple[float, float, int, int]:
+                         generator: torch.Generator | None = None, evaluate: int | None = None
+                         ) -> tuple[float, float, int, int]:
     """``(|G_small|², |G_big|², b_small, b_big)`` from ``k`` equal micro-batches of ``batch`` (a random partition
     drawn with ``generator``; the remainder of an uneven split is left out): |G_small|² is the mean over the
     micro-batches of their gradients' squared norms, |G_big|² the squared norm of the mean of those gradients.
+    ``evaluate``: only the first this many micro-batches are computed (b_big is then ``evaluate`` x b_small; a
+    caller that has the whole batch's gradient anyway uses it as |G_big|² instead, at no cost).
     ``loss_fn(micro_batch)`` must be the mean loss over the micro-batch's examples. ``.grad`` is not touched."""
     size = batch_size_of(batch)
     if size is None or size < 2:
         raise MeasureError(f"the probe batch has {size or 'no'} examples: two batch sizes need at least 2")
     k = max(2, min(k, size))
     b = size // k
+    m = k if evaluate is None else max(1, min(evaluate, k))
     perm = torch.randperm(size, generator=generator)
     params = list(params)
     total: list[Tensor] | None = None
     small = None
-    for i in range(k):
+    for i in range(m):
         loss = loss_fn(split_batch(batch, perm[i * b:(i + 1) * b], size))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
@@ -148,13 +152,14 @@ def micro_batch_sq_norms(loss_fn: Callable[[Any], Tensor], batch: Any, params: S
             torch._foreach_add_(total, [g.float() for g in grads])
         del loss, grads
     assert total is not None and small is not None
-    big = torch.stack([torch.linalg.vector_norm(t) ** 2 for t in total]).sum() / (k * k)
-    vals = torch.stack([small / k, big]).cpu().tolist()  # one transfer
-    return float(vals[0]), float(vals[1]), b, b * k
+    big = torch.stack([torch.linalg.vector_norm(t) ** 2 for t in total]).sum() / (m * m)
+    vals = torch.stack([small / m, big]).cpu().tolist()  # one transfer
+    return float(vals[0]), float(vals[1]), b, b * m
 
 
 def noise_probe(module: nn.Module, loss_fn: Callable[[nn.Module, Any], Tensor], batch: Any, k: int,
-                generator: torch.Generator | None = None) -> tuple[float, float, int, int]:
+                generator: torch.Generator | None = None, evaluate: int | None = None
+                ) -> tuple[float, float, int, int]:
     """:func:`micro_batch_sq_norms` on ``module``'s trainable parameters with ``loss_fn(module, micro_batch)``,
     leaving no trace in the training (random generators, buffers, ``.grad``, train/eval flags restored by
     :func:`~dyncheck.measure.sharpness.preserved_training_state`)."""
@@ -163,7 +168,7 @@ def noise_probe(module: nn.Module, loss_fn: Callable[[nn.Module, Any], Tensor], 
         raise MeasureError("the model has no trainable parameters")
     # TorchScript's profiling executor specialises its graphs by call history: the probe's forwards must not count
     with preserved_training_state(module, params), torch.enable_grad(), torch.jit.optimized_execution(False):
-        return micro_batch_sq_norms(lambda mb: loss_fn(module, mb), batch, params, k, generator)
+        return micro_batch_sq_norms(lambda mb: loss_fn(module, mb), batch, params, k, generator, evaluate)
 
 
 # ----------------------------------------------------------------------------------------------------------------
