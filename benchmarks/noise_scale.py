@@ -1,20 +1,22 @@
 """Accuracy and cost of dyncheck's gradient noise scale against exact per-example gradients.
 
-For three small networks, at fixed weights (after a few SGD steps), the exact |G|², tr(Σ) and B_simple =
-tr(Σ)/|G|² over a population (the whole training set) come from per-example gradients (``torch.func.vmap(grad)``,
-float64 sums). The monitor's probe (``micro_batch_sq_norms``: a batch of B split in 8 micro-batches, then
-``two_batch_estimates``) runs on R random batches of B drawn from the population:
+For three small networks, at fixed weights (after 30 SGD steps), the exact |G|², tr(Σ) and B_simple =
+tr(Σ)/|G|² over a population (the whole training set, 1000 examples) come from per-example gradients
+(``torch.func.vmap(grad)``, float64 sums). Two probes run on random batches drawn from the population:
 
-- ``1 probe``: the median relative error of a single probe's tr(Σ) and |G|² (a single |G|² is often negative:
-  one probe cannot resolve |G|² when B is far below B_simple);
-- ``mean of R``: the relative error of the mean estimates and of their ratio (unbiased: this is the target,
-  within 10%);
-- ``EMA 0.95``: the median relative error of the smoothed B_simple (``NoiseEMA(0.95)``, the monitor's default)
-  over the probes after the first 40 (what a run at these weights would show).
+- ``8/8``: ``micro_batch_sq_norms`` with all 8 micro-batches, their mean as the big batch;
+- ``2/8``: what NoiseScaleCollector does: 2 of the 8 micro-batches against the whole batch's gradient (which the
+  training step computes anyway).
 
-Cost: seconds of one probe against one training step (forward, backward, SGD step) on the same batch, and of the
-gradient-accumulation source (a copy of the gradients and a squared norm per micro-batch), medians of
-interleaved repeats.
+Columns: the median relative error of a single probe's tr(Σ) and |G|² (a single |G|² is often negative: one
+probe cannot resolve |G|² when the batch is far below B_simple); the relative error of the mean estimates over
+all probes and of their ratio (the estimates are unbiased: the target is within 10%), with two standard errors of
+the mean |G|² (the statistical resolution of the check); the median relative error of the smoothed B_simple
+(``NoiseEMA(0.95)``, the monitor's default) after the first 40 probes (what a run at these weights would show).
+
+Cost: seconds of each probe, and of the gradient-accumulation source (a copy of the gradients and a squared norm
+per micro-batch, 8 micro-batches), against one training step (forward, backward, SGD step) on the same batch,
+medians of interleaved repeats, one thread.
 
 Usage: ``python benchmarks/noise_scale.py [--quick]``
 """
@@ -54,11 +56,14 @@ def _digits(image: bool):
 
 def cases():
     torch.manual_seed(0)
+    # (name, net, data, batch, probes x): moons' noise scale is ~750 after warm-up: larger batches, and 4x the
+    # probes, to resolve its |G|² to a few percent
     yield "tanh MLP, moons", nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
-                                           nn.Linear(64, 2)), _moons()
-    yield "ReLU MLP, digits", nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)), _digits(False)
+                                           nn.Linear(64, 2)), _moons(), 512, 4
+    yield "ReLU MLP, digits", nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)), _digits(False), 64, 1
     yield "CNN, digits", nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
-                                       nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 10)), _digits(True)
+                                       nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 10)), \
+        _digits(True), 64, 1
 
 
 def _loss(net):
@@ -95,23 +100,53 @@ def rel(a, b):
     return abs(a - b) / abs(b)
 
 
+def _full_sq(net, xb, yb):
+    g = torch.autograd.grad(nn.functional.cross_entropy(net(xb), yb), list(net.parameters()))
+    return float(sum((t.double() ** 2).sum() for t in g))
+
+
+def accuracy(net, x, y, batch, probes, variant):
+    """Rows of (|G|², tr(Σ)) estimates over ``probes`` random batches. ``variant``: ``"8/8"`` all micro-batches,
+    their mean as the big batch (``micro_batch_sq_norms``); ``"2/8"`` the collector's probe: 2 of the 8
+    micro-batches against the whole batch's gradient (which training computes anyway)."""
+    gen = torch.Generator().manual_seed(0)
+    params = list(net.parameters())
+    ests = []
+    for _ in range(probes):
+        idx = torch.randint(0, len(x), (batch,), generator=gen)
+        xb, yb = x[idx], y[idx]
+        if variant == "8/8":
+            s, b, bs, bb = micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen)
+        else:
+            s, _, bs, _ = micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen, evaluate=2)
+            b, bb = _full_sq(net, xb, yb), batch
+        ests.append(two_batch_estimates(s, b, bs, bb))
+    return np.array(ests)
+
+
 def timings(net, x, y, batch, repeats):
-    """Median seconds of (training step, probe, accumulation bookkeeping for 8 micro-batches), interleaved."""
+    """Median seconds of (training step, probe 8/8, probe 2/8, accumulation bookkeeping of 8 micro-batches),
+    interleaved."""
     opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: the weights stay, the work is the same
     params = list(net.parameters())
     gen = torch.Generator().manual_seed(2)
     idx = torch.randint(0, len(x), (batch,), generator=gen)
     xb, yb = x[idx], y[idx]
-    step_t, probe_t, acc_t = [], [], []
+    times: list[list[float]] = [[], [], [], []]
     for _ in range(repeats):
         t = time.perf_counter()
         opt.zero_grad()
         nn.functional.cross_entropy(net(xb), yb).backward()
         opt.step()
-        step_t.append(time.perf_counter() - t)
+        times[0].append(time.perf_counter() - t)
         t = time.perf_counter()
         micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen)
-        probe_t.append(time.perf_counter() - t)
+        times[1].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen, evaluate=2)
+        with torch.no_grad():  # the step's gradient's squared norm, as the collector takes it
+            torch.stack([torch.linalg.vector_norm(p.grad) ** 2 for p in params]).sum().item()
+        times[2].append(time.perf_counter() - t)
         t = time.perf_counter()
         prev = None
         with torch.no_grad():
@@ -120,8 +155,8 @@ def timings(net, x, y, batch, repeats):
                 d = grads if prev is None else torch._foreach_sub(grads, prev)
                 torch.stack([torch.linalg.vector_norm(g) ** 2 for g in d]).sum()
                 prev = [g.clone() for g in grads]
-        acc_t.append(time.perf_counter() - t)
-    return statistics.median(step_t), statistics.median(probe_t), statistics.median(acc_t)
+        times[3].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -129,41 +164,47 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer probes and repeats")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    (probes, repeats), batch = ((100, 10) if args.quick else (400, 30)), 64
-    rows = []
-    for name, net, (x, y) in cases():
+    probes, repeats = (200, 10) if args.quick else (1000, 30)
+    acc_rows, cost_rows = [], []
+    for name, net, (x, y), batch, more in cases():
         warm_up(net, x, y)
+        n_probes = probes * more
         g2, tr = exact(net, x, y)
-        gen = torch.Generator().manual_seed(0)
-        ests = []
-        for _ in range(probes):
-            idx = torch.randint(0, len(x), (batch,), generator=gen)
-            s, b, bs, bb = micro_batch_sq_norms(_loss(net), [x[idx], y[idx]], list(net.parameters()), 8, gen)
-            ests.append(two_batch_estimates(s, b, bs, bb))
-        e_g2, e_tr = np.array(ests).T
-        ema, smoothed = NoiseEMA(0.95), []
-        for i, (a, b) in enumerate(ests):
-            ema.update(a, b)
-            if i >= 40 and ema.b_simple is not None:
-                smoothed.append(ema.b_simple)
         b_exact = tr / g2
-        step_s, probe_s, acc_s = timings(net, x, y, batch, repeats)
-        rows.append((name, sum(p.numel() for p in net.parameters()), b_exact,
-                     float(np.median([rel(v, tr) for v in e_tr])), float(np.median([rel(v, g2) for v in e_g2])),
-                     float(np.mean(e_g2 < 0)),
-                     rel(e_tr.mean(), tr), rel(e_g2.mean(), g2), rel(e_tr.mean() / e_g2.mean(), b_exact),
-                     float(np.median([rel(v, b_exact) for v in smoothed])) if smoothed else float("nan"),
-                     probe_s / step_s, acc_s / step_s, step_s * 1e3))
-    print(f"batch {batch} split in 8 micro-batches; {probes} probes per case; relative errors against exact "
-          "per-example gradients over the population\n")
-    head = ("case", "params", "B exact", "1 probe trΣ", "1 probe |G|²", "|G|²<0", f"mean of {probes}: trΣ",
-            "|G|²", "B_simple", "EMA 0.95 B", "probe/step", "accum/step", "step ms")
+        for variant in ("8/8", "2/8"):
+            e_g2, e_tr = accuracy(net, x, y, batch, n_probes, variant).T
+            ema, smoothed = NoiseEMA(0.95), []
+            for i, (a, b) in enumerate(zip(e_g2, e_tr)):
+                ema.update(a, b)
+                if i >= 40 and ema.b_simple is not None:
+                    smoothed.append(ema.b_simple)
+            se_g2 = e_g2.std() / np.sqrt(n_probes) / g2
+            acc_rows.append((f"{name} ({n_probes} probes)", batch, b_exact, variant,
+                             float(np.median([rel(v, tr) for v in e_tr])), float(np.median([rel(v, g2) for v in e_g2])),
+                             float(np.mean(e_g2 < 0)), rel(e_tr.mean(), tr), rel(e_g2.mean(), g2), 2 * se_g2,
+                             rel(e_tr.mean() / e_g2.mean(), b_exact),
+                             float(np.median([rel(v, b_exact) for v in smoothed])) if smoothed else float("nan")))
+        step_s, full_s, probe_s, acc_s = timings(net, x, y, batch, repeats)
+        cost_rows.append((name, sum(p.numel() for p in net.parameters()), batch, step_s * 1e3, full_s / step_s,
+                          probe_s / step_s, acc_s / step_s))
+    print("Accuracy: at fixed weights; relative errors against exact per-example "
+          "gradients over the population (8/8: all 8 micro-batches, their mean as the big batch; 2/8: the "
+          "collector's probe, 2 micro-batches against the step's gradient)\n")
+    head = ("case", "batch", "B exact", "probe", "1 probe trΣ", "1 probe |G|²", "|G|²<0", "mean of all: trΣ",
+            "|G|²", "(2 s.e.)", "B_simple", "EMA 0.95 B")
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
-    for r in rows:
-        print(f"{r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1%} | {r[4]:.0%} | {r[5]:.0%} | {r[6]:.1%} | {r[7]:.1%} | "
-              f"{r[8]:.1%} | {r[9]:.0%} | {r[10]:.2f}x | {r[11]:.2f}x | {r[12]:.2f}")
-    worst = max(max(r[6], r[7], r[8]) for r in rows)
+    for r in acc_rows:
+        print(f"{r[0]} | {r[1]} | {r[2]:.1f} | {r[3]} | {r[4]:.0%} | {r[5]:.0%} | {r[6]:.0%} | {r[7]:.1%} | "
+              f"{r[8]:.1%} | {r[9]:.1%} | {r[10]:.1%} | {r[11]:.0%}")
+    print("\nCost per measurement, relative to one training step on the same batch (medians of interleaved "
+          f"repeats, {repeats} each, one thread)\n")
+    head = ("case", "params", "batch", "step ms", "probe 8/8", "probe 2/8 (collector)", "accumulation (8 micro)")
+    print(" | ".join(head))
+    print(" | ".join("---" for _ in head))
+    for r in cost_rows:
+        print(f"{r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f}x | {r[5]:.2f}x | {r[6]:.2f}x")
+    worst = max(max(r[7], r[8], r[10]) for r in acc_rows)
     print(f"\ntarget: mean estimates within 10% of exact -- worst {worst:.1%}: {'met' if worst <= 0.10 else 'MISSED'}")
 
 
