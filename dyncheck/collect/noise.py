@@ -124,9 +124,8 @@ class NoiseScaleCollector(Collector):
                                            "one is all-reduced")
         else:
             fit.skipped["ddp"] = "a single process"
-        if ctx.sharded:
-            if ctx.has_store:
-                ctx.failed("noise", [(None, MeasureError(SHARDED_REASON))], ctx.start_step, what="is not supported")
+        if ctx.sharded:  # a known limit, not a failure: said in the meta, without a warning (it is on by default)
+            fit.skipped["all"] = SHARDED_REASON
             self.enabled = False
 
     def _params(self) -> list[Tensor]:
