@@ -193,3 +193,18 @@ def test_evaluating_only_some_micro_batches():
     assert got[2:] == (4, 8)
     assert got[0] == pytest.approx(float(np.mean([float(g @ g) for g in groups])), rel=1e-5)
     assert got[1] == pytest.approx(float(mean @ mean), rel=1e-5)
+
+
+def test_sq_norm_of_sparse_complex_and_float64_tensors():
+    from dyncheck.measure.noise import sq_norm
+
+    dense = torch.tensor([[0.0, 3.0], [4.0, 0.0]])
+    sparse = dense.to_sparse()
+    sparse_dup = torch.sparse_coo_tensor([[0, 0], [1, 1]], [1.0, 2.0], (2, 2))  # duplicates add up: 3
+    cplx = torch.tensor([3 + 4j, 1j], dtype=torch.complex64)
+    wide = torch.tensor([1e-3], dtype=torch.float64)
+    assert float(sq_norm([dense])) == 25.0 and float(sq_norm([sparse])) == 25.0
+    assert float(sq_norm([sparse_dup])) == 9.0
+    assert float(sq_norm([cplx])) == pytest.approx(26.0)
+    got = sq_norm([wide, dense])
+    assert got.dtype == torch.float64 and float(got) == pytest.approx(25.000001, rel=1e-12)

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MeasureError
-from ..measure.noise import NoiseEMA, NoiseSchedule, batch_size_of, noise_probe, two_batch_estimates
+from ..measure.noise import NoiseEMA, NoiseSchedule, batch_size_of, noise_probe, sq_norm, two_batch_estimates
 from .base import PROBE_BATCH, Collector, interned
 
 __all__ = ["NoiseScaleCollector", "DDP_REASON"]
@@ -68,7 +68,11 @@ def _world() -> int:
 
 
 def _sq_norm(tensors: list[Tensor]) -> Tensor:
-    return torch.stack([torch.linalg.vector_norm(t.float()) ** 2 for t in tensors]).sum()
+    return sq_norm(tensors)
+
+
+def _dense(t: Tensor) -> Tensor:
+    return t.to_dense() if t.layout != torch.strided else t
 
 
 class NoiseScaleCollector(Collector):
@@ -118,6 +122,10 @@ class NoiseScaleCollector(Collector):
                 fit.schedule.mode == "off" else "no probe loss for this model"
             self.enabled = False
             return
+        if not any(p.requires_grad for p in ctx.module.parameters()):
+            fit.skipped["all"] = "the model has no trainable parameters"
+            self.enabled = False
+            return
         if fit.world > 1:
             fit.skipped["ddp"] = DDP_REASON
             fit.skipped["accumulation"] = ("several processes: the micro-batches' gradients are local, the final "
@@ -151,7 +159,7 @@ class NoiseScaleCollector(Collector):
             return  # the first measured step looks for accumulation first; or accumulation measures in its hooks
         t = time.perf_counter()
         sq_small, _, b_small, _ = noise_probe(ctx.module, ctx.probe_loss, batch, self.micro_batches, fit.generator,
-                                              evaluate=self.evaluated)
+                                              evaluate=self.evaluated, big=False)
         self.now.small = (float(sq_small), float(b_small))
         self.now.seconds += time.perf_counter() - t
 
@@ -165,7 +173,7 @@ class NoiseScaleCollector(Collector):
             return
         t = time.perf_counter()
         with torch.no_grad():
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params()]
+            grads = [_dense(p.grad) if p.grad is not None else torch.zeros_like(p) for p in self._params()]
             if now.prev is None:
                 d = _sq_norm(grads)
             else:
@@ -189,7 +197,7 @@ class NoiseScaleCollector(Collector):
             return
         t = time.perf_counter()
         with torch.no_grad():
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params()]
+            grads = [_dense(p.grad) if p.grad is not None else torch.zeros_like(p) for p in self._params()]
             last = _sq_norm(torch._foreach_sub(grads, now.prev))
             total, last_sq, final_sq = torch.stack([now.delta_sq + last, last, _sq_norm(grads)]).cpu().tolist()
         now.prev = None

@@ -33,7 +33,7 @@ from ..errors import MeasureError
 from .sharpness import preserved_training_state
 
 __all__ = ["NoiseEMA", "NoiseSchedule", "batch_size_of", "micro_batch_sq_norms", "noise_probe",
-           "split_batch", "two_batch_estimates"]
+           "split_batch", "sq_norm", "two_batch_estimates"]
 
 
 def two_batch_estimates(sq_small: float, sq_big: float, b_small: float, b_big: float) -> tuple[float, float]:
@@ -121,14 +121,36 @@ def split_batch(batch: Any, index: Tensor, size: int) -> Any:
 # ----------------------------------------------------------------------------------------------------------------
 # the probe
 # ----------------------------------------------------------------------------------------------------------------
+def _wide(t: Tensor) -> Tensor:
+    """A gradient to sum in: dense, in float32 or wider (float64 and complex stay as they are)."""
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    return t if t.dtype in (torch.float64, torch.complex64, torch.complex128) else t.float()
+
+
+def sq_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """Sum of squared 2-norms of ``tensors`` (real for complex ones; sparse ones by their stored values), one
+    0-d float tensor on the tensors' device."""
+    parts = []
+    for t in tensors:
+        if t.layout != torch.strided:
+            t = t.coalesce().values() if t.is_sparse else t.to_dense()
+        wide = t.dtype in (torch.float64, torch.complex128)
+        n = torch.linalg.vector_norm(t if wide or t.is_complex() else t.float())
+        parts.append(n.double() ** 2 if wide else n.float() ** 2)  # float32 sums elsewhere (MPS has no float64)
+    dtype = torch.float64 if any(p.dtype == torch.float64 for p in parts) else torch.float32
+    return torch.stack([p.to(dtype) for p in parts]).sum()
+
+
 def micro_batch_sq_norms(loss_fn: Callable[[Any], Tensor], batch: Any, params: Sequence[Tensor], k: int,
-                         generator: torch.Generator | None = None, evaluate: int | None = None
-                         ) -> tuple[float, float, int, int]:
+                         generator: torch.Generator | None = None, evaluate: int | None = None,
+                         big: bool = True) -> tuple[float, float, int, int]:
     """``(|G_small|², |G_big|², b_small, b_big)`` from ``k`` equal micro-batches of ``batch`` (a random partition
     drawn with ``generator``; the remainder of an uneven split is left out): |G_small|² is the mean over the
     micro-batches of their gradients' squared norms, |G_big|² the squared norm of the mean of those gradients.
     ``evaluate``: only the first this many micro-batches are computed (b_big is then ``evaluate`` x b_small; a
-    caller that has the whole batch's gradient anyway uses it as |G_big|² instead, at no cost).
+    caller that has the whole batch's gradient anyway uses it as |G_big|² instead, at no cost, and passes
+    ``big=False``: |G_big|² is then not computed, 0). Sparse, float64 and complex gradients are measured as such.
     ``loss_fn(micro_batch)`` must be the mean loss over the micro-batch's examples. ``.grad`` is not touched."""
     size = batch_size_of(batch)
     if size is None or size < 2:
@@ -143,22 +165,25 @@ def micro_batch_sq_norms(loss_fn: Callable[[Any], Tensor], batch: Any, params: S
     for i in range(m):
         loss = loss_fn(split_batch(batch, perm[i * b:(i + 1) * b], size))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        grads = [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
-        sq = torch.stack([torch.linalg.vector_norm(g.float()) ** 2 for g in grads]).sum()
+        grads = [g.detach() for g in grads if g is not None]  # a parameter the loss does not use: zero
+        sq = sq_norm(grads) if grads else torch.zeros(())
         small = sq if small is None else small + sq
-        if total is None:
-            total = [g.float().clone() for g in grads]
-        else:
-            torch._foreach_add_(total, [g.float() for g in grads])
+        if big:
+            wide = [_wide(g) for g in grads]
+            if total is None:
+                total = [w.clone() for w in wide]
+            else:
+                for a, w in zip(total, wide):
+                    a.add_(w)
         del loss, grads
-    assert total is not None and small is not None
-    big = torch.stack([torch.linalg.vector_norm(t) ** 2 for t in total]).sum() / (m * m)
-    vals = torch.stack([small / m, big]).cpu().tolist()  # one transfer
+    assert small is not None
+    sq_big = sq_norm(total) / (m * m) if total else torch.zeros((), dtype=small.dtype, device=small.device)
+    vals = torch.stack([small.to(sq_big.device) / m, sq_big]).cpu().tolist()  # one transfer
     return float(vals[0]), float(vals[1]), b, b * m
 
 
 def noise_probe(module: nn.Module, loss_fn: Callable[[nn.Module, Any], Tensor], batch: Any, k: int,
-                generator: torch.Generator | None = None, evaluate: int | None = None
+                generator: torch.Generator | None = None, evaluate: int | None = None, big: bool = True
                 ) -> tuple[float, float, int, int]:
     """:func:`micro_batch_sq_norms` on ``module``'s trainable parameters with ``loss_fn(module, micro_batch)``,
     leaving no trace in the training (random generators, buffers, ``.grad``, train/eval flags restored by
@@ -168,7 +193,7 @@ def noise_probe(module: nn.Module, loss_fn: Callable[[nn.Module, Any], Tensor], 
         raise MeasureError("the model has no trainable parameters")
     # TorchScript's profiling executor specialises its graphs by call history: the probe's forwards must not count
     with preserved_training_state(module, params), torch.enable_grad(), torch.jit.optimized_execution(False):
-        return micro_batch_sq_norms(lambda mb: loss_fn(module, mb), batch, params, k, generator, evaluate)
+        return micro_batch_sq_norms(lambda mb: loss_fn(module, mb), batch, params, k, generator, evaluate, big)
 
 
 # ----------------------------------------------------------------------------------------------------------------
