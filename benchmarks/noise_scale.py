@@ -18,7 +18,11 @@ Cost: seconds of each probe, and of the gradient-accumulation source (a copy of 
 per micro-batch, 8 micro-batches), against one training step (forward, backward, SGD step) on the same batch,
 medians of interleaved repeats, one thread.
 
-Usage: ``python benchmarks/noise_scale.py [--quick]``
+Overhead (``--overhead``): wall time of ``trainer.fit`` of the small CNN of ``benchmarks/overhead.py`` (digits,
+batch 64) plain, with the monitor at its defaults (noise scale on its 1% budget, sharpness on its 2%) and with
+``noise_budget=0``, checks and report off in both, configurations interleaved, ratio of medians.
+
+Usage: ``python benchmarks/noise_scale.py [--quick] [--overhead]``
 """
 
 from __future__ import annotations
@@ -159,11 +163,53 @@ def timings(net, x, y, batch, repeats):
     return [statistics.median(t) for t in times]
 
 
+def overhead(steps: int, repeats: int) -> None:
+    """Ratio of medians of ``trainer.fit`` wall time, interleaved (order rotated each repeat)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from overhead import digits as overhead_digits
+    from overhead import make_cnn, one_run
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = overhead_digits(flat=False)
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
+    configs = {"plain": None, "monitor, defaults (noise on)": {"rules": None, "report": False},
+               "monitor, noise_budget=0": {"rules": None, "report": False, "noise_budget": 0}}
+
+    def info(run):
+        sched = run.meta.get("noise_schedule") or {}
+        return {"noise": sched.get("measurements", 0), "noise_s": run.meta.get("noise_time_s", 0.0),
+                "sharp": run.meta.get("sharpness_probes")}
+
+    for kw in configs.values():  # warm-up
+        one_run(make_cnn, loader, 3, kw, inspect=info)
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    infos: dict[str, dict] = {}
+    names = list(configs)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t, inf = one_run(make_cnn, loader, steps, configs[name], inspect=info)
+            times[name].append(t)
+            infos[name] = inf
+    base = statistics.median(times["plain"])
+    print(f"Overhead: small CNN, digits, batch 64, {steps} steps, {repeats} repeats interleaved, one thread\n")
+    print("configuration | median s | ratio to plain | noise measurements | noise s | sharpness probes")
+    print("--- | --- | --- | --- | --- | ---")
+    for name in names:
+        med = statistics.median(times[name])
+        inf = infos[name]
+        print(f"{name} | {med:.2f} | {med / base:.3f}x | {inf.get('noise', '-')} | "
+              f"{inf.get('noise_s', 0.0) or 0.0:.3f} | {inf.get('sharp', '-')}")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer probes and repeats")
+    ap.add_argument("--overhead", action="store_true", help="also time a Lightning fit with and without it")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.overhead:
+        overhead(steps=600 if args.quick else 2000, repeats=3 if args.quick else 5)
     probes, repeats = (200, 10) if args.quick else (1000, 30)
     acc_rows, cost_rows = [], []
     for name, net, (x, y), batch, more in cases():

@@ -172,8 +172,8 @@ def test_schedule_fixed_budget_and_off():
     assert not fixed.due(4, 0.0) and fixed.due(5, 0.0) and fixed.due(6, 0.0)  # a missed bucket start still counts
     budget = NoiseSchedule(budget=0.1, every_n=None, start_step=10)
     assert budget.mode == "budget" and not budget.due(10, 1.0) and budget.due(11, 1.0)
-    budget.record(11, 0.5)  # a measurement of 0.5 s: due again once 5 s of training paid for it
-    assert not budget.due(12, 4.9) and budget.due(40, 5.0)
+    budget.record(11, 0.5)  # a measurement of 0.5 s: due again once 10 s of training pay for it and the next
+    assert not budget.due(12, 9.9) and budget.due(40, 10.0)
     assert budget.facts() == {"mode": "budget", "measurements": 1, "time_s": 0.5, "budget": 0.1}
     for off in (NoiseSchedule(budget=0.0, every_n=None), NoiseSchedule(budget=0.5, every_n=0)):
         assert off.mode == "off" and not off.due(100, 1e9)

@@ -201,10 +201,10 @@ def noise_probe(module: nn.Module, loss_fn: Callable[[nn.Module, Any], Tensor], 
 # ----------------------------------------------------------------------------------------------------------------
 class NoiseSchedule:
     """When to measure: a fixed schedule (``every_n`` N > 0: the first step seen of each bucket of N steps), or a
-    share ``budget`` of the training time (``every_n`` None): a measurement is due once what all measurements took
-    is at most ``budget`` times the training seconds so far, at the earliest at the second step (one step time
-    seen), so that savings never turn into bursts: after a measurement of c seconds the next comes about
-    c / (budget x step time) steps later. ``every_n`` 0, or a zero budget without ``every_n``: never."""
+    share ``budget`` of the training time (``every_n`` None): a measurement is due once what all measurements took,
+    plus what the last one took (the next one's expected cost), is at most ``budget`` times the training seconds
+    so far, at the earliest at the second step: after a measurement of c seconds the next comes about
+    c / (budget x step time) steps later, and savings never turn into bursts. ``every_n`` 0, or a zero budget without ``every_n``: never."""
 
     def __init__(self, *, budget: float, every_n: int | None, start_step: int = 0) -> None:
         self.budget, self.every_n, self.start = float(budget), every_n, int(start_step)
@@ -213,6 +213,7 @@ class NoiseSchedule:
         else:
             self.mode = "fixed" if every_n else "budget"
         self.spent = 0.0
+        self.last = 0.0  # seconds of the last measurement: the next one's expected cost
         self.measured = 0
         self._bucket: int | None = None
 
@@ -222,10 +223,11 @@ class NoiseSchedule:
         if self.mode == "fixed":
             assert self.every_n
             return step // self.every_n != self._bucket
-        return step > self.start and self.spent <= self.budget * train_s
+        return step > self.start and self.spent + self.last <= self.budget * train_s
 
     def record(self, step: int, seconds: float) -> None:
         self.spent += seconds
+        self.last = seconds
         self.measured += 1
         if self.every_n:
             self._bucket = step // self.every_n
