@@ -252,3 +252,31 @@ def test_noise_scale_scenario_shows_the_noise_scale_growing_as_the_loss_falls(tm
 
     html = render_report(run_dir, result=result)
     assert "it grew, as the noise scale does while the loss falls" in html
+
+
+def test_moving_averages_travel_in_checkpoints(tmp_path):
+    """A resumed fit's B_simple goes on from the checkpoint's moving averages; nothing measured: nothing saved."""
+    from types import SimpleNamespace
+
+    from dyncheck.collect import NoiseScaleCollector
+
+    emitted = []
+
+    def ctx():
+        return SimpleNamespace(module=_model(), probe_loss=_loss, start_step=0, sharded=False, has_store=True,
+                               emit_host=lambda step, names, vals: emitted.append((step, dict(zip(names, vals)))))
+
+    c = NoiseScaleCollector(budget=0.01, every_n=None, ema=0.9)
+    c.start(ctx())
+    assert c.state_dict() == {}
+    # a step whose squared norms at batch sizes 1 and 2 are 12 and 7: |G|² 2, tr(Σ) 10
+    c.now = c.Step(seen_final=True, estimate=(12.0, 7.0, 1.0, 2.0), batch=2)
+    c.step_end(3)
+    assert emitted == [(3, {"noise/b_simple": pytest.approx(5.0), "noise/trace_sigma": pytest.approx(10.0),
+                            "noise/grad_sq": pytest.approx(2.0), "batch/size": 2.0})]
+    again = NoiseScaleCollector(budget=0.01, every_n=None, ema=0.9)
+    again.load_state_dict(c.state_dict())
+    again.start(ctx())
+    assert again.fit.ema.b_simple == pytest.approx(5.0)
+    again.fit.ema.update(4.0, 4.0)
+    assert again.fit.ema.grad_sq == pytest.approx((0.9 * 0.1 * 2 + 0.1 * 4) / (0.9 * 0.1 + 0.1))

@@ -100,6 +100,12 @@ class NoiseScaleCollector(Collector):
         seconds: float = 0.0
 
     @dataclass
+    class Saved:  # travels in checkpoints: a resumed run's moving averages go on where they were
+        grad_sq_acc: float = 0.0
+        trace_acc: float = 0.0
+        weight: float = 0.0
+
+    @dataclass
     class Step:
         seen_final: bool = False  # the step's final gradients were seen (later batch hooks: after the step)
         micro: int = 0  # batches that ended before the final gradients (accumulation micro-batches)
@@ -115,11 +121,13 @@ class NoiseScaleCollector(Collector):
         super().start(ctx)
         fit = self.fit
         fit.schedule = NoiseSchedule(budget=self.budget, every_n=self.every_n, start_step=ctx.start_step)
-        fit.ema = NoiseEMA(self.ema)
+        sv = self.saved  # the moving averages so far (a checkpoint's, or the last fit's)
+        fit.ema = NoiseEMA(self.ema, grad_sq_acc=sv.grad_sq_acc, trace_acc=sv.trace_acc, weight=sv.weight)
         fit.world = _world()
         if fit.schedule.mode == "off" or ctx.probe_loss is None:
             fit.skipped["all"] = "turned off (noise_budget=0 or noise_every_n_steps=0)" if \
-                fit.schedule.mode == "off" else "no probe loss for this model"
+                fit.schedule.mode == "off" else ("no probe loss (manual optimization needs sharpness_loss_fn; a "
+                                                 "plain loop, probe_batch and sharpness_loss_fn)")
             self.enabled = False
             return
         if not any(p.requires_grad for p in ctx.module.parameters()):
@@ -252,6 +260,7 @@ class NoiseScaleCollector(Collector):
         sq_small, sq_big, b_small, b_big = est
         g2, trace = two_batch_estimates(sq_small, sq_big, b_small, b_big)
         fit.ema.update(g2, trace)
+        self.saved = self.Saved(fit.ema.grad_sq_acc, fit.ema.trace_acc, fit.ema.weight)
         size = float(now.batch * now.accumulated * fit.world)
         b_simple, tr_s, g2_s = fit.ema.b_simple, fit.ema.trace, fit.ema.grad_sq
         if tr_s is None or g2_s is None:
@@ -260,6 +269,9 @@ class NoiseScaleCollector(Collector):
             ctx.emit_host(step, _NAMES_NO_B, [tr_s, g2_s, size])
         else:
             ctx.emit_host(step, _NAMES, [b_simple, tr_s, g2_s, size])
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() if self.saved.weight > 0 else {}  # nothing measured: nothing to carry
 
     def meta(self) -> dict[str, Any]:
         fit = self.fit
