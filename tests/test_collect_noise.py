@@ -144,6 +144,37 @@ def test_lightning_records_the_noise_scale_beside_the_batch_size(tmp_path, accum
     assert run.meta["measurement_errors"] == []
 
 
+def test_lightning_accumulation_values_match_the_micro_batch_gradients(tmp_path):
+    """Through Lightning's own accumulation (the loss divided by 4, ``.grad`` summed over the micro-batches, zeroed
+    after the step): each step's estimates (no smoothing) are those of the four micro-batches' gradients at the
+    step's weights, recomputed here."""
+    weights, batches = {}, {}
+
+    class Rec(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            step = trainer.global_step
+            if step not in weights:
+                weights[step] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+            batches.setdefault(step, []).append([t.clone() for t in batch])
+
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", noise_every_n_steps=1, noise_ema=0.0, report=False)
+    pl.seed_everything(0)
+    trainer(tmp_path, [Rec(), mon], max_epochs=1, accumulate_grad_batches=4).fit(
+        MLP(), *loaders(batch_size=16, flat=True, shuffle=True))
+    run = open_run(tmp_path / "run")
+    tr, g2 = run.series("noise/trace_sigma"), run.series("noise/grad_sq")
+    assert tr.steps.tolist() == [0, 1, 2, 3]
+    ref = MLP()
+    for i, step in enumerate(tr.steps.tolist()):
+        ref.load_state_dict(weights[step])
+        gs = [torch.autograd.grad(nn.functional.cross_entropy(ref(x), y), list(ref.parameters()))
+              for x, y in batches[step]]
+        mean = [sum(g[k] for g in gs) / 4 for k in range(len(gs[0]))]
+        want = two_batch_estimates(float(np.mean([_sq(g) for g in gs])), _sq(mean), 16, 64)
+        assert g2.values[i] == pytest.approx(want[0], rel=1e-3, abs=1e-7)
+        assert tr.values[i] == pytest.approx(want[1], rel=1e-4)
+
+
 def _train(tmp_path, monitor, accumulate):
     pl.seed_everything(1234)
     model = MLP(dropout=0.3, batchnorm=True, momentum=0.9)

@@ -96,7 +96,6 @@ class NoiseScaleCollector(Collector):
         skipped: dict[str, str] = field(default_factory=dict)  # source -> why it was not used
         generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
         world: int = 1
-        micro_batches: int | None = None  # of the last probe
         seconds: float = 0.0
 
     @dataclass
@@ -253,10 +252,12 @@ class NoiseScaleCollector(Collector):
         if not now.seen_final:
             now.accumulated = max(now.micro, 1)
         est = now.estimate
-        if est is None:
+        if est is None and now.small is None:
             return  # the look for accumulation found none: the probe measures from the next due step
-        fit.schedule.record(step, now.seconds)
+        fit.schedule.record(step, now.seconds)  # a probe whose step had no gradient still cost its time
         fit.seconds += now.seconds
+        if est is None:
+            return
         sq_small, sq_big, b_small, b_big = est
         g2, trace = two_batch_estimates(sq_small, sq_big, b_small, b_big)
         fit.ema.update(g2, trace)
