@@ -311,3 +311,26 @@ def test_moving_averages_travel_in_checkpoints(tmp_path):
     assert again.fit.ema.b_simple == pytest.approx(5.0)
     again.fit.ema.update(4.0, 4.0)
     assert again.fit.ema.grad_sq == pytest.approx((0.9 * 0.1 * 2 + 0.1 * 4) / (0.9 * 0.1 + 0.1))
+
+
+def test_noise_section_chart_renders_in_a_browser(tmp_path):
+    """The report's noise-scale chart (B_simple beside the batch size) draws both traces in headless Chromium, with
+    no console error (skips without Chromium/Playwright, as tests/test_report_browser.py does)."""
+    pytest.importorskip("playwright.sync_api")
+    import test_report_browser as rb
+    from playwright.sync_api import sync_playwright
+
+    if rb.chromium_path() is None:
+        pytest.skip("no Chromium found")
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", noise_every_n_steps=1)
+    trainer(tmp_path, [mon], max_epochs=2).fit(MLP(), *loaders(batch_size=16, flat=True, shuffle=True))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=rb.chromium_path(), args=rb.ARGS)
+        try:
+            seen = rb.open_report(browser, tmp_path / "run" / "report.html", "noise-section")
+        finally:
+            browser.close()
+    rb.assert_clean(seen)
+    chart = next(c for c in seen["charts"] if c["id"] == "chart-noise")
+    assert chart["traces"] == 2 and chart["drawn"] == 2
+    assert "Gradient noise scale" in seen["text"] and "B_simple went from about" in seen["text"]
