@@ -334,3 +334,25 @@ def test_noise_section_chart_renders_in_a_browser(tmp_path):
     chart = next(c for c in seen["charts"] if c["id"] == "chart-noise")
     assert chart["traces"] == 2 and chart["drawn"] == 2
     assert "Gradient noise scale" in seen["text"] and "B_simple went from about" in seen["text"]
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_batches_of_one_example(tmp_path, accumulate):
+    """Batches of one: without accumulation the probe has no two batch sizes (off, said in the meta, no warning);
+    with two micro-batches of one, accumulation measures (B_small 1, B_big 2)."""
+    import warnings
+
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", noise_every_n_steps=1, report=False, rules=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [mon], max_epochs=1, accumulate_grad_batches=accumulate).fit(
+            MLP(), *loaders(n=16, batch_size=1, flat=True, shuffle=True))
+    run = open_run(tmp_path / "run")
+    assert run.meta["measurement_errors"] == []
+    assert not [w for w in caught if "dyncheck: noise" in str(w.message)]
+    if accumulate == 1:
+        assert "batches of one example" in run.meta["noise_sources_skipped"]["all"]
+        assert "noise/trace_sigma" not in run.metrics()
+    else:
+        assert run.meta["noise_source"] == "accumulation"
+        assert run.series("batch/size").values.tolist() == [2.0] * 8

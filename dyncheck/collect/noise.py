@@ -42,7 +42,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import MeasureError
 from ..measure.noise import NoiseEMA, NoiseSchedule, batch_size_of, noise_probe, sq_norm, two_batch_estimates
 from .base import PROBE_BATCH, Collector, interned
 
@@ -158,22 +157,29 @@ class NoiseScaleCollector(Collector):
         assert ctx is not None and ctx.probe_loss is not None
         batch = ctx.batch if ctx.batch is not None else ctx.probe_batch
         size = batch_size_of(batch)
-        if size is None or size < 2:
-            raise MeasureError(f"the batch has {size or 'no'} examples along its first dimension: two batch sizes "
-                               "need at least 2")
+        if size is None:  # a limit of the data, not a failure: said in the meta
+            self._quiet_off("the batch has no tensor with a leading batch dimension")
+            return
         self.now.batch = size
         if fit.source != "probe":
             return  # the first measured step looks for accumulation first; or accumulation measures in its hooks
+        if size < 2:
+            self._quiet_off("batches of one example and no gradient accumulation: a probe needs two batch sizes")
+            return
         t = time.perf_counter()
         sq_small, _, b_small, _ = noise_probe(ctx.module, ctx.probe_loss, batch, self.micro_batches, fit.generator,
                                               evaluate=self.evaluated, big=False)
         self.now.small = (float(sq_small), float(b_small))
         self.now.seconds += time.perf_counter() - t
 
+    def _quiet_off(self, why: str) -> None:
+        self.fit.skipped["all"] = why
+        self.enabled = False
+
     # -- (b) gradient accumulation ---------------------------------------------------------------------------------
     def batch(self, step: int, loss: Tensor | None) -> None:
         now = self.now
-        if now.seen_final:
+        if now.seen_final or not self.enabled:
             return
         now.micro += 1
         if self.fit.source == "probe" or self.fit.world > 1:
@@ -191,7 +197,7 @@ class NoiseScaleCollector(Collector):
 
     def gradients(self, step: int, g: Any) -> None:
         now, fit = self.now, self.fit
-        if now.seen_final:
+        if now.seen_final or not self.enabled:
             return  # a second optimizer: the module's gradients were taken at the first
         now.seen_final = True
         now.accumulated = now.micro + 1
