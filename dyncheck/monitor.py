@@ -458,6 +458,8 @@ class Monitor:
                     self._collector_failed(c, exc)
         if not stepped:
             return
+        if self._ctx is not None:
+            self._ctx.batch = None  # the step's batch is not kept past its step
         self._steps_seen += 1
         for c in self._on_end:
             if c.enabled:
