@@ -120,8 +120,8 @@ class MonitorConfig:
     noise_budget: float = _opt(0.01, (
         "share of training wall time the gradient noise scale may take (0.01); 0 turns it off unless "
         "``noise_every_n_steps`` is set. From gradient-accumulation micro-batches when there are several, else "
-        "from a probe that takes the gradients of 2 of 8 micro-batches of the step's batch against the step's own "
-        "gradient (README: \"Gradient noise scale\")."))
+        "from a probe that takes the gradients of 4 of 8 micro-batches of the step's batch (README: \"Gradient "
+        "noise scale\")."))
     noise_every_n_steps: int | None = _opt(None, (
         "measure the gradient noise scale at the first step of every this many steps instead of the time budget; "
         "0 turns it off."))

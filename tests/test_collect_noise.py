@@ -86,28 +86,28 @@ def test_accumulation_source_in_a_plain_loop_matches_micro_batch_gradients(tmp_p
     np.testing.assert_allclose(b.values, tr.values[pos] / g2.values[pos], rtol=1e-6)
 
 
-def test_probe_source_in_a_plain_loop_matches_micro_batches_against_the_step_gradient(tmp_path):
+def test_probe_source_in_a_plain_loop_matches_the_same_micro_batches(tmp_path):
     """One batch per step: the probe splits the probe batch (a plain loop passes no batches) in 8 random
-    micro-batches of 2 and computes the gradients of the first 2, at the weights of the step (before its forward);
-    the big batch is the step's own gradient (16 examples). Reproduced here with the collector's generator (seed 0,
-    one permutation per probe). The first measured step only looks for accumulation."""
+    micro-batches of 2 and computes the gradients of the first 4, at the weights of the step (before its forward):
+    B_small 2, B_big 8 (their mean). Reproduced here with the collector's generator (seed 0, one permutation per
+    probe). The first measured step only looks for accumulation."""
     model, (x, y) = _model(), _data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     probe = (x[:16], y[:16])
-    weights, batches = {}, {}
+    weights = {}
     with dyncheck.watch(model, opt, dirpath=tmp_path / "run", probe_batch=probe, sharpness_loss_fn=_loss,
                         sharpness_budget=0, noise_every_n_steps=1, noise_ema=0.0, report=False) as mon:
         for step in range(6):
             weights[step] = _copy(model)
-            batches[step] = (x[16 * step:16 * step + 16], y[16 * step:16 * step + 16])
-            loss = _loss(model, batches[step])
+            loss = _loss(model, (x[16 * step:16 * step + 16], y[16 * step:16 * step + 16]))
             loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # clipping the step's gradient changes nothing here
             opt.step()
             opt.zero_grad()
             mon.step(loss)
     run = open_run(tmp_path / "run")
     assert run.meta["noise_source"] == "probe"
-    assert run.meta["noise_probe"] == {"micro_batches": 8, "evaluated": 2}
+    assert run.meta["noise_probe"] == {"micro_batches": 8, "evaluated": 4}
     assert run.meta["noise_sources_skipped"]["accumulation"].startswith("one batch per optimizer step")
     tr, g2 = run.series("noise/trace_sigma"), run.series("noise/grad_sq")
     assert tr.steps.tolist() == [1, 2, 3, 4, 5]
@@ -115,8 +115,9 @@ def test_probe_source_in_a_plain_loop_matches_micro_batches_against_the_step_gra
     for i, step in enumerate(tr.steps):
         ref = weights[int(step)]
         perm = torch.randperm(16, generator=gen)
-        small = np.mean([_sq(_grads(ref, split_batch(probe, perm[j * 2:(j + 1) * 2], 16))) for j in range(2)])
-        want = two_batch_estimates(float(small), _sq(_grads(ref, batches[int(step)])), 2, 16)
+        gs = [_grads(ref, split_batch(probe, perm[j * 2:(j + 1) * 2], 16)) for j in range(4)]
+        mean = [sum(g[k] for g in gs) / 4 for k in range(len(gs[0]))]
+        want = two_batch_estimates(float(np.mean([_sq(g) for g in gs])), _sq(mean), 2, 8)
         assert g2.values[i] == pytest.approx(want[0], rel=1e-4)
         assert tr.values[i] == pytest.approx(want[1], rel=1e-4)
     assert run.series("batch/size").values.tolist() == [16.0] * 5

@@ -15,11 +15,12 @@ Where the squared norms at two batch sizes come from, in order of preference:
     gradients per measured step, no extra forward or backward.
 (c) otherwise a probe at step start on the step's own batch (before its forward; the kept probe batch, a copy of
     the first batch, where the adapter does not pass batches): the batch split in 8 random equal micro-batches,
-    the gradients of 2 of them by ``torch.autograd.grad`` (``.grad`` untouched; 2 passes over a quarter of the
-    batch), the model's state preserved (random generators, buffers, flags), against the step's own final
-    gradient as the big batch (free: B_big = batch x micro-batches x processes, so under DDP the big batch is
-    the global one). It runs on the process that writes only (rank zero). In a plain loop the batch size is the
-    probe batch's: give one of the training batch size.
+    the gradients of 4 of them by ``torch.autograd.grad`` (``.grad`` untouched; 4 passes over half the batch),
+    the model's state preserved (random generators, buffers, flags): B_small is one micro-batch, B_big the 4
+    together. The probe does not use the step's own gradient as the big batch, although it is free: the Hugging
+    Face and plain-loop adapters read gradients after the user's clipping, and the Hugging Face one does not see
+    accumulation micro-batches, either of which would bias |G_big|². It runs on the process that writes only
+    (rank zero).
 
 The schedule (:class:`~dyncheck.measure.noise.NoiseSchedule`) is ``noise_every_n_steps`` or a share
 ``noise_budget`` of the training time. Values are rank zero's. The probe uses the step's own batch rather than
@@ -48,9 +49,9 @@ from .base import PROBE_BATCH, Collector, interned
 __all__ = ["NoiseScaleCollector", "DDP_REASON"]
 
 #: a probe splits the batch into this many micro-batches (fewer when the batch is smaller) and computes the
-#: gradients of PROBE_EVALUATED of them: 2 passes over a quarter of the batch in all
+#: gradients of PROBE_EVALUATED of them: 4 passes over half the batch in all (B_small = batch/8, B_big = batch/2)
 PROBE_MICRO_BATCHES = 8
-PROBE_EVALUATED = 2
+PROBE_EVALUATED = 4
 
 DDP_REASON = ("DDP all-reduces gradients inside the backward pass (bucket hooks overwrite .grad in place), so the "
               "per-process gradients never reach a callback; reading them needs a DDP communication hook on the "
@@ -110,7 +111,6 @@ class NoiseScaleCollector(Collector):
         prev: list[Tensor] | None = None  # .grad after the last micro-batch
         delta_sq: Tensor | None = None  # sum over micro-batches of |.grad change|²
         estimate: tuple[float, float, float, float] | None = None  # (|G_small|², |G_big|², b_small, b_big)
-        small: tuple[float, float] | None = None  # the probe's (|G_small|², b_small), before the step's gradient
         accumulated: int = 1  # micro-batches of this step
         batch: int = 0  # examples of the step's (first) batch on this process
         seconds: float = 0.0
@@ -167,9 +167,8 @@ class NoiseScaleCollector(Collector):
             self._quiet_off("batches of one example and no gradient accumulation: a probe needs two batch sizes")
             return
         t = time.perf_counter()
-        sq_small, _, b_small, _ = noise_probe(ctx.module, ctx.probe_loss, batch, self.micro_batches, fit.generator,
-                                              evaluate=self.evaluated, big=False)
-        self.now.small = (float(sq_small), float(b_small))
+        est = noise_probe(ctx.module, ctx.probe_loss, batch, self.micro_batches, fit.generator, evaluate=self.evaluated)
+        self.now.estimate = (float(est[0]), float(est[1]), float(est[2]), float(est[3]))
         self.now.seconds += time.perf_counter() - t
 
     def _quiet_off(self, why: str) -> None:
@@ -202,9 +201,7 @@ class NoiseScaleCollector(Collector):
         now.seen_final = True
         now.accumulated = now.micro + 1
         if fit.source == "probe":
-            if now.small is not None:
-                self._probe_estimate()
-            return
+            return  # measured at step start
         if fit.world > 1 or now.prev is None or now.delta_sq is None:
             self._decide(False)
             return
@@ -221,21 +218,6 @@ class NoiseScaleCollector(Collector):
             # .grad = (1/A) sum of micro-batch gradients: each change is g_i / A, the final gradient their mean
             b = float(now.batch)
             now.estimate = (total * a, final_sq, b, a * b)
-        now.seconds += time.perf_counter() - t
-
-    def _probe_estimate(self) -> None:
-        """The probe's micro-batches against the step's own gradient: the full batch (all micro-batches, all
-        processes: B_big = batch x micro-batches x processes), read at no cost."""
-        now, fit = self.now, self.fit
-        assert now.small is not None
-        t = time.perf_counter()
-        with torch.no_grad():
-            grads = [p.grad for p in self._params() if p.grad is not None]
-            if not grads:
-                return
-            sq_big = float(_sq_norm(grads))
-        sq_small, b_small = now.small
-        now.estimate = (sq_small, sq_big, b_small, float(now.batch * now.accumulated * fit.world))
         now.seconds += time.perf_counter() - t
 
     def _decide(self, accumulating: bool) -> None:
@@ -258,12 +240,10 @@ class NoiseScaleCollector(Collector):
         if not now.seen_final:
             now.accumulated = max(now.micro, 1)
         est = now.estimate
-        if est is None and now.small is None:
-            return  # the look for accumulation found none: the probe measures from the next due step
-        fit.schedule.record(step, now.seconds)  # a probe whose step had no gradient still cost its time
-        fit.seconds += now.seconds
         if est is None:
-            return
+            return  # the look for accumulation found none: the probe measures from the next due step
+        fit.schedule.record(step, now.seconds)
+        fit.seconds += now.seconds
         sq_small, sq_big, b_small, b_big = est
         g2, trace = two_batch_estimates(sq_small, sq_big, b_small, b_big)
         fit.ema.update(g2, trace)
