@@ -5,8 +5,9 @@ tr(Σ)/|G|² over a population (the whole training set, 1000 examples) come from
 (``torch.func.vmap(grad)``, float64 sums). Two probes run on random batches drawn from the population:
 
 - ``8/8``: ``micro_batch_sq_norms`` with all 8 micro-batches, their mean as the big batch;
-- ``2/8``: what NoiseScaleCollector does: 2 of the 8 micro-batches against the whole batch's gradient (which the
-  training step computes anyway).
+- ``4/8``: what NoiseScaleCollector does: 4 of the 8 micro-batches, their mean as the big batch (B_big = B/2);
+- ``2/8+step``: 2 of the 8 micro-batches against the whole batch's gradient (which the training step computes
+  anyway; not used by the collector: adapters that read gradients after clipping would bias it).
 
 Columns: the median relative error of a single probe's tr(Σ) and |G|² (a single |G|² is often negative: one
 probe cannot resolve |G|² when the batch is far below B_simple); the relative error of the mean estimates over
@@ -111,8 +112,8 @@ def _full_sq(net, xb, yb):
 
 def accuracy(net, x, y, batch, probes, variant):
     """Rows of (|G|², tr(Σ)) estimates over ``probes`` random batches. ``variant``: ``"8/8"`` all micro-batches,
-    their mean as the big batch (``micro_batch_sq_norms``); ``"2/8"`` the collector's probe: 2 of the 8
-    micro-batches against the whole batch's gradient (which training computes anyway)."""
+    their mean as the big batch (``micro_batch_sq_norms``); ``"4/8"`` the collector's probe (4 of them);
+    ``"2/8+step"``: 2 of the 8 micro-batches against the whole batch's gradient."""
     gen = torch.Generator().manual_seed(0)
     params = list(net.parameters())
     ests = []
@@ -121,15 +122,17 @@ def accuracy(net, x, y, batch, probes, variant):
         xb, yb = x[idx], y[idx]
         if variant == "8/8":
             s, b, bs, bb = micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen)
+        elif variant == "4/8":
+            s, b, bs, bb = micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen, evaluate=4)
         else:
-            s, _, bs, _ = micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen, evaluate=2)
+            s, _, bs, _ = micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen, evaluate=2, big=False)
             b, bb = _full_sq(net, xb, yb), batch
         ests.append(two_batch_estimates(s, b, bs, bb))
     return np.array(ests)
 
 
 def timings(net, x, y, batch, repeats):
-    """Median seconds of (training step, probe 8/8, probe 2/8, accumulation bookkeeping of 8 micro-batches),
+    """Median seconds of (training step, probe 8/8, probe 4/8, accumulation bookkeeping of 8 micro-batches),
     interleaved."""
     opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: the weights stay, the work is the same
     params = list(net.parameters())
@@ -147,9 +150,7 @@ def timings(net, x, y, batch, repeats):
         micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen)
         times[1].append(time.perf_counter() - t)
         t = time.perf_counter()
-        micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen, evaluate=2)
-        with torch.no_grad():  # the step's gradient's squared norm, as the collector takes it
-            torch.stack([torch.linalg.vector_norm(p.grad) ** 2 for p in params]).sum().item()
+        micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen, evaluate=4)
         times[2].append(time.perf_counter() - t)
         t = time.perf_counter()
         prev = None
@@ -217,7 +218,7 @@ def main() -> None:
         n_probes = probes * more
         g2, tr = exact(net, x, y)
         b_exact = tr / g2
-        for variant in ("8/8", "2/8"):
+        for variant in ("8/8", "4/8", "2/8+step"):
             e_g2, e_tr = accuracy(net, x, y, batch, n_probes, variant).T
             ema, smoothed = NoiseEMA(0.95), []
             for i, (a, b) in enumerate(zip(e_g2, e_tr)):
@@ -234,8 +235,8 @@ def main() -> None:
         cost_rows.append((name, sum(p.numel() for p in net.parameters()), batch, step_s * 1e3, full_s / step_s,
                           probe_s / step_s, acc_s / step_s))
     print("Accuracy: at fixed weights; relative errors against exact per-example "
-          "gradients over the population (8/8: all 8 micro-batches, their mean as the big batch; 2/8: the "
-          "collector's probe, 2 micro-batches against the step's gradient)\n")
+          "gradients over the population (8/8: all 8 micro-batches, their mean as the big batch; 4/8: the "
+          "collector's probe, 4 of them; 2/8+step: 2 micro-batches against the whole batch's gradient)\n")
     head = ("case", "batch", "B exact", "probe", "1 probe trΣ", "1 probe |G|²", "|G|²<0", "mean of all: trΣ",
             "|G|²", "(2 s.e.)", "B_simple", "EMA 0.95 B")
     print(" | ".join(head))
@@ -245,7 +246,7 @@ def main() -> None:
               f"{r[8]:.1%} | {r[9]:.1%} | {r[10]:.1%} | {r[11]:.0%}")
     print("\nCost per measurement, relative to one training step on the same batch (medians of interleaved "
           f"repeats, {repeats} each, one thread)\n")
-    head = ("case", "params", "batch", "step ms", "probe 8/8", "probe 2/8 (collector)", "accumulation (8 micro)")
+    head = ("case", "params", "batch", "step ms", "probe 8/8", "probe 4/8 (collector)", "accumulation (8 micro)")
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in cost_rows:

@@ -255,11 +255,14 @@ class Monitor:
         append: bool = False,
         planned_steps: int | None = None,
         start_step: int | None = None,
+        unclipped_gradients: bool = False,
     ) -> None:
         """Begin (or continue) monitoring a fit. ``store_path`` is None on processes that do not write.
         ``resume`` is a state from :meth:`state_dict`: the store is truncated to what it held at that checkpoint.
         ``planned_steps``: the optimizer steps this fit will take from ``start_step`` (default
-        ``meta["start_step"]`` or 0), None if unknown; the sharpness schedule is planned over them."""
+        ``meta["start_step"]`` or 0), None if unknown; the sharpness schedule is planned over them.
+        ``unclipped_gradients``: the adapter reads the final gradients before any clipping and reports every
+        accumulation micro-batch (:attr:`Context.unclipped_gradients`)."""
         cfg = self.config
         self.every_n = every_n_steps
         self._reduce = reduce or _no_reduce
@@ -317,6 +320,7 @@ class Monitor:
             start_step=first, planned_steps=planned_steps, clock=self._train_seconds,
             sharded=has_sharded(list(module.parameters()) + [p for o in optimizers for g in o.param_groups
                                                               for p in g["params"]]))
+        ctx.unclipped_gradients = unclipped_gradients
         for c in self.collectors:
             self._guard(c, "start", c.start, ctx)
         for opt, _ in named_opts:

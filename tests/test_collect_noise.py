@@ -107,7 +107,7 @@ def test_probe_source_in_a_plain_loop_matches_the_same_micro_batches(tmp_path):
             mon.step(loss)
     run = open_run(tmp_path / "run")
     assert run.meta["noise_source"] == "probe"
-    assert run.meta["noise_probe"] == {"micro_batches": 8, "evaluated": 4}
+    assert run.meta["noise_probe"] == {"micro_batches": 8, "evaluated": 4, "big_batch": "the evaluated micro-batches"}
     assert run.meta["noise_sources_skipped"]["accumulation"].startswith("one batch per optimizer step")
     tr, g2 = run.series("noise/trace_sigma"), run.series("noise/grad_sq")
     assert tr.steps.tolist() == [1, 2, 3, 4, 5]
@@ -143,6 +143,41 @@ def test_lightning_records_the_noise_scale_beside_the_batch_size(tmp_path, accum
     i = np.searchsorted(tr.steps, b.steps)
     np.testing.assert_allclose(b.values, tr.values[i] / g2.values[i], rtol=1e-6)
     assert run.meta["measurement_errors"] == []
+
+
+def test_lightning_probe_values_match_micro_batches_against_the_step_gradient(tmp_path):
+    """Lightning reads gradients before clipping: the probe computes 2 of 8 micro-batches (2 examples each) of
+    the step's batch at the step's weights, and the step's own gradient (16 examples, before its clipping) is
+    the big batch. Reproduced here from the recorded weights and batches with the collector's generator."""
+    weights, batches = {}, {}
+
+    class Rec(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            weights[trainer.global_step] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+            batches[trainer.global_step] = [t.clone() for t in batch]
+
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", noise_every_n_steps=1, noise_ema=0.0, report=False)
+    pl.seed_everything(0)
+    trainer(tmp_path, [Rec(), mon], max_epochs=1, gradient_clip_val=1e-3).fit(
+        MLP(), *loaders(n=96, batch_size=16, flat=True, shuffle=True))
+    run = open_run(tmp_path / "run")
+    assert run.meta["noise_probe"] == {"micro_batches": 8, "evaluated": 2, "big_batch": "the step's gradient"}
+    tr, g2 = run.series("noise/trace_sigma"), run.series("noise/grad_sq")
+    assert tr.steps.tolist() == [1, 2, 3, 4, 5]
+    ref = MLP()
+    gen = torch.Generator().manual_seed(0)
+
+    def grads(x, y):
+        return torch.autograd.grad(nn.functional.cross_entropy(ref(x), y), list(ref.parameters()))
+
+    for i, step in enumerate(tr.steps.tolist()):
+        ref.load_state_dict(weights[step])
+        x, y = batches[step]
+        perm = torch.randperm(16, generator=gen)
+        small = np.mean([_sq(grads(x[perm[j * 2:(j + 1) * 2]], y[perm[j * 2:(j + 1) * 2]])) for j in range(2)])
+        want = two_batch_estimates(float(small), _sq(grads(x, y)), 2, 16)
+        assert g2.values[i] == pytest.approx(want[0], rel=1e-4, abs=1e-7)
+        assert tr.values[i] == pytest.approx(want[1], rel=1e-4)
 
 
 def test_lightning_accumulation_values_match_the_micro_batch_gradients(tmp_path):

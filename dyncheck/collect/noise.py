@@ -14,13 +14,15 @@ Where the squared norms at two batch sizes come from, in order of preference:
     and of the usual loop ``(loss / A).backward()``), the final gradient is their mean. Costs one copy of the
     gradients per measured step, no extra forward or backward.
 (c) otherwise a probe at step start on the step's own batch (before its forward; the kept probe batch, a copy of
-    the first batch, where the adapter does not pass batches): the batch split in 8 random equal micro-batches,
-    the gradients of 4 of them by ``torch.autograd.grad`` (``.grad`` untouched; 4 passes over half the batch),
-    the model's state preserved (random generators, buffers, flags): B_small is one micro-batch, B_big the 4
-    together. The probe does not use the step's own gradient as the big batch, although it is free: the Hugging
-    Face and plain-loop adapters read gradients after the user's clipping, and the Hugging Face one does not see
-    accumulation micro-batches, either of which would bias |G_big|². It runs on the process that writes only
-    (rank zero).
+    the first batch, where the adapter does not pass batches), split in 8 random equal micro-batches, their
+    gradients by ``torch.autograd.grad`` (``.grad`` untouched), the model's state preserved (random generators,
+    buffers, flags); B_small is one micro-batch. With the Lightning callback (automatic optimization), whose
+    final gradients come before clipping and after every accumulation micro-batch (``ctx.unclipped_gradients``),
+    the big batch is the step's own gradient, free (B_big = batch x micro-batches x processes: under DDP the
+    global batch), and 2 micro-batches are computed (2 passes over a quarter of the batch). Elsewhere (the plain
+    loop and Hugging Face adapters read gradients after clipping, and the Hugging Face one does not see
+    accumulation micro-batches) 4 are computed and their mean is the big batch (B_big = batch/2). It runs on
+    the process that writes only (rank zero).
 
 The schedule (:class:`~dyncheck.measure.noise.NoiseSchedule`) is ``noise_every_n_steps`` or a share
 ``noise_budget`` of the training time. Values are rank zero's. The probe uses the step's own batch rather than
@@ -49,9 +51,11 @@ from .base import PROBE_BATCH, Collector, interned
 __all__ = ["NoiseScaleCollector", "DDP_REASON"]
 
 #: a probe splits the batch into this many micro-batches (fewer when the batch is smaller) and computes the
-#: gradients of PROBE_EVALUATED of them: 4 passes over half the batch in all (B_small = batch/8, B_big = batch/2)
+#: gradients of PROBE_EVALUATED of them: 4 passes over half the batch in all (B_small = batch/8, B_big = batch/2);
+#: where the step's own gradient is the big batch (``Context.unclipped_gradients``), of PROBE_EVALUATED_WITH_STEP
 PROBE_MICRO_BATCHES = 8
 PROBE_EVALUATED = 4
+PROBE_EVALUATED_WITH_STEP = 2
 
 DDP_REASON = ("DDP all-reduces gradients inside the backward pass (bucket hooks overwrite .grad in place), so the "
               "per-process gradients never reach a callback; reading them needs a DDP communication hook on the "
@@ -83,10 +87,11 @@ class NoiseScaleCollector(Collector):
     schedule = "budget"  # its own (NoiseSchedule); the probe's time is not training time
 
     def __init__(self, *, budget: float, every_n: int | None, ema: float,
-                 micro_batches: int = PROBE_MICRO_BATCHES, evaluated: int = PROBE_EVALUATED) -> None:
+                 micro_batches: int = PROBE_MICRO_BATCHES, evaluated: int = PROBE_EVALUATED,
+                 evaluated_with_step: int = PROBE_EVALUATED_WITH_STEP) -> None:
         super().__init__()
         self.budget, self.every_n, self.ema = budget, every_n, ema
-        self.micro_batches, self.evaluated = micro_batches, evaluated
+        self.micro_batches, self.evaluated, self.evaluated_with_step = micro_batches, evaluated, evaluated_with_step
 
     @dataclass
     class Fit:
@@ -111,6 +116,7 @@ class NoiseScaleCollector(Collector):
         prev: list[Tensor] | None = None  # .grad after the last micro-batch
         delta_sq: Tensor | None = None  # sum over micro-batches of |.grad change|²
         estimate: tuple[float, float, float, float] | None = None  # (|G_small|², |G_big|², b_small, b_big)
+        small: tuple[float, float] | None = None  # the probe's (|G_small|², b_small), before the step's gradient
         accumulated: int = 1  # micro-batches of this step
         batch: int = 0  # examples of the step's (first) batch on this process
         seconds: float = 0.0
@@ -167,8 +173,14 @@ class NoiseScaleCollector(Collector):
             self._quiet_off("batches of one example and no gradient accumulation: a probe needs two batch sizes")
             return
         t = time.perf_counter()
-        est = noise_probe(ctx.module, ctx.probe_loss, batch, self.micro_batches, fit.generator, evaluate=self.evaluated)
-        self.now.estimate = (float(est[0]), float(est[1]), float(est[2]), float(est[3]))
+        if ctx.unclipped_gradients:  # the step's own gradient is the big batch: fewer passes, more examples
+            sq_small, _, b_small, _ = noise_probe(ctx.module, ctx.probe_loss, batch, self.micro_batches,
+                                                  fit.generator, evaluate=self.evaluated_with_step, big=False)
+            self.now.small = (float(sq_small), float(b_small))
+        else:
+            est = noise_probe(ctx.module, ctx.probe_loss, batch, self.micro_batches, fit.generator,
+                              evaluate=self.evaluated)
+            self.now.estimate = (float(est[0]), float(est[1]), float(est[2]), float(est[3]))
         self.now.seconds += time.perf_counter() - t
 
     def _quiet_off(self, why: str) -> None:
@@ -201,7 +213,9 @@ class NoiseScaleCollector(Collector):
         now.seen_final = True
         now.accumulated = now.micro + 1
         if fit.source == "probe":
-            return  # measured at step start
+            if now.small is not None:
+                self._probe_estimate()
+            return
         if fit.world > 1 or now.prev is None or now.delta_sq is None:
             self._decide(False)
             return
@@ -220,6 +234,20 @@ class NoiseScaleCollector(Collector):
             now.estimate = (total * a, final_sq, b, a * b)
         now.seconds += time.perf_counter() - t
 
+    def _probe_estimate(self) -> None:
+        """The probe's micro-batches against the step's own gradient (read before clipping): the full batch (all
+        micro-batches, all processes: B_big = batch x micro-batches x processes), at no cost."""
+        now, fit = self.now, self.fit
+        assert now.small is not None
+        t = time.perf_counter()
+        with torch.no_grad():
+            grads = [p.grad for p in self._params() if p.grad is not None]
+            if grads:
+                sq_small, b_small = now.small
+                now.estimate = (sq_small, float(_sq_norm(grads)), b_small,
+                                float(now.batch * now.accumulated * fit.world))
+        now.seconds += time.perf_counter() - t
+
     def _decide(self, accumulating: bool) -> None:
         """At the first measured step: gradient accumulation (several micro-batches, one process) or the probe."""
         fit = self.fit
@@ -231,7 +259,9 @@ class NoiseScaleCollector(Collector):
         else:
             fit.source = "probe"
             if fit.world == 1:
-                fit.skipped["accumulation"] = "one batch per optimizer step (no gradient accumulation)"
+                fit.skipped["accumulation"] = ("one batch per optimizer step (no gradient accumulation), or an adapter "
+                                               "that does not report accumulation micro-batches (the Hugging Face "
+                                               "Trainer's)")
 
     # -- emit ------------------------------------------------------------------------------------------------------
     def step_end(self, step: int) -> None:
@@ -240,10 +270,12 @@ class NoiseScaleCollector(Collector):
         if not now.seen_final:
             now.accumulated = max(now.micro, 1)
         est = now.estimate
-        if est is None:
+        if est is None and now.small is None:
             return  # the look for accumulation found none: the probe measures from the next due step
-        fit.schedule.record(step, now.seconds)
+        fit.schedule.record(step, now.seconds)  # a probe whose step had no gradient still cost its time
         fit.seconds += now.seconds
+        if est is None:
+            return
         sq_small, sq_big, b_small, b_big = est
         g2, trace = two_batch_estimates(sq_small, sq_big, b_small, b_big)
         fit.ema.update(g2, trace)
@@ -265,7 +297,10 @@ class NoiseScaleCollector(Collector):
         out: dict[str, Any] = {"noise_source": fit.source, "noise_sources_skipped": dict(fit.skipped),
                                "noise_time_s": round(fit.seconds, 6)}
         if fit.source == "probe":
-            out["noise_probe"] = {"micro_batches": self.micro_batches, "evaluated": self.evaluated}
+            step_big = self.ctx is not None and self.ctx.unclipped_gradients
+            out["noise_probe"] = {"micro_batches": self.micro_batches,
+                                  "evaluated": self.evaluated_with_step if step_big else self.evaluated,
+                                  "big_batch": "the step's gradient" if step_big else "the evaluated micro-batches"}
         if fit.schedule is not None:
             out["noise_schedule"] = fit.schedule.facts()
         return out
