@@ -5,9 +5,10 @@ tr(Σ)/|G|² over a population (the whole training set, 1000 examples) come from
 (``torch.func.vmap(grad)``, float64 sums). Two probes run on random batches drawn from the population:
 
 - ``8/8``: ``micro_batch_sq_norms`` with all 8 micro-batches, their mean as the big batch;
-- ``4/8``: what NoiseScaleCollector does: 4 of the 8 micro-batches, their mean as the big batch (B_big = B/2);
-- ``2/8+step``: 2 of the 8 micro-batches against the whole batch's gradient (which the training step computes
-  anyway; not used by the collector: adapters that read gradients after clipping would bias it).
+- ``4/8``: NoiseScaleCollector's probe with the plain-loop and Hugging Face adapters: 4 of the 8 micro-batches,
+  their mean as the big batch (B_big = B/2);
+- ``2/8+step``: its probe with the Lightning callback, which reads the step's gradient before clipping: 2 of the
+  8 micro-batches against the whole batch's gradient (which the training step computes anyway).
 
 Columns: the median relative error of a single probe's tr(Σ) and |G|² (a single |G|² is often negative: one
 probe cannot resolve |G|² when the batch is far below B_simple); the relative error of the mean estimates over
@@ -132,14 +133,14 @@ def accuracy(net, x, y, batch, probes, variant):
 
 
 def timings(net, x, y, batch, repeats):
-    """Median seconds of (training step, probe 8/8, probe 4/8, accumulation bookkeeping of 8 micro-batches),
-    interleaved."""
+    """Median seconds of (training step, probe 8/8, probe 4/8, accumulation bookkeeping of 8 micro-batches,
+    probe 2/8 + the step gradient's norm), interleaved."""
     opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: the weights stay, the work is the same
     params = list(net.parameters())
     gen = torch.Generator().manual_seed(2)
     idx = torch.randint(0, len(x), (batch,), generator=gen)
     xb, yb = x[idx], y[idx]
-    times: list[list[float]] = [[], [], [], []]
+    times: list[list[float]] = [[], [], [], [], []]
     for _ in range(repeats):
         t = time.perf_counter()
         opt.zero_grad()
@@ -152,6 +153,11 @@ def timings(net, x, y, batch, repeats):
         t = time.perf_counter()
         micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen, evaluate=4)
         times[2].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        micro_batch_sq_norms(_loss(net), [xb, yb], params, 8, gen, evaluate=2, big=False)
+        with torch.no_grad():  # the step's gradient's squared norm, as the collector takes it
+            torch.stack([torch.linalg.vector_norm(p.grad) ** 2 for p in params]).sum().item()
+        times[4].append(time.perf_counter() - t)
         t = time.perf_counter()
         prev = None
         with torch.no_grad():
@@ -231,12 +237,13 @@ def main() -> None:
                              float(np.mean(e_g2 < 0)), rel(e_tr.mean(), tr), rel(e_g2.mean(), g2), 2 * se_g2,
                              rel(e_tr.mean() / e_g2.mean(), b_exact),
                              float(np.median([rel(v, b_exact) for v in smoothed])) if smoothed else float("nan")))
-        step_s, full_s, probe_s, acc_s = timings(net, x, y, batch, repeats)
+        step_s, full_s, probe_s, acc_s, step_probe_s = timings(net, x, y, batch, repeats)
         cost_rows.append((name, sum(p.numel() for p in net.parameters()), batch, step_s * 1e3, full_s / step_s,
-                          probe_s / step_s, acc_s / step_s))
+                          probe_s / step_s, step_probe_s / step_s, acc_s / step_s))
     print("Accuracy: at fixed weights; relative errors against exact per-example "
           "gradients over the population (8/8: all 8 micro-batches, their mean as the big batch; 4/8: the "
-          "collector's probe, 4 of them; 2/8+step: 2 micro-batches against the whole batch's gradient)\n")
+          "collector's probe in a plain loop or the HF Trainer, 4 of them; 2/8+step: its probe under Lightning, 2 "
+          "micro-batches against the whole batch's gradient)\n")
     head = ("case", "batch", "B exact", "probe", "1 probe trΣ", "1 probe |G|²", "|G|²<0", "mean of all: trΣ",
             "|G|²", "(2 s.e.)", "B_simple", "EMA 0.95 B")
     print(" | ".join(head))
@@ -246,11 +253,12 @@ def main() -> None:
               f"{r[8]:.1%} | {r[9]:.1%} | {r[10]:.1%} | {r[11]:.0%}")
     print("\nCost per measurement, relative to one training step on the same batch (medians of interleaved "
           f"repeats, {repeats} each, one thread)\n")
-    head = ("case", "params", "batch", "step ms", "probe 8/8", "probe 4/8 (collector)", "accumulation (8 micro)")
+    head = ("case", "params", "batch", "step ms", "probe 8/8", "4/8 (loop, HF)", "2/8+step (Lightning)",
+            "accumulation (8 micro)")
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in cost_rows:
-        print(f"{r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f}x | {r[5]:.2f}x | {r[6]:.2f}x")
+        print(f"{r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f}x | {r[5]:.2f}x | {r[6]:.2f}x | {r[7]:.2f}x")
     worst = max(max(r[7], r[8], r[10]) for r in acc_rows)
     print(f"\ntarget: mean estimates within 10% of exact -- worst {worst:.1%}: {'met' if worst <= 0.10 else 'MISSED'}")
 

@@ -392,3 +392,31 @@ def test_batches_of_one_example(tmp_path, accumulate):
     else:
         assert run.meta["noise_source"] == "accumulation"
         assert run.series("batch/size").values.tolist() == [2.0] * 8
+
+
+def test_scaled_micro_batch_gradients_fall_back_to_the_probe(tmp_path):
+    """A loss scaler (fp16's GradScaler) scales the micro-batches' gradients and unscales only the final one:
+    the accumulation source sees .grad shrink 2^16-fold at the last micro-batch and hands over to the probe."""
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scale = 2.0 ** 16
+    with dyncheck.watch(model, opt, dirpath=tmp_path / "run", probe_batch=(x[:8], y[:8]), sharpness_loss_fn=_loss,
+                        sharpness_budget=0, noise_every_n_steps=1, report=False) as mon:
+        for step in range(5):
+            for k in range(4):
+                i = (4 * step + k) * 8 % 128
+                loss = _loss(model, (x[i:i + 8], y[i:i + 8]))
+                (loss / 4 * scale).backward()
+                if k < 3:
+                    mon.step(loss)
+            with torch.no_grad():  # what GradScaler.unscale_ does before the step
+                for p in model.parameters():
+                    p.grad /= scale
+            opt.step()
+            opt.zero_grad()
+            mon.step(loss)
+    run = open_run(tmp_path / "run")
+    assert run.meta["noise_source"] == "probe"
+    assert run.meta["noise_sources_skipped"]["accumulation"].startswith("the micro-batch gradients are scaled")
+    assert run.series("noise/trace_sigma").steps.tolist() == [1, 2, 3, 4]
+    assert set(run.series("batch/size").values.tolist()) == {32.0}

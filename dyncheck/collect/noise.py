@@ -62,6 +62,11 @@ DDP_REASON = ("DDP all-reduces gradients inside the backward pass (bucket hooks 
               "wrapped model, which the strategy owns")
 SHARDED_REASON = ("the parameters are sharded DTensors (FSDP2 / tensor parallelism): the probe's forward is a "
                   "collective that rank 0 cannot run alone, and local gradients are shards")
+#: the micro-batches' summed gradient, squared, above this many times the final gradient's: the micro-batch
+#: gradients were scaled (fp16's GradScaler unscales only the final gradient, by 2^16 at first)
+SCALED_RATIO = 1e4
+SCALED_REASON = ("the micro-batch gradients are scaled (a loss scaler such as fp16's GradScaler) and only the final "
+                 "gradient is unscaled")
 _NAMES = interned(("noise/b_simple", "noise/trace_sigma", "noise/grad_sq", "batch/size"))
 _NAMES_NO_B = interned(("noise/trace_sigma", "noise/grad_sq", "batch/size"))
 
@@ -223,8 +228,19 @@ class NoiseScaleCollector(Collector):
         with torch.no_grad():
             grads = [_dense(p.grad) if p.grad is not None else torch.zeros_like(p) for p in self._params()]
             last = _sq_norm(torch._foreach_sub(grads, now.prev))
-            total, last_sq, final_sq = torch.stack([now.delta_sq + last, last, _sq_norm(grads)]).cpu().tolist()
+            total, last_sq, final_sq, prev_sq = torch.stack(
+                [now.delta_sq + last, last, _sq_norm(grads), _sq_norm(now.prev)]).cpu().tolist()
         now.prev = None
+        if prev_sq > SCALED_RATIO * final_sq:  # .grad shrank 100x at the last micro-batch: a loss scaler's unscaling
+            now.seconds += time.perf_counter() - t
+            if fit.source is None:
+                fit.skipped["accumulation"] = SCALED_REASON
+                self._decide(False)
+            elif fit.source == "accumulation":  # seen later (the scaler started later): the probe from now on
+                fit.source = "probe"
+                fit.skipped["accumulation"] = SCALED_REASON
+                fit.skipped.pop("probe", None)
+            return
         # a loop that gives the last batch's loss before optimizer.step(): that batch's change was taken already
         a = now.accumulated = now.micro + (1 if last_sq > 0 else 0)
         self._decide(a >= 2)
@@ -258,7 +274,7 @@ class NoiseScaleCollector(Collector):
             fit.skipped["probe"] = "gradient accumulation gives micro-batch gradients without extra passes"
         else:
             fit.source = "probe"
-            if fit.world == 1:
+            if fit.world == 1 and "accumulation" not in fit.skipped:
                 fit.skipped["accumulation"] = ("one batch per optimizer step (no gradient accumulation), or an adapter "
                                                "that does not report accumulation micro-batches (the Hugging Face "
                                                "Trainer's)")
