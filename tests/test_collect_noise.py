@@ -420,3 +420,21 @@ def test_scaled_micro_batch_gradients_fall_back_to_the_probe(tmp_path):
     assert run.meta["noise_sources_skipped"]["accumulation"].startswith("the micro-batch gradients are scaled")
     assert run.series("noise/trace_sigma").steps.tolist() == [1, 2, 3, 4]
     assert set(run.series("batch/size").values.tolist()) == {32.0}
+
+
+def test_benchmark_script_runs(tmp_path):
+    """benchmarks/noise_scale.py --quick prints its accuracy and cost tables (figures are its business, not
+    asserted here)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "noise_scale.py"), "--quick"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| 2/8+step |" in proc.stdout and "| 4/8 |" in proc.stdout and "accumulation (8 micro)" in proc.stdout
+    assert "target: mean estimates within 10% of exact" in proc.stdout
