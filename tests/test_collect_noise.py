@@ -438,3 +438,21 @@ def test_benchmark_script_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| 2/8+step |" in proc.stdout and "| 4/8 |" in proc.stdout and "accumulation (8 micro)" in proc.stdout
     assert "target: mean estimates within 10% of exact" in proc.stdout
+
+
+def test_hugging_face_trainer_records_the_noise_scale(tmp_path):
+    """Through a real transformers.Trainer (tiny random GPT-2): the probe runs on its own micro-batches (the
+    Trainer's gradients come after its clipping), beside the per-device batch size."""
+    pytest.importorskip("transformers")
+    import test_adapters_hf as hf
+
+    from dyncheck.adapters.hf import DynamicsMonitorCallback
+
+    cb = DynamicsMonitorCallback(dirpath=tmp_path / "run", noise_every_n_steps=2, report=False, rules=None)
+    hf._fit(tmp_path, [cb], steps=12)
+    run = open_run(tmp_path / "run")
+    assert run.meta["noise_source"] == "probe" and run.meta["measurement_errors"] == []
+    assert run.meta["noise_probe"] == {"micro_batches": 8, "evaluated": 4, "big_batch": "the evaluated micro-batches"}
+    tr = run.series("noise/trace_sigma")
+    assert tr.steps.tolist() == [2, 4, 6, 8, 10] and np.all(tr.values > 0)
+    assert run.series("batch/size").values.tolist() == [8.0] * 5
