@@ -204,7 +204,8 @@ class NoiseSchedule:
     share ``budget`` of the training time (``every_n`` None): a measurement is due once what all measurements took,
     plus what the last one took (the next one's expected cost), is at most ``budget`` times the training seconds
     so far, at the earliest at the second step: after a measurement of c seconds the next comes about
-    c / (budget x step time) steps later, and savings never turn into bursts. ``every_n`` 0, or a zero budget without ``every_n``: never."""
+    c / (budget x step time) steps later, and savings never turn into bursts. ``every_n`` 0, or a zero budget
+    without ``every_n``: never."""
 
     def __init__(self, *, budget: float, every_n: int | None, start_step: int = 0) -> None:
         self.budget, self.every_n, self.start = float(budget), every_n, int(start_step)
