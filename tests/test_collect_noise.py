@@ -456,3 +456,41 @@ def test_hugging_face_trainer_records_the_noise_scale(tmp_path):
     tr = run.series("noise/trace_sigma")
     assert tr.steps.tolist() == [2, 4, 6, 8, 10] and np.all(tr.values > 0)
     assert run.series("batch/size").values.tolist() == [8.0] * 5
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_plain_loop_training_is_bit_identical_with_the_noise_scale_every_step(tmp_path, accumulate):
+    """The probe runs inside the model's forward pre-hook of a plain loop: with dropout drawing random numbers,
+    the weights after training are bit-identical with and without it."""
+
+    def train(monitored):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        x, y = _data()
+        torch.manual_seed(1)
+        ctx = dyncheck.watch(model, opt, dirpath=tmp_path / f"run{accumulate}", probe_batch=(x[:16], y[:16]),
+                             sharpness_loss_fn=_loss, sharpness_every_n_steps=3, noise_every_n_steps=1,
+                             report=False, rules=None) if monitored else None
+        mon = ctx.__enter__() if ctx else None
+        for step in range(6):
+            for k in range(accumulate):
+                i = ((step * accumulate + k) * 16) % 128
+                loss = _loss(model, (x[i:i + 16], y[i:i + 16]))
+                (loss / accumulate).backward()
+                if mon and k < accumulate - 1:
+                    mon.step(loss)
+            opt.step()
+            opt.zero_grad()
+            if mon:
+                mon.step(loss)
+        if ctx:
+            ctx.__exit__(None, None, None)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    with_state, plain_state = train(True), train(False)
+    for k in plain_state:
+        assert torch.equal(with_state[k], plain_state[k]), k
+    run = open_run(tmp_path / f"run{accumulate}")
+    assert len(run.series("noise/trace_sigma")) >= 5
+    assert run.meta["noise_source"] == ("probe" if accumulate == 1 else "accumulation")
