@@ -212,6 +212,7 @@ class DynamicsMonitorHooks(EvaluationAttributes):
             append=same_dir,
             planned_steps=_planned_steps(trainer),
             start_step=int(trainer.global_step),
+            unclipped_gradients=bool(pl_module.automatic_optimization),  # Lightning clips after the hook
         )
         self._resume = None
         self._running = True

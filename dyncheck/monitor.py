@@ -138,6 +138,17 @@ class MonitorConfig:
     trajectory_dim: int = _opt(1024, (
         "coordinates of the weight sketch (1024): a fixed random subset of the trainable parameters' values, "
         "spread over the tensors by size, recorded as ``traj/c<i>``."))
+    noise_budget: float = _opt(0.01, (
+        "share of training wall time the gradient noise scale may take (0.01); 0 turns it off unless "
+        "``noise_every_n_steps`` is set. From gradient-accumulation micro-batches when there are several, else "
+        "from a probe that takes the gradients of 4 of 8 micro-batches of the step's batch (README: \"Gradient "
+        "noise scale\")."))
+    noise_every_n_steps: int | None = _opt(None, (
+        "measure the gradient noise scale at the first step of every this many steps instead of the time budget; "
+        "0 turns it off."))
+    noise_ema: float = _opt(0.95, (
+        "weight of the past in the moving averages of tr(Σ) and |G|² whose ratio is ``noise/b_simple`` (0.95; "
+        "0: no smoothing)."))
     train_loss_key: str | None = _opt(None, "logged metric used as training loss when ``training_step`` returns none.")
     val_loss_key: str | None = _opt(None, (
         "logged metric recorded as ``loss/val`` (default: the first of ``val_loss``, ``val/loss``, ``valid_loss``, "
@@ -169,6 +180,11 @@ class MonitorConfig:
                               "(module, batch) -> Tensor of one value per example, or None")
         _check_int(o, "trajectory_every_n_steps", self.trajectory_every_n_steps, minimum=0)
         _check_int(o, "trajectory_dim", self.trajectory_dim, minimum=1, allow_none=False)
+        _check_float(o, "noise_budget", self.noise_budget, lo=0.0, hi=1.0)
+        _check_int(o, "noise_every_n_steps", self.noise_every_n_steps, minimum=0)
+        _check_float(o, "noise_ema", self.noise_ema, lo=0.0, hi=1.0)
+        if self.noise_ema == 1.0:
+            raise ConfigError(f"{o}(noise_ema=1.0): expected a number in [0.0, 1.0) (1 would never move)")
         if self.sharpness_loss_fn is not None and not callable(self.sharpness_loss_fn):
             raise ConfigError(f"{o}(sharpness_loss_fn={self.sharpness_loss_fn!r}): expected a callable "
                               "(module, batch) -> loss tensor, or None")
@@ -272,11 +288,14 @@ class Monitor:
         append: bool = False,
         planned_steps: int | None = None,
         start_step: int | None = None,
+        unclipped_gradients: bool = False,
     ) -> None:
         """Begin (or continue) monitoring a fit. ``store_path`` is None on processes that do not write.
         ``resume`` is a state from :meth:`state_dict`: the store is truncated to what it held at that checkpoint.
         ``planned_steps``: the optimizer steps this fit will take from ``start_step`` (default
-        ``meta["start_step"]`` or 0), None if unknown; the sharpness schedule is planned over them."""
+        ``meta["start_step"]`` or 0), None if unknown; the sharpness schedule is planned over them.
+        ``unclipped_gradients``: the adapter reads the final gradients before any clipping and reports every
+        accumulation micro-batch (:attr:`Context.unclipped_gradients`)."""
         cfg = self.config
         self.every_n = every_n_steps
         self._reduce = reduce or _no_reduce
@@ -334,6 +353,7 @@ class Monitor:
             start_step=first, planned_steps=planned_steps, clock=self._train_seconds,
             sharded=has_sharded(list(module.parameters()) + [p for o in optimizers for g in o.param_groups
                                                               for p in g["params"]]))
+        ctx.unclipped_gradients = unclipped_gradients
         for c in self.collectors:
             self._guard(c, "start", c.start, ctx)
         for opt, _ in named_opts:
@@ -401,6 +421,7 @@ class Monitor:
         ctx = self._ctx
         if ctx is None:
             return
+        ctx.batch = batch
         if self._needs_probe and ctx.probe_batch is None:
             self._needs_probe = any(PROBE_BATCH in c.needs and c.enabled for c in self.collectors)
             if self._needs_probe:
@@ -474,6 +495,8 @@ class Monitor:
                     self._collector_failed(c, exc)
         if not stepped:
             return
+        if self._ctx is not None:
+            self._ctx.batch = None  # the step's batch is not kept past its step
         self._steps_seen += 1
         for c in self._on_end:
             if c.enabled:

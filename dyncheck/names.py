@@ -39,6 +39,10 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "ntk/top_eig",
     "ntk/top_eig_share",
     "traj/c*",  # traj/c<i>: coordinate i of the weight sketch
+    "noise/b_simple",
+    "noise/trace_sigma",
+    "noise/grad_sq",
+    "batch/size",
     "logged/*",
 )
 

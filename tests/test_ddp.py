@@ -39,5 +39,10 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         np.testing.assert_array_equal(a.steps, b.steps, err_msg=name)
         np.testing.assert_allclose(a.values, b.values, rtol=2e-4, atol=1e-6, err_msg=name)
     assert len(run.series("loss/train")) == 16
+    # the noise scale: no per-process gradients under DDP; rank 0's probe against the all-reduced gradient (the
+    # global batch of 2 x 16)
+    assert run.meta["noise_source"] == "probe" and run.meta["noise_sources_skipped"]["ddp"].startswith("DDP all-")
+    assert set(run.series("batch/size").values.tolist()) == {32.0}
+    assert run.meta["noise_probe"]["big_batch"] == "the step's gradient"
     # sharpness ran on rank 0 only, on its own probe batch, without hanging rank 1
     np.testing.assert_array_equal(run.series("sharpness/top_eig").steps, [0, 3, 6, 9, 12, 15])

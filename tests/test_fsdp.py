@@ -63,20 +63,24 @@ def test_fsdp2_per_parameter_statistics_are_the_full_parameters(fsdp):
     params = [p["name"] for p in ref.meta["model"]["parameters"]]
     assert [p["name"] for p in run.meta["model"]["parameters"]] == params
     assert "net.0.weight" in params and "offset.shift" in params
-    assert set(run.metrics()) == set(ref.metrics())  # the same series: names resolved, nothing left out
+    # the same series, names resolved, nothing left out -- but the noise scale, off under FSDP2 (said in the meta)
+    noise = {n for n in ref.metrics() if n.startswith("noise/") or n == "batch/size"}
+    assert set(run.metrics()) == set(ref.metrics()) - noise
+    assert "FSDP2" in run.meta["noise_sources_skipped"]["all"] and run.meta["noise_source"] is None
     per_param = [f"{kind}/{p}" for p in params for kind in
                  ("grad_norm", "grad_nonfinite", "weight_norm", "update_ratio", "weight_unchanged")]
     per_param = [n for n in per_param if n in ref.metrics()]  # offset.unused has no gradient, so no update
     assert len(per_param) == 8 * 5 - 3
     per_rank = ("act/std/", "act/dead/")  # per-rank statistics averaged over the ranks (as under DDP): below
-    compared = [n for n in ref.metrics() if not n.startswith(per_rank + ("sharpness/",))]  # sharpness: below
+    compared = [n for n in ref.metrics()  # sharpness: below
+                if not n.startswith(per_rank + ("sharpness/",)) and n not in noise]
     assert set(per_param) < set(compared) and {"grad_norm/total", "loss/train", "loss/val", "act/mean/net.1",
                                                "act/max_abs/net.4", "act/nonfinite/net.1"} < set(compared)
     for name in compared:
         a, b = run.series(name), ref.series(name)
         np.testing.assert_array_equal(a.steps, b.steps, err_msg=name)
         np.testing.assert_allclose(a.values, b.values, rtol=2e-4, atol=1e-6, err_msg=name)
-    for name in ref.metrics():
+    for name in set(ref.metrics()) - noise:
         a, b = run.series(name).values, ref.series(name).values
         if name.startswith("act/std/"):  # the mean of the halves' standard deviations: close to the whole's
             np.testing.assert_allclose(a, b, rtol=0.02, err_msg=name)

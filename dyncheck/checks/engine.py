@@ -716,6 +716,13 @@ def _missing_reason(patterns: Sequence[str], src: SeriesSource) -> str:
         why = ("sharpness was not measured: sharpness_budget=0 or sharpness_every_n_steps=0, no probe batch (a "
                "plain loop needs probe_batch and sharpness_loss_fn), or a run too short or too slow per step for "
                "its time budget (runs under 200 steps may get no probe)")
+    elif any(p.startswith(("noise/", "batch/size")) for p in patterns) and has("noise/"):
+        why = ("the smoothed |G|² never came out positive, so B_simple is undefined (the gradient noise scale is "
+               "far above the batch size, or the batches are not drawn at random)")
+    elif any(p.startswith(("noise/", "batch/size")) for p in patterns):
+        why = ("the gradient noise scale was not measured: noise_budget=0 or noise_every_n_steps=0, a batch "
+               "without a leading batch dimension, or no probe loss (a plain loop needs probe_batch and "
+               "sharpness_loss_fn)")
     elif any(p.startswith("act/saturated") for p in patterns) and has("act/"):
         why = "the model has no sigmoid/tanh-like modules (saturation applies to those only)"
     elif any(p.startswith("act/") for p in patterns):

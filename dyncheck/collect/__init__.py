@@ -9,6 +9,7 @@ collector                metrics                                                
 :class:`WeightCollect..` ``weight_norm/<p>``, ``update_ratio/<p>``, ``weight_unchanged/<p>``  layers   none
 :class:`ActivationCo..`  ``act/<stat>/<module>``                                     activations mean/max/sum
 :class:`SharpnessColl..` ``sharpness/top_eig``, ``sharpness/n_hvp``, ``sharpness/threshold``  budget  none
+:class:`NoiseScaleCol..` ``noise/b_simple``, ``noise/trace_sigma``, ``noise/grad_sq``, ``batch/size``  budget  none
 :class:`NTKCollector`    ``ntk/distance``, ``ntk/velocity``, ``ntk/top_eig``, ``ntk/top_eig_share``  budget  none
 :class:`TrajectoryCol..` ``traj/c<i>`` (a fixed sketch of the weights)                  trajectory  none
 :class:`OutputCollector` ``output/zero_share``, ``output/prob_rows``, ``output/blocked_share``,   activations mean
@@ -40,6 +41,7 @@ from .base import (
 from .grads import GradientCollector
 from .loss import LossCollector
 from .lr import LearningRateCollector
+from .noise import NoiseScaleCollector
 from .ntk import NTKCollector
 from .path import TrajectoryCollector
 from .output import OutputCollector
@@ -62,6 +64,7 @@ __all__ = [
     "LearningRateCollector",
     "LossCollector",
     "Modulo",
+    "NoiseScaleCollector",
     "NTKCollector",
     "OutputCollector",
     "SharpnessCollector",
@@ -73,12 +76,14 @@ __all__ = [
 
 def default_collectors(config: Any) -> list[Collector]:
     """The collectors of a :class:`~dyncheck.monitor.MonitorConfig`, in the order they run at each hook
-    (sharpness first: its probe runs before the activation hooks are attached)."""
+    (sharpness first: its probe runs before the activation hooks are attached; then the noise scale, whose probe
+    also runs at step start and leaves ``.grad`` as it found it)."""
     on = config.sharpness_enabled
     return [
         SharpnessCollector(budget=config.sharpness_budget if on else 0.0,
                            every_n=config.sharpness_every_n_steps if on else 0,
                            max_iter=config.sharpness_max_iter, tol=config.sharpness_tol),
+        NoiseScaleCollector(budget=config.noise_budget, every_n=config.noise_every_n_steps, ema=config.noise_ema),
         NTKCollector(budget=config.ntk_budget if config.ntk_enabled else 0.0,
                      every_n=config.ntk_every_n_steps if config.ntk_enabled else 0,
                      examples=config.ntk_examples, output_fn=config.ntk_output_fn),

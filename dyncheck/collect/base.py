@@ -204,6 +204,12 @@ class Context:
         self.reduced: dict[str, float] = {}
         self.plans: dict[Any, NormPlan] = {}
         self.probe_batch: Any = None  # set by the monitor at the first batch when a collector needs it
+        #: the current batch (a reference, set at each batch start; None where the adapter does not pass it)
+        self.batch: Any = None
+        #: the final gradients are read before any clipping, and every accumulation micro-batch ends with a
+        #: ``batch`` call (the Lightning callback with automatic optimization; not the loop or HF adapters, which
+        #: read gradients after the user's or the Trainer's clipping)
+        self.unclipped_gradients = False
 
     def failed(self, measurement: str, failures: Sequence[tuple[str | None, BaseException]], step: int | None,
                **kw: Any) -> None:

@@ -221,6 +221,54 @@ def _sharpness_section(src: _Series, skipped: dict[str, str]) -> Section:
     return sec
 
 
+def _g3(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _noise_section(src: _Series, skipped: dict[str, str], meta: dict[str, Any]) -> Section:
+    """The gradient noise scale beside the batch size, and in a sentence what this run shows."""
+    sec = Section("noise", "Gradient noise scale", "B<sub>simple</sub> = tr(Σ)/|G|², the gradient noise scale of "
+                  "McCandlish et al. (2018): the batch size at which a step's gradient noise and its signal are about "
+                  "equal. Healthy training <b>finds its noise scale</b>: B<sub>simple</sub> grows as the loss falls "
+                  "(the gradient shrinks faster than its noise), so a batch that is near it early ends up below it. "
+                  "A batch far below B<sub>simple</sub> is noise-dominated (a larger batch would need fewer steps); "
+                  "far above it, extra examples per step buy little. Estimated from squared gradient norms at two "
+                  "batch sizes, numerator and denominator smoothed separately.")
+    if "noise/b_simple" not in src.names:
+        why = (meta.get("noise_sources_skipped") or {}).get("all") if isinstance(meta.get("noise_sources_skipped"),
+                                                                                dict) else None
+        sec.notes.append(f"The gradient noise scale was not measured: {why}." if why else
+                         skipped.get("noise-dominated") or "The gradient noise scale was not measured in this run.")
+        return sec
+    s, v = src.get("noise/b_simple")
+    lines = [Line("noise scale B_simple", s, v, colour="#6a1b9a", width=2)]
+    size = src.get("batch/size") if "batch/size" in src.names else None
+    if size is not None:
+        lines.append(Line("batch size", size[0], size[1], colour="#455a64", dash="dash", width=1.5))
+    sec.charts.append(line_chart("chart-noise", lines, y_title="examples", log_y=True, height=280))
+    fin = np.isfinite(v) & (v > 0)
+    if fin.sum() >= 2:
+        s, v = s[fin], v[fin]
+        k = max(1, len(v) // 3)
+        early, late = float(np.median(v[:k])), float(np.median(v[-k:]))
+        text = (f"B_simple went from about {_g3(early)} (first third of its {len(v)} measurements, up to step "
+                f"{int(s[k - 1])}) to about {_g3(late)} (last third, from step {int(s[-k])}): ")
+        text += "it grew, as the noise scale does while the loss falls." if late > 1.5 * early else \
+            "it fell." if late < early / 1.5 else "it stayed at about the same level."
+        if size is not None and len(size[1]):
+            b = float(size[1][-1])
+            text += (f" The batch size is {_g3(b)}, {_g3(b / late)}x the noise scale at the end"
+                     + (" (noise-dominated)." if b < 0.1 * late else " (large-batch: beyond the noise scale, extra "
+                        "examples per step help little)." if b > 10 * late else "."))
+        sec.notes.append(text)
+    src_used = meta.get("noise_source")
+    if src_used:
+        how = {"probe": "a probe splitting the step's batch into micro-batches",
+               "accumulation": "the gradient-accumulation micro-batches"}.get(src_used, src_used)
+        sec.notes.append(f"Measured from {how}.")
+    return sec
+
+
 # -- findings -------------------------------------------------------------------------------------------------
 def _bands(spans: Sequence[tuple[int, int]], colour: str, spacing: float,
            limits: tuple[float, float] | None = None) -> list[Band]:
@@ -471,7 +519,7 @@ def render(run: Any, result: Any | None, *, title: str | None = None, rules_labe
 
     loss, phases = _loss_section(src, skipped)
     sections = [loss, _lr_section(src), _grad_section(src), _update_section(src), _act_section(src, skipped),
-                _sharpness_section(src, skipped)]
+                _sharpness_section(src, skipped), _noise_section(src, skipped, meta)]
     from ._dynamics import dynamics_sections
 
     sections += dynamics_sections(src, meta)

@@ -44,6 +44,8 @@ CHECK_IDS = frozenset({
     "progressive-sharpening", "catapult",
     # what the model hands to its loss (wrong last-layer activation)
     "softmax-before-loss", "clamped-output",
+    # the gradient noise scale (issue 15)
+    "noise-dominated",
 })
 FAMILIES = ("mlp", "cnn", "resnet", "transformer", "lstm", "hf")
 
@@ -753,6 +755,56 @@ def _head_not_in_optimizer() -> Setup:
     module = ScenarioModule(net, lambda params: torch.optim.SGD(backbone, lr=0.1, momentum=0.9, weight_decay=5e-4),
                             schedule=_warmup_cosine(1, steps))
     return Setup(module, train, val, _trainer(steps, len(train)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the gradient noise scale (issue 15)
+# ----------------------------------------------------------------------------------------------------------------
+def friedman(n_train: int = 2000, n_val: int = 500, *, noise: float = 3.0, batch_size: int = 8
+             ) -> tuple[DataLoader, DataLoader]:
+    """Regression on sklearn's Friedman #1 function of 10 uniform features (5 of them unused), with Gaussian
+    label noise of standard deviation ``noise`` (before the targets are standardised): a loss floor the network
+    cannot fit below, so the gradient's signal shrinks while its noise stays."""
+    from sklearn.datasets import make_friedman1
+
+    x, y = make_friedman1(n_train + n_val, noise=noise, random_state=0)
+    xt = torch.tensor(x, dtype=torch.float32)
+    yt = torch.tensor((y - y.mean()) / y.std(), dtype=torch.float32)
+    return (DataLoader(TensorDataset(xt[:n_train], yt[:n_train]), batch_size=batch_size, shuffle=True),
+            DataLoader(TensorDataset(xt[n_train:], yt[n_train:]), batch_size=n_val))
+
+
+class RegressionModule(pl.LightningModule):
+    """Mean squared error of a scalar output; logs ``val_loss``."""
+
+    def __init__(self, net: nn.Module, optimizer: Callable[[Any], torch.optim.Optimizer]) -> None:
+        super().__init__()
+        self.net = net
+        self._make_optimizer = optimizer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).squeeze(-1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y), on_epoch=True)
+
+    def configure_optimizers(self) -> Any:
+        return self._make_optimizer(self.parameters())
+
+
+@_scenario("noise-scale", "mlp",
+           "healthy: small-batch (8) SGD regression with label noise -- the gradient noise scale grows several-fold "
+           "as the loss falls toward its noise floor (McCandlish et al. 2018)", allowed={"noise-dominated"},
+           noise_every_n_steps=10)
+def _noise_scale() -> Setup:
+    train, val = friedman(batch_size=8)
+    module = RegressionModule(mlp([10, 64, 64, 1]), _sgd(0.05))
+    return Setup(module, train, val, _trainer(1500, len(train)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
