@@ -93,7 +93,9 @@ def test_module_compiled_inside_records_eager_names(fits, tmp_path):
     assert any("_orig_mod" in n for n in weights)  # the model really holds a compiled submodule
     run = open_run(tmp_path / "run.db")
     eager = open_run(fits["eager"][0] / "run.db")
-    assert run.metrics() == eager.metrics()
+    # the noise scale's B_simple exists only where its smoothed |G|^2 came out positive: a sign that rounding may
+    # flip between the compiled and the eager run
+    assert [m for m in run.metrics() if m != "noise/b_simple"] == [m for m in eager.metrics() if m != "noise/b_simple"]
     assert run.series("act/mean/net.0").steps.tolist() == list(range(0, STEPS, ACT_EVERY))
     assert "grad_norm/net.0.weight" in run.metrics() and "weight_norm/net.5.bias" in run.metrics()
     assert not any("_orig_mod" in m["name"] for m in run.meta["model"]["modules"])

@@ -201,7 +201,9 @@ def test_hf_trainer_gpt2_without_dropout_bf16(tmp_path):
     from dyncheck.adapters.hf import DynamicsMonitorCallback
 
     ref = _FirstBatch()
-    cb = DynamicsMonitorCallback(dirpath=tmp_path / "run", sharpness_every_n_steps=2, report=False, rules=None)
+    # the noise scale's and the NTK's probes off: every forward of the fit is counted below
+    cb = DynamicsMonitorCallback(dirpath=tmp_path / "run", sharpness_every_n_steps=2, report=False, rules=None,
+                                 noise_budget=0, ntk_budget=0)
     watched = _hf_fit(tmp_path / "watched", [ref, cb])
     assert ref.autocast == [True] * (5 + 2)  # 5 training steps, 2 probes: every forward under autocast
     with open_run(tmp_path / "run") as run:
@@ -232,7 +234,9 @@ def test_hf_trainer_reentrant_checkpointing_bf16_probes_by_fd_in_float32(tmp_pat
 
     kw = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}}
     ref = _FirstBatch()
-    cb = DynamicsMonitorCallback(dirpath=tmp_path / "run", sharpness_every_n_steps=2, report=False, rules=None)
+    # the noise scale's and the NTK's probes off: every forward of the fit is counted below
+    cb = DynamicsMonitorCallback(dirpath=tmp_path / "run", sharpness_every_n_steps=2, report=False, rules=None,
+                                 noise_budget=0, ntk_budget=0)
     watched = _hf_fit(tmp_path / "watched", [ref, cb], **kw)
     # training forwards under autocast; each probe: the exact attempt (step 2 only) under it, its FD ones without
     probe_forwards = [a for a in ref.autocast if not a]
@@ -263,7 +267,7 @@ def test_a_probe_that_fails_in_every_context_says_why_in_meta_report_and_check(t
     def broken(module, batch):
         raise RuntimeError("the probe's loss is broken")
 
-    mon = DynamicsMonitor(dirpath=tmp_path / "run", sharpness_every_n_steps=2, sharpness_loss_fn=broken,
+    mon = DynamicsMonitor(dirpath=tmp_path / "run", sharpness_every_n_steps=2, sharpness_loss_fn=broken, noise_budget=0,
                           report=True)
     with pytest.warns(UserWarning, match="sharpness measurement failed"):
         trainer(tmp_path, [mon], max_steps=3, max_epochs=None).fit(Lit(mlp(), mse_loss), seq_loader())

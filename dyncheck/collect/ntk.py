@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..errors import MeasureError
 from ..measure.ntk import OutputFn, empirical_ntk, kernel_distance, kernel_stats, probe_slice
+from ..measure.probe import eager_math
 from ..measure.sharpness import SharpnessSchedule, preserved_training_state
 from .base import PROBE_BATCH, Collector, interned
 
@@ -164,7 +165,9 @@ class NTKCollector(Collector):
         assert ctx is not None
         module = ctx.module
         params = [p for p in module.parameters() if p.requires_grad]
-        with preserved_training_state(module, params), torch.jit.optimized_execution(False):
+        # compiled modules run eagerly, attention by the math backend: the vmapped backward needs retain_graph,
+        # which compiled graphs with donated buffers refuse
+        with preserved_training_state(module, params), torch.jit.optimized_execution(False), eager_math():
             module.eval()  # dropout off, BatchNorm on its running statistics (see dyncheck.measure.ntk)
             res = empirical_ntk(module, fit.probe, output_fn=self.output_fn, params=params)
         fit.looped = fit.looped or res.looped
