@@ -173,6 +173,9 @@ CONFIGS = {
     "monitor, no checks/report": {"rules": None, "report": False},
     "monitor, sharpness off": {"sharpness_budget": 0},
     "monitor, NTK + trajectory off": {"ntk_budget": 0, "trajectory_every_n_steps": 0},
+    "monitor, noise scale off": {"noise_budget": 0},
+    "monitor, all probes off": {"sharpness_budget": 0, "noise_budget": 0, "ntk_budget": 0,
+                                "trajectory_every_n_steps": 0, "rules": None, "report": False},
 }
 ALL_EVERY_STEP = {f"monitor, all every step (sharp every {SHARP_EVERY})": {
     "every_n_steps": 1, "activations_every_n_steps": 1, "sharpness_every_n_steps": SHARP_EVERY}}

@@ -121,10 +121,12 @@ class MonitorConfig:
     sharpness_loss_fn: Callable[[nn.Module, Any], Tensor] | None = _opt(None, (
         "``fn(module, batch) -> loss`` for the probe; default ``training_step(batch, 0)`` with logging silenced "
         "(needed for manual optimization, where training_step steps the optimizers)."))
-    ntk_budget: float = _opt(0.01, (
-        "share of training wall time that empirical-NTK probes may take (0.01; the schedule of "
-        "``sharpness_budget``); 0 turns them off unless ``ntk_every_n_steps`` is set. The reference kernel is "
-        "taken at the first step. Needs the probe batch, as sharpness does."))
+    ntk_budget: float | None = _opt(None, (
+        "share of training wall time that empirical-NTK probes may take (the schedule of ``sharpness_budget``); "
+        "default: 0.005 when the probe's Jacobian (``ntk_examples`` x trainable parameters) holds at most 16M "
+        "values (about 500k parameters at 32 examples), else off (said in the meta: the kernel costs a backward "
+        "per example); 0 turns them off unless ``ntk_every_n_steps`` is set. The reference kernel is taken at "
+        "the first step. Needs the probe batch, as sharpness does."))
     ntk_every_n_steps: int | None = _opt(None, (
         "probe the NTK on this fixed schedule (steps that are multiples of it) instead of the time budget; 0 "
         "turns it off."))
@@ -138,8 +140,8 @@ class MonitorConfig:
     trajectory_dim: int = _opt(1024, (
         "coordinates of the weight sketch (1024): a fixed random subset of the trainable parameters' values, "
         "spread over the tensors by size, recorded as ``traj/c<i>``."))
-    noise_budget: float = _opt(0.01, (
-        "share of training wall time the gradient noise scale may take (0.01); 0 turns it off unless "
+    noise_budget: float = _opt(0.005, (
+        "share of training wall time the gradient noise scale may take (0.005); 0 turns it off unless "
         "``noise_every_n_steps`` is set. From gradient-accumulation micro-batches when there are several, else "
         "from a probe that takes the gradients of 4 of 8 micro-batches of the step's batch (README: \"Gradient "
         "noise scale\")."))
@@ -172,7 +174,8 @@ class MonitorConfig:
         _check_int(o, "sharpness_every_n_steps", self.sharpness_every_n_steps, minimum=0)
         _check_int(o, "sharpness_max_iter", self.sharpness_max_iter, minimum=1, allow_none=False)
         _check_float(o, "sharpness_tol", self.sharpness_tol, lo=0.0, hi=1.0, lo_open=True)
-        _check_float(o, "ntk_budget", self.ntk_budget, lo=0.0, hi=1.0)
+        if self.ntk_budget is not None:
+            _check_float(o, "ntk_budget", self.ntk_budget, lo=0.0, hi=1.0)
         _check_int(o, "ntk_every_n_steps", self.ntk_every_n_steps, minimum=0)
         _check_int(o, "ntk_examples", self.ntk_examples, minimum=1, allow_none=False)
         if self.ntk_output_fn is not None and not callable(self.ntk_output_fn):
@@ -201,7 +204,8 @@ class MonitorConfig:
 
     @property
     def ntk_enabled(self) -> bool:
-        return self.ntk_every_n_steps != 0 and (self.ntk_budget > 0 or bool(self.ntk_every_n_steps))
+        return self.ntk_every_n_steps != 0 and (self.ntk_budget is None or self.ntk_budget > 0
+                                                or bool(self.ntk_every_n_steps))
 
     @property
     def sharpness_enabled(self) -> bool:

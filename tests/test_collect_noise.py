@@ -236,7 +236,7 @@ def test_noise_probe_does_not_change_training(tmp_path, accumulate):
 
 
 def test_default_budget_measures_and_zero_budget_turns_it_off(tmp_path):
-    on = DynamicsMonitor(dirpath=tmp_path / "on", report=False)
+    on = DynamicsMonitor(dirpath=tmp_path / "on", report=False, noise_budget=0.01)  # budget mode, as by default
     trainer(tmp_path, [on]).fit(MLP(), *loaders(batch_size=16, flat=True, shuffle=True))
     run = open_run(tmp_path / "on")
     assert run.meta["noise_schedule"]["mode"] == "budget" and run.meta["noise_schedule"]["measurements"] >= 1

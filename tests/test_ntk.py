@@ -277,3 +277,27 @@ def test_a_lightning_resume_continues_the_kernel_distances_and_the_sketch(tmp_pa
             np.testing.assert_allclose(a.values, b.values, rtol=1e-6, atol=1e-12, err_msg=name)
         (sa, ma), (sb, mb) = read_sketch(run), read_sketch(ref)
         assert list(sa) == list(sb) == list(range(0, 32, 2)) and np.array_equal(ma, mb)
+
+
+def test_the_default_leaves_models_with_a_large_probe_jacobian_alone(tmp_path):
+    """ntk_budget=None (the default): on for small models, off with the reason in the meta when examples x
+    trainable parameters exceeds NTK_AUTO_MAX; an explicit budget measures any model."""
+    from dyncheck.collect.ntk import NTK_AUTO_MAX
+
+    torch.manual_seed(0)
+    width = NTK_AUTO_MAX // (32 * 10) + 1  # 32 examples x (10 width + 1) parameters > NTK_AUTO_MAX
+    wide = nn.Sequential(nn.Linear(8, width), nn.Tanh(), nn.Linear(width, 1))
+    loss = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])  # noqa: E731
+    (tmp_path / "auto").mkdir()
+    (tmp_path / "on").mkdir()
+    drive(tmp_path / "auto", wide, torch.optim.SGD(wide.parameters(), lr=0.01), 4,
+          config=MonitorConfig(sharpness_budget=0, trajectory_every_n_steps=0, noise_budget=0), probe_loss=loss)
+    with open_run(tmp_path / "auto" / "run.db") as run:
+        assert not [m for m in run.metrics() if m.startswith("ntk/")]
+        assert "off by default for this model" in run.meta["ntk"]["off"]
+        assert run.meta["measurement_errors"] == []
+    drive(tmp_path / "on", wide, torch.optim.SGD(wide.parameters(), lr=0.01), 4,
+          config=MonitorConfig(sharpness_budget=0, trajectory_every_n_steps=0, noise_budget=0, ntk_every_n_steps=2),
+          probe_loss=loss)
+    with open_run(tmp_path / "on" / "run.db") as run:
+        assert run.series("ntk/distance").steps.tolist() == [0, 2]

@@ -10,6 +10,7 @@ judged (it did not finish, holds no series, or every check was skipped)."""
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import json
 import math
@@ -270,12 +271,21 @@ def _json_number(v: float | None) -> float | str | None:
     return v
 
 
+def _literal_prefix(pattern: str) -> str:
+    """The part of a glob before its first wildcard (``*``, ``?``, ``[``): every match starts with it."""
+    for i, c in enumerate(pattern):
+        if c in "*?[":
+            return pattern[:i]
+    return pattern
+
+
 class SeriesSource:
     """Metric names and cached series from a :class:`~dyncheck.store.Run` or a mapping name -> (steps, values)."""
 
     def __init__(self, source: Any):
         self._src = source
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._matches: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
         if isinstance(source, Mapping):
             self.names = sorted(source)
         else:
@@ -301,9 +311,26 @@ class SeriesSource:
         return self._cache[name]
 
     def match(self, patterns: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
-        pats, excl = list(patterns), list(exclude)
-        return [n for n in self.names
-                if any(fnmatch.fnmatchcase(n, p) for p in pats) and not any(fnmatch.fnmatchcase(n, e) for e in excl)]
+        """The names matching one of ``patterns`` and none of ``exclude``, in name order. Each pattern is tried
+        only on the names that start with its literal prefix (found by bisection in the sorted names: a run with
+        a thousand sketch series ``traj/c<i>`` costs a check on ``grad_norm/*`` nothing), and results are cached
+        per pattern list."""
+        key = (tuple(patterns), tuple(exclude))
+        hit = self._matches.get(key)
+        if hit is None:
+            names = self.names
+            found: set[str] = set()
+            for p in key[0]:
+                pre = _literal_prefix(p)
+                for i in range(bisect.bisect_left(names, pre), len(names)):
+                    n = names[i]
+                    if not n.startswith(pre):
+                        break
+                    if fnmatch.fnmatchcase(n, p):
+                        found.add(n)
+            hit = self._matches[key] = [n for n in names if n in found
+                                        and not any(fnmatch.fnmatchcase(n, e) for e in key[1])]
+        return list(hit)
 
 
 # ----------------------------------------------------------------------------------------------------------------

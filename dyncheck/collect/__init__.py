@@ -42,7 +42,7 @@ from .grads import GradientCollector
 from .loss import LossCollector
 from .lr import LearningRateCollector
 from .noise import NoiseScaleCollector
-from .ntk import NTKCollector
+from .ntk import NTK_AUTO_BUDGET, NTKCollector
 from .path import TrajectoryCollector
 from .output import OutputCollector
 from .sharpness import SharpnessCollector
@@ -84,7 +84,9 @@ def default_collectors(config: Any) -> list[Collector]:
                            every_n=config.sharpness_every_n_steps if on else 0,
                            max_iter=config.sharpness_max_iter, tol=config.sharpness_tol),
         NoiseScaleCollector(budget=config.noise_budget, every_n=config.noise_every_n_steps, ema=config.noise_ema),
-        NTKCollector(budget=config.ntk_budget if config.ntk_enabled else 0.0,
+        NTKCollector(budget=(NTK_AUTO_BUDGET if config.ntk_budget is None else config.ntk_budget)
+                     if config.ntk_enabled else 0.0,
+                     auto=config.ntk_budget is None and not config.ntk_every_n_steps,
                      every_n=config.ntk_every_n_steps if config.ntk_enabled else 0,
                      examples=config.ntk_examples, output_fn=config.ntk_output_fn),
         TrajectoryCollector(every_n=config.trajectory_every_n_steps, dim=config.trajectory_dim),

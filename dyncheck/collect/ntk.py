@@ -72,6 +72,13 @@ def _fingerprint(batch: Any) -> str:
     return h.hexdigest()[:16]
 
 
+#: the default budget of the NTK probes (``ntk_budget=None``), for models whose probe Jacobian holds at most
+#: :data:`NTK_AUTO_MAX` values; above, the default is off (a probe costs a backward per example and its memory
+#: grows with the model)
+NTK_AUTO_BUDGET = 0.005
+NTK_AUTO_MAX = 1 << 24
+
+
 class NTKCollector(Collector):
     name = "ntk"
     metrics = ("ntk/distance", "ntk/velocity", "ntk/top_eig", "ntk/top_eig_share")
@@ -80,9 +87,10 @@ class NTKCollector(Collector):
     schedule = "budget"
 
     def __init__(self, *, budget: float, every_n: int | None, examples: int = 32,
-                 output_fn: OutputFn | None = None) -> None:
+                 output_fn: OutputFn | None = None, auto: bool = False) -> None:
         super().__init__()
         self.budget, self.every_n, self.examples, self.output_fn = budget, every_n, examples, output_fn
+        self.auto = auto  # the default schedule: on only for models whose probe Jacobian is small
 
     @dataclass
     class Fit:
@@ -116,7 +124,13 @@ class NTKCollector(Collector):
             return
         trainable = [(n, p) for n, p in ctx.module.named_parameters() if p.requires_grad]
         complex_params = [n for n, p in trainable if p.is_complex()]
-        if self.output_fn is None and _no_forward(ctx.module):  # not a failure: nothing to call by default
+        size = self.examples * sum(p.numel() for _, p in trainable)
+        if self.auto and size > NTK_AUTO_MAX:  # not a failure: the default keeps the probe cheap
+            self.enabled = False
+            self.fit.off = (f"off by default for this model: its probe Jacobian would hold {size:,} values "
+                            f"({self.examples} examples x trainable parameters; the default measures up to "
+                            f"{NTK_AUTO_MAX:,}); set ntk_budget= or ntk_every_n_steps= to measure it")
+        elif self.output_fn is None and _no_forward(ctx.module):  # not a failure: nothing to call by default
             self.enabled = False
             self.fit.off = ("the module has no forward() of its own (its training_step calls submodules): pass "
                             "ntk_output_fn=fn(module, batch) -> Tensor[m]")

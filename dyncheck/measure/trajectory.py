@@ -104,6 +104,17 @@ def pca(snapshots: np.ndarray, k: int = 3) -> PCAResult:
     x = x - x.mean(axis=0, keepdims=True)
     if x.shape[0] < 2:
         return PCAResult(np.zeros(0), np.zeros((x.shape[0], 0)), np.zeros((0, x.shape[1])))
+    if x.shape[0] < x.shape[1]:  # fewer snapshots than coordinates: the T x T Gram matrix (far cheaper than the SVD)
+        evals, evecs = np.linalg.eigh(x @ x.T)
+        order = np.argsort(evals)[::-1]
+        var = np.clip(evals[order], 0.0, None)
+        u = evecs[:, order]
+        s = np.sqrt(var)
+        keep = min(k, int((s > s[0] * 1e-12).sum()) if s.size and s[0] > 0 else 0)
+        vt = (u[:, :keep].T @ x) / s[:keep, None]
+        total = var.sum()
+        ratios = var / total if total > 0 else np.zeros_like(var)
+        return PCAResult(ratios, u[:, :keep] * s[:keep], vt)
     u, s, vt = np.linalg.svd(x, full_matrices=False)
     var = s ** 2
     total = var.sum()
