@@ -321,3 +321,48 @@ def test_mirror_reaches_the_trainers_wandb_and_mlflow(tmp_path, monkeypatch):
     (run,) = client.search_runs([client.get_experiment_by_name("dyncheck-test").experiment_id])
     got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "dyncheck/grad_norm_total")}
     assert got == pytest.approx(expect, rel=1e-6)
+
+
+def test_bert_sequence_classification_sharpness_activations_output(tmp_path):
+    """A tiny random-init BERT classifier (SDPA attention, dropout 0) under the HF Trainer: sharpness by exact
+    double backward (math attention backend), a non-leaf pattern (``bert.encoder.layer.0``) selects that layer's
+    leaves, the output facts come from the logits, and the training is bit-identical with and without the
+    callback. (The probe batch is the first batch the model gets, so the first probe is at step 2 here; the exact
+    values of the contexts are checked against references in tests/test_probe_contexts.py.)"""
+
+    def model():
+        torch.manual_seed(0)
+        cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=16, num_labels=3,
+                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        return transformers.BertForSequenceClassification(cfg)
+
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 64, (32, 12), generator=g)
+    labels = torch.randint(0, 3, (32,), generator=g)
+    data = [{"input_ids": i, "attention_mask": torch.ones_like(i), "labels": y} for i, y in zip(ids, labels)]
+
+    def fit(callbacks):
+        m = model()
+        args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, use_cpu=True,
+                                              per_device_train_batch_size=8, save_strategy="no", report_to=[],
+                                              seed=0, disable_tqdm=True, logging_steps=2)
+        transformers.Trainer(model=m, args=args, train_dataset=data, callbacks=callbacks).train()
+        return m
+
+    cb = DynamicsMonitorCallback(dirpath=tmp_path / "run", sharpness_every_n_steps=2, every_n_steps=2,
+                                 activation_modules=["bert.encoder.layer.0"], report=False, rules=None,
+                                 noise_budget=0, ntk_budget=0)
+    watched = fit([cb])
+    plain = fit([])
+    assert all(torch.equal(a, b) for a, b in zip(watched.parameters(), plain.parameters()))
+    with open_run(tmp_path / "run") as run:
+        assert run.meta["measurement_errors"] == []
+        assert run.meta["sharpness_probe"]["context"] == "double-backward"
+        top = run.series("sharpness/top_eig")
+        assert top.steps.tolist() == [2, 4] and np.all(np.isfinite(top.values)) and np.all(top.values > 0)
+        acts = {m.split("/", 2)[2] for m in run.metrics() if m.startswith("act/mean/")}
+        assert acts and all(a.startswith("bert.encoder.layer.0.") for a in acts)
+        assert "bert.encoder.layer.0.attention.self.query" in acts
+        assert run.meta["output"]["shape"] == [8, 3]
+        assert run.series("output/prob_rows").values.tolist() == [0.0, 0.0, 0.0]
