@@ -104,6 +104,23 @@ def trainer(tmp_path, callbacks=(), **kw):
     return pl.Trainer(callbacks=list(callbacks), **opts)
 
 
+def fit_mlp(tmp_path, name, monitor_kwargs=None, **model_kw):
+    """Seeded digits MLP trained for 2 epochs, with ``DynamicsMonitor(dirpath=tmp_path / name, **monitor_kwargs)``
+    or (``monitor_kwargs`` None) without a monitor; warnings silenced. Returns the trained model."""
+    import warnings
+
+    from dyncheck import DynamicsMonitor
+
+    pl.seed_everything(0, verbose=False)
+    model = MLP(**model_kw)
+    train, val = loaders()
+    cbs = [DynamicsMonitor(dirpath=tmp_path / name, **monitor_kwargs)] if monitor_kwargs is not None else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer(tmp_path / f"t-{name}", cbs, max_epochs=2).fit(model, train, val)
+    return model
+
+
 def close_process_group() -> None:
     """End of a multi-process test script: wait for every rank, then destroy the process group. A gloo group left
     to the interpreter's exit can abort the process ("terminate called without an active exception", exit -6)."""

@@ -21,7 +21,7 @@ from dyncheck.monitor import MonitorConfig
 from dyncheck.store import open_run
 
 from loop import drive
-from models import MLP, loaders, trainer
+from models import MLP, fit_mlp, loaders, trainer
 
 
 def _jacrev_kernel(net: nn.Module, x: torch.Tensor, out_fn) -> torch.Tensor:
@@ -118,18 +118,10 @@ def test_a_wide_lazy_net_keeps_its_kernel_and_a_narrow_one_moves_it(tmp_path):
 
 
 def test_lightning_run_records_the_kernel_of_the_initial_model_and_changes_nothing(tmp_path):
-    def fit(monitor_kwargs, name):
-        pl.seed_everything(0, verbose=False)
-        model = MLP(dropout=0.3)  # dropout: the probe runs in eval mode and restores the random generators
-        train, val = loaders()
-        cbs = [DynamicsMonitor(dirpath=tmp_path / name, **monitor_kwargs)] if monitor_kwargs is not None else []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer(tmp_path / f"t-{name}", cbs, max_epochs=2).fit(model, train, val)
-        return model
-
-    plain = fit(None, "plain")
-    watched = fit({"ntk_every_n_steps": 3, "ntk_examples": 16, "sharpness_budget": 0}, "ntk")
+    # dropout: the probe runs in eval mode and restores the random generators
+    plain = fit_mlp(tmp_path, "plain", dropout=0.3)
+    watched = fit_mlp(tmp_path, "ntk", {"ntk_every_n_steps": 3, "ntk_examples": 16, "sharpness_budget": 0},
+                      dropout=0.3)
     for a, b in zip(plain.parameters(), watched.parameters()):
         assert torch.equal(a, b)
     pl.seed_everything(0, verbose=False)

@@ -3,16 +3,14 @@ snapshots, the collector through a real Lightning Trainer (values, schedule, no 
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from models import MLP, loaders, trainer
+from models import MLP, fit_mlp
 from torch import nn
 
-from dyncheck import DynamicsMonitor
 from dyncheck.errors import ConfigError
 from dyncheck.measure.trajectory import Sketch, pca, principal_angles, read_sketch
 from dyncheck.monitor import MonitorConfig
@@ -110,18 +108,8 @@ def test_sketch_of_a_small_net_is_its_whole_vector_and_its_pca_is_exact():
 
 
 def test_lightning_run_records_the_sketch_at_each_steps_weights_and_changes_nothing(tmp_path):
-    def fit(monitor_kwargs, name):
-        pl.seed_everything(0, verbose=False)
-        model = MLP()
-        train, val = loaders()
-        cbs = [DynamicsMonitor(dirpath=tmp_path / name, **monitor_kwargs)] if monitor_kwargs is not None else []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer(tmp_path / f"t-{name}", cbs, max_epochs=2).fit(model, train, val)
-        return model
-
-    plain = fit(None, "plain")
-    watched = fit({"trajectory_dim": 256, "sharpness_budget": 0, "ntk_budget": 0}, "traj")
+    plain = fit_mlp(tmp_path, "plain")
+    watched = fit_mlp(tmp_path, "traj", {"trajectory_dim": 256, "sharpness_budget": 0, "ntk_budget": 0})
     for a, b in zip(plain.parameters(), watched.parameters()):
         assert torch.equal(a, b)
     pl.seed_everything(0, verbose=False)
