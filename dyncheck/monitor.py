@@ -702,6 +702,12 @@ class Monitor:
         """Whether the current step takes per-layer statistics."""
         return self._measuring
 
+    @property
+    def wants_probe_batch(self) -> bool:
+        """Some collector of this fit needs the probe batch and has none yet (an adapter that sees batches only
+        inside the model's forward hands the first one to :meth:`batch_start` while this holds)."""
+        return self._needs_probe and self._ctx is not None and self._ctx.probe_batch is None
+
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must carry so that a resumed run continues its series without duplicates.
         Flushes first (a collective under DDP: every process saves checkpoints at the same points)."""

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .._evaluation import Evaluation, EvaluationAttributes, EvaluationOptions
 from .._meta import jsonable, module_meta, optimizer_meta, versions
 from ..errors import ArgumentError
+from ..measure.tensors import world_size
 from ..monitor import Monitor, MonitorConfig
 
 __all__ = ["Adapter", "agree", "is_rank_zero", "reduce_fn", "run_meta", "split_options"]
@@ -41,10 +42,6 @@ def split_options(owner: str, options: Mapping[str, Any], *, exclude: Iterable[s
     return config, evaluation
 
 
-def _world() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
 
 def is_rank_zero() -> bool:
     dist = torch.distributed
@@ -53,7 +50,7 @@ def is_rank_zero() -> bool:
 
 def reduce_fn() -> Any:
     """The monitor's ``reduce(tensor, op)`` over the default process group (None: a single process)."""
-    if _world() <= 1:
+    if world_size() <= 1:
         return None
     dist = torch.distributed
 
@@ -67,7 +64,7 @@ def reduce_fn() -> Any:
 
 def agree(fired: bool) -> bool:
     """True on every process when any process's ``fired`` is (one collective under DDP)."""
-    if _world() <= 1:
+    if world_size() <= 1:
         return fired
     t = torch.tensor(float(fired), device="cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)

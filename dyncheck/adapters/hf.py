@@ -187,7 +187,7 @@ class DynamicsMonitorCallback(Adapter, TrainerCallback):
         self._integrations = self._before_integrations()
         atexit.register(self._at_exit)
         self.evaluation.fit_started(self.monitor)
-        self._want_batch = cfg.sharpness_enabled or cfg.ntk_enabled
+        self._want_batch = self.monitor.wants_probe_batch  # sharpness, the noise scale's probe, the NTK
         self._handles = [model.register_forward_pre_hook(self._on_forward_pre, with_kwargs=True),
                          model.register_forward_hook(self._on_forward, with_kwargs=True)]
 

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from ..measure.noise import NoiseEMA, NoiseSchedule, batch_size_of, noise_probe, sq_norm, two_batch_estimates
+from ..measure.tensors import world_size
 from .base import PROBE_BATCH, Collector, interned
 
 __all__ = ["NoiseScaleCollector", "DDP_REASON"]
@@ -70,14 +71,6 @@ SCALED_REASON = ("the micro-batch gradients are scaled (a loss scaler such as fp
 _NAMES = interned(("noise/b_simple", "noise/trace_sigma", "noise/grad_sq", "batch/size"))
 _NAMES_NO_B = interned(("noise/trace_sigma", "noise/grad_sq", "batch/size"))
 
-
-def _world() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _sq_norm(tensors: list[Tensor]) -> Tensor:
-    return sq_norm(tensors)
 
 
 def _dense(t: Tensor) -> Tensor:
@@ -132,7 +125,7 @@ class NoiseScaleCollector(Collector):
         fit.schedule = NoiseSchedule(budget=self.budget, every_n=self.every_n, start_step=ctx.start_step)
         sv = self.saved  # the moving averages so far (a checkpoint's, or the last fit's)
         fit.ema = NoiseEMA(self.ema, grad_sq_acc=sv.grad_sq_acc, trace_acc=sv.trace_acc, weight=sv.weight)
-        fit.world = _world()
+        fit.world = world_size()
         if fit.schedule.mode == "off" or ctx.probe_loss is None:
             fit.skipped["all"] = "turned off (noise_budget=0 or noise_every_n_steps=0)" if \
                 fit.schedule.mode == "off" else ("no probe loss (manual optimization needs sharpness_loss_fn; a "
@@ -204,9 +197,9 @@ class NoiseScaleCollector(Collector):
         with torch.no_grad():
             grads = [_dense(p.grad) if p.grad is not None else torch.zeros_like(p) for p in self._params()]
             if now.prev is None:
-                d = _sq_norm(grads)
+                d = sq_norm(grads)
             else:
-                d = _sq_norm(torch._foreach_sub(grads, now.prev))
+                d = sq_norm(torch._foreach_sub(grads, now.prev))
             now.delta_sq = d if now.delta_sq is None else now.delta_sq + d
             now.prev = [g.detach().clone() for g in grads]
         now.seconds += time.perf_counter() - t
@@ -227,9 +220,9 @@ class NoiseScaleCollector(Collector):
         t = time.perf_counter()
         with torch.no_grad():
             grads = [_dense(p.grad) if p.grad is not None else torch.zeros_like(p) for p in self._params()]
-            last = _sq_norm(torch._foreach_sub(grads, now.prev))
+            last = sq_norm(torch._foreach_sub(grads, now.prev))
             total, last_sq, final_sq, prev_sq = torch.stack(
-                [now.delta_sq + last, last, _sq_norm(grads), _sq_norm(now.prev)]).cpu().tolist()
+                [now.delta_sq + last, last, sq_norm(grads), sq_norm(now.prev)]).cpu().tolist()
         now.prev = None
         if prev_sq > SCALED_RATIO * final_sq:  # .grad shrank 100x at the last micro-batch: a loss scaler's unscaling
             now.seconds += time.perf_counter() - t
@@ -260,7 +253,7 @@ class NoiseScaleCollector(Collector):
             grads = [p.grad for p in self._params() if p.grad is not None]
             if grads:
                 sq_small, b_small = now.small
-                now.estimate = (sq_small, float(_sq_norm(grads)), b_small,
+                now.estimate = (sq_small, float(sq_norm(grads)), b_small,
                                 float(now.batch * now.accumulated * fit.world))
         now.seconds += time.perf_counter() - t
 

@@ -213,9 +213,8 @@ class SharpnessCollector(Collector):
         module, sched = ctx.module, fit.schedule
         if fit.sharded_every:  # the optimizers' DTensors: after an evaluation forward FSDP2 may leave unsharded
             # parameters registered on the module, whose storage it has freed
-            seen: set[int] = set()
-            params = [p for opt, _ in ctx.optimizers for g in opt.param_groups for p in g["params"]
-                      if p.requires_grad and not (id(p) in seen or seen.add(id(p)))]
+            held = {id(p): p for opt, _ in ctx.optimizers for g in opt.param_groups for p in g["params"]}
+            params = [p for p in held.values() if p.requires_grad]
         else:
             params = [p for p in module.parameters() if p.requires_grad]
         probe = as_probe_loss(ctx.probe_loss)

@@ -38,9 +38,11 @@ from torch import Tensor, nn
 from ..errors import MeasureError
 from ..names import ACTIVATION_STATS
 from .naming import named_modules
+from .tensors import first_tensor
 
 __all__ = ["ACTIVATION_STATS", "STAT_REDUCE", "activation_stats", "unit_dim", "saturation_bounds",
-           "first_float_tensor", "ActivationRecorder", "Selection", "select", "select_modules", "is_compiled"]
+           "first_float_tensor", "ActivationRecorder", "Selection", "select", "select_modules", "is_compiled",
+           "runs_compiled"]
 
 #: how each statistic combines across calls of a module and across processes
 STAT_REDUCE = {"mean": "mean", "std": "mean", "max_abs": "max", "nonfinite": "sum", "dead": "mean",
@@ -109,16 +111,7 @@ def activation_stats(x: Tensor, unit_dim: int, saturation: tuple[float, float] |
 
 def first_float_tensor(output: Any) -> Tensor | None:
     """The first floating-point tensor in a module output (tensor, tuple/list, dict, depth-first)."""
-    if isinstance(output, Tensor):
-        return output if output.is_floating_point() else None
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            found = first_float_tensor(item)
-            if found is not None:
-                return found
-    return None
+    return first_tensor(output, Tensor.is_floating_point)
 
 
 class Selection(NamedTuple):
@@ -159,12 +152,17 @@ def select_modules(model: nn.Module, patterns: Sequence[str] | None = None) -> l
     return select(model, patterns).modules
 
 
+def runs_compiled(module: nn.Module) -> bool:
+    """The module's own calls run a compiled graph: a ``torch.compile`` wrapper (``OptimizedModule``), a forward
+    compiled in place, or a Lightning module whose steps Lightning compiled (``_compiler_ctx``)."""
+    return (hasattr(module, "_orig_mod") or bool(getattr(module, "_compiler_ctx", None))
+            or hasattr(getattr(module, "forward", None), "_torchdynamo_orig_callable"))
+
+
 def is_compiled(model: nn.Module) -> bool:
-    """Whether ``model`` or a submodule was wrapped by ``torch.compile`` (an ``OptimizedModule`` in the tree, or a
-    Lightning module whose steps Lightning compiled: ``_compiler_ctx``), or its ``forward`` was compiled."""
-    if getattr(model, "_compiler_ctx", None) or hasattr(getattr(model, "forward", None), "_torchdynamo_orig_callable"):
-        return True
-    return any(type(m).__name__ == "OptimizedModule" and hasattr(m, "_orig_mod") for m in model.modules())
+    """Whether ``model`` or a submodule was wrapped by ``torch.compile`` (:func:`runs_compiled`)."""
+    return runs_compiled(model) or any(type(m).__name__ == "OptimizedModule" and hasattr(m, "_orig_mod")
+                                       for m in model.modules())
 
 
 class ActivationRecorder:

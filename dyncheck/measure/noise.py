@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import MeasureError
 from .sharpness import preserved_training_state
+from .tensors import first_tensor
 
 __all__ = ["NoiseEMA", "NoiseSchedule", "batch_size_of", "micro_batch_sq_norms", "noise_probe",
            "split_batch", "sq_norm", "two_batch_estimates"]
@@ -84,22 +85,9 @@ class NoiseEMA:
 # ----------------------------------------------------------------------------------------------------------------
 # batches
 # ----------------------------------------------------------------------------------------------------------------
-def _first_tensor(batch: Any) -> Tensor | None:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, dict):
-        batch = list(batch.values())
-    if isinstance(batch, (list, tuple)):
-        for v in batch:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
-
-
 def batch_size_of(batch: Any) -> int | None:
     """The leading dimension of the batch's first tensor (None: no tensor, or a 0-d one)."""
-    t = _first_tensor(batch)
+    t = first_tensor(batch)
     return int(t.shape[0]) if t is not None and t.dim() > 0 else None
 
 

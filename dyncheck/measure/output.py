@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .activations import runs_compiled
+
 __all__ = ["PROB_TOL", "blocked_share", "model_output", "output_facts", "outermost_calls", "softmax_floor"]
 
 #: how far from 1 a row's sum may be for the row to count as a probability vector (float32 softmax rows are
@@ -97,13 +99,6 @@ def _is_loss(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.loss._Loss)
 
 
-def _compiled_forward(module: nn.Module) -> bool:
-    """The module's own calls run a compiled graph: a ``torch.compile`` wrapper (``OptimizedModule``), a forward
-    compiled in place, or a Lightning module whose steps Lightning compiled (``_compiler_ctx``)."""
-    return (hasattr(module, "_orig_mod") or bool(getattr(module, "_compiler_ctx", None))
-            or hasattr(getattr(module, "forward", None), "_torchdynamo_orig_callable"))
-
-
 def outermost_calls(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Every module of ``model`` whose output may be what the loss gets: all but loss modules (an
     ``nn.CrossEntropyLoss`` held as an attribute is called after the model and would hide its output) and the
@@ -115,5 +110,5 @@ def outermost_calls(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         if _is_loss(mod):
             continue
         yield name, mod
-        if not _compiled_forward(mod):
+        if not runs_compiled(mod):
             todo.extend((f"{name}.{n}" if name else n, c) for n, c in mod.named_children())

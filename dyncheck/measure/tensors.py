@@ -18,13 +18,14 @@ several processes hold alike (a ``Replicate`` placement, a plain tensor next to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["NormPlan", "has_sharded", "is_sharded", "local_part", "nonfinite_counts", "replicas", "sparse_values",
-           "tensor_norms", "update_norms", "update_ratios"]
+__all__ = ["NormPlan", "first_tensor", "has_sharded", "is_sharded", "local_part", "nonfinite_counts", "replicas",
+           "sparse_values", "tensor_norms", "update_norms", "update_ratios", "world_size"]
 
 #: dtypes whose norms are taken in float32 (upcast: a float16 sum of squares would overflow)
 _FLOAT32_NORM = frozenset({torch.float32, torch.float16, torch.bfloat16})
@@ -65,7 +66,23 @@ def local_part(t: Tensor) -> Tensor:
     return t.to_local() if is_sharded(t) else t  # type: ignore[attr-defined]
 
 
-def _world() -> int:
+def first_tensor(obj: Any, accept: Callable[[Tensor], bool] | None = None) -> Tensor | None:
+    """The first tensor in ``obj`` (a tensor, or tuples/lists/dicts of them, depth-first) that ``accept`` takes
+    (default: any)."""
+    if isinstance(obj, Tensor):
+        return obj if accept is None or accept(obj) else None
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        for item in obj:
+            found = first_tensor(item, accept)
+            if found is not None:
+                return found
+    return None
+
+
+def world_size() -> int:
+    """Processes in the default process group (1 without one)."""
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -76,7 +93,7 @@ def replicas(t: Tensor) -> int:
     a plain tensor in a process group every process (the tensor is taken as replicated, as DDP keeps it).
     Raises :class:`ValueError` for a ``Partial`` placement (values pending a reduction: the local part tells
     nothing about the whole without communication)."""
-    world = _world()
+    world = world_size()
     if not is_sharded(t):
         return world
     mesh = t.device_mesh  # type: ignore[attr-defined]
