@@ -338,6 +338,12 @@ class Collector:
         self.now = self.Step()
         self.ctx = None
 
+    def turn_off(self, step: int | None, exc: BaseException, what: str = "measurement failed") -> None:
+        """Off for the rest of the fit, with one warning and a ``measurement_errors`` record of ``exc``."""
+        self.enabled = False
+        assert self.ctx is not None
+        self.ctx.failed(self.name, [(None, exc)], step, what=what)
+
     def meta(self) -> dict[str, Any]:
         """Keys this collector adds to the run's meta at the end of the fit."""
         return {}

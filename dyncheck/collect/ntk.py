@@ -135,19 +135,14 @@ class NTKCollector(Collector):
             self.fit.off = ("the module has no forward() of its own (its training_step calls submodules): pass "
                             "ntk_output_fn=fn(module, batch) -> Tensor[m]")
         elif ctx.sharded:
-            self._off(ctx.start_step, MeasureError("the parameters are sharded DTensors (FSDP2 / tensor "
+            self.turn_off(ctx.start_step, MeasureError("the parameters are sharded DTensors (FSDP2 / tensor "
                                                    "parallelism): the probe's forward is a collective that rank 0 "
                                                    "cannot run alone"), what="is not supported")
         elif not trainable:
-            self._off(ctx.start_step, MeasureError("the model has no trainable parameters"))
+            self.turn_off(ctx.start_step, MeasureError("the model has no trainable parameters"))
         elif complex_params:
-            self._off(ctx.start_step, MeasureError(f"complex parameters ({', '.join(complex_params[:5])}): the NTK "
+            self.turn_off(ctx.start_step, MeasureError(f"complex parameters ({', '.join(complex_params[:5])}): the NTK "
                                                    "is taken over real parameters only"))
-
-    def _off(self, step: int | None, exc: BaseException, what: str = "measurement failed") -> None:
-        self.enabled = False
-        assert self.ctx is not None
-        self.ctx.failed(self.name, [(None, exc)], step, what=what)
 
     @property
     def seconds(self) -> float:

@@ -75,10 +75,9 @@ class TrajectoryCollector(Collector):
             self.enabled = False
             return
         if ctx.sharded:
-            self.enabled = False
-            ctx.failed(self.name, [(None, MeasureError("the parameters are sharded DTensors (FSDP2 / tensor "
+            self.turn_off(ctx.start_step, MeasureError("the parameters are sharded DTensors (FSDP2 / tensor "
                                                        "parallelism): the sketch would see this process's share "
-                                                       "only"))], ctx.start_step, what="is not supported")
+                                                       "only"), what="is not supported")
             return
         params = [p for p in ctx.module.parameters() if p.requires_grad and not p.is_complex()]
         if not params:
@@ -86,10 +85,9 @@ class TrajectoryCollector(Collector):
             return
         sizes = [p.numel() for p in params]
         if self.saved.sizes is not None and self.saved.sizes != sizes:
-            ctx.failed(self.name, [(None, MeasureError("the trainable parameters changed since the sketch was "
+            self.turn_off(ctx.start_step, MeasureError("the trainable parameters changed since the sketch was "
                                                        "drawn: the snapshots of this fit are not comparable with "
-                                                       "the earlier ones"))], ctx.start_step)
-            self.enabled = False
+                                                       "the earlier ones"))
             return
         self.saved.sizes = sizes
         self.fit.sketch = Sketch(sizes, self.dim, seed=SEED)

@@ -127,20 +127,15 @@ class SharpnessCollector(Collector):
         complex_params = [n for n, p in trainable if p.is_complex()]
         step0 = self.fit.schedule.start
         if not trainable:
-            self._off(step0, MeasureError("the model has no trainable parameters"))
+            self.turn_off(step0, MeasureError("the model has no trainable parameters"))
         elif complex_params:
-            self._off(step0, MeasureError(f"complex parameters ({', '.join(complex_params[:5])}): the Hessian "
+            self.turn_off(step0, MeasureError(f"complex parameters ({', '.join(complex_params[:5])}): the Hessian "
                                           "probe works on real parameters only"))
         elif ctx.sharded:  # FSDP2: every process probes, at the same steps, by finite differences
             planned = ctx.planned_steps
             every = self.every_n or (max(1, planned // SHARDED_PROBES) if planned else SHARDED_EVERY_UNKNOWN)
             self.fit.sharded_every = every
             self.fit.context = next(i for i, pc in enumerate(PROBE_CONTEXTS) if pc.operator == "fd")
-
-    def _off(self, step: int | None, exc: BaseException, what: str = "measurement failed") -> None:
-        self.enabled = False
-        assert self.ctx is not None
-        self.ctx.failed("sharpness", [(None, exc)], step, what=what)
 
     @property
     def seconds(self) -> float:
@@ -164,7 +159,7 @@ class SharpnessCollector(Collector):
             if limit is not None:
                 self._measure(step, limit)
         except Exception as exc:  # never break the training it observes
-            self._off(step, exc, "scheduling failed")
+            self.turn_off(step, exc, "scheduling failed")
 
     def _lanczos(self, pc: ProbeContext, probe: Any, params: list[Tensor], limit: float,
                  t0: float) -> tuple[Any, _TimedMatvec, float]:
@@ -250,7 +245,7 @@ class SharpnessCollector(Collector):
             timed = over.args[0]
             graph_s = timed.graph_s
         except Exception as exc:  # a measurement must never end the training it observes
-            self._off(step, exc)
+            self.turn_off(step, exc)
             return
         finally:
             if timed is not None:
