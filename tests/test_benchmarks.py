@@ -39,3 +39,35 @@ def test_memory_child_measures_the_monitor(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["params"] == 2048 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10 and out["peak_extra_mb"] >= 0
     assert Path(out["dyncheck"]) == REPO / "dyncheck"
+
+
+def test_attribution_shares_from_collapsed_stacks(tmp_path):
+    """benchmarks/attribution.py's aggregation against a hand-made py-spy raw file with known shares."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import attribution
+    finally:
+        sys.path.pop(0)
+    fit = "<module> (run.py:1);Trainer.fit (pytorch_lightning/trainer/trainer.py:584)"
+    lines = [
+        f"{fit};training_step (model.py:9);conv2d (torch/nn/functional.py:1) 60",  # the training itself
+        f"{fit};DynamicsMonitorHooks.on_before_optimizer_step (dyncheck/_callback.py:293);"
+        "NormPlan._norms (dyncheck/measure/tensors.py:209) 20",
+        f"{fit};DynamicsMonitorHooks.on_before_optimizer_step (dyncheck/_callback.py:294) 5",  # same hook, other line
+        f"{fit};forward (model.py:3);ActivationRecorder._hook.<locals>.hook (/x/site-packages/dyncheck/measure/"
+        "activations.py:241);activation_stats (/x/site-packages/dyncheck/measure/activations.py:95) 15",
+        "<module> (run.py:1);make_model (benchmarks/overhead.py:3) 100",  # outside the fit: not counted
+        "garbage line without a count",
+    ]
+    raw = tmp_path / "raw.txt"
+    raw.write_text("\n".join(lines) + "\n")
+    res = attribution.attribute(str(raw))
+    assert res["fit"] == 100
+    assert res["dyncheck"] == pytest.approx(0.40)
+    outer = dict(res["outer"])
+    assert outer == pytest.approx({"DynamicsMonitorHooks.on_before_optimizer_step (dyncheck/_callback.py)": 0.25,
+                                   "ActivationRecorder._hook.<locals>.hook (/x/site-packages/dyncheck/measure/"
+                                   "activations.py)": 0.15})
+    inner = dict(res["inner"])
+    assert inner["NormPlan._norms (dyncheck/measure/tensors.py)"] == pytest.approx(0.20)
+    assert inner["DynamicsMonitorHooks.on_before_optimizer_step (dyncheck/_callback.py)"] == pytest.approx(0.05)
