@@ -1,7 +1,9 @@
 """Where the monitor's overhead goes: the share of training time spent inside dyncheck, by hook and by function,
 from a sampling profiler (``py-spy``, which samples the process from outside: no instrumentation, native calls
 attributed to the Python frame that made them). py-spy stops the process for each sample so that every stack is
-consistent; this slows the fit (about 1.7x here) but not one part of it more than another. ``--nonblocking``
+consistent; this slows the fit but not one part of it more than another. At 100 samples a second (the default)
+the fit here ran 1.1x slower; at 500 it ran 1.7x slower on a quiet host and, on a busy one, fell minutes behind
+(py-spy says so: "behind in sampling"; this script passes that on). ``--nonblocking``
 sampling was tried and rejected: on the same configuration it put 12.9% inside dyncheck where blocking sampling put
 9.0%, with torn stacks (some start inside dyncheck's own functions, with no hook above them).
 
@@ -19,7 +21,8 @@ Runs the digits CNN of ``overhead.py`` (same model, data and Trainer settings) f
 
 The end of the fit (checks, findings, report) is part of the fit here, as it is in ``overhead.py``.
 
-Usage: ``python benchmarks/attribution.py [--steps 3000] [--config defaults|probes-off|no-checks] [--rate 500]``
+Usage: ``python benchmarks/attribution.py [--steps 3000] [--config defaults|probes-off|no-checks] [--rate 100]
+[--timeout 1800]``
 Needs ``pip install py-spy`` (not a dependency of dyncheck: a profiler for this benchmark only).
 """
 
@@ -34,12 +37,9 @@ import subprocess
 import sys
 import tempfile
 
-CONFIGS = {
-    "defaults": {},
-    "no-checks": {"rules": None, "report": False},
-    "probes-off": {"sharpness_budget": 0, "noise_budget": 0, "ntk_budget": 0, "trajectory_every_n_steps": 0,
-                   "rules": None, "report": False},
-}
+#: the configurations of ``overhead.py`` this script can run, by a short name
+CONFIGS = {"defaults": "monitor, defaults", "no-checks": "monitor, no checks/report",
+           "probes-off": "monitor, all probes off"}
 _FRAME = re.compile(r"^(?P<fn>.*) \((?P<file>[^():]*):(?P<line>\d+)\)$")
 
 
@@ -53,57 +53,53 @@ def _child(steps: int, config: str) -> None:
     torch.set_num_threads(1)
     x, y = ob.digits(flat=False)
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, drop_last=True)
-    ob.one_run(ob.make_cnn, loader, 50, CONFIGS[config])  # warm-up: imports, first-call costs
-    seconds, info = ob.one_run(ob.make_cnn, loader, steps, CONFIGS[config])
+    kw = ob.CONFIGS[CONFIGS[config]]
+    ob.one_run(ob.make_cnn, loader, 50, kw)  # warm-up: imports, first-call costs
+    seconds, info = ob.one_run(ob.make_cnn, loader, steps, kw)
     print(f"fit: {steps} steps, {1000 * seconds / steps:.3f} ms a step; sharpness probes {info.get('probes')} "
           f"({info.get('sharp_s')} s); end of fit {info.get('end_s', 0.0):.3f} s", flush=True)
 
 
-def _in_dyncheck(frame: str) -> bool:
+def _dyncheck_function(frame: str) -> str | None:
+    """``"function (file)"`` for a frame of dyncheck's own code (the benchmarks excluded), else None."""
     m = _FRAME.match(frame)
-    return bool(m) and (m["file"].startswith("dyncheck/") or "/dyncheck/" in m["file"]) and \
-        "benchmarks" not in m["file"]
-
-
-def _function(frame: str) -> str:
-    m = _FRAME.match(frame)
-    return f"{m['fn']} ({m['file']})" if m else frame
+    if m is None or "benchmarks" in m["file"]:
+        return None
+    return f"{m['fn']} ({m['file']})" if m["file"].startswith("dyncheck/") or "/dyncheck/" in m["file"] else None
 
 
 def attribute(raw_path: str, top: int = 15) -> dict:
     """Shares from py-spy's raw (collapsed-stack) output: ``{"fit": samples, "dyncheck": share, "outer": [...],
     "inner": [...]}``. Samples of every fit in the file count (the child's 50-step warm-up fit is a small part of
     them); samples outside a fit (imports, building the model) do not."""
-    fits: list[list[tuple[list[str], int]]] = []
+    total = inside = 0
+    outer: collections.Counter = collections.Counter()
+    inner: collections.Counter = collections.Counter()
     for line in open(raw_path):
-        stack, _, n = line.rstrip("\n").rpartition(" ")
-        if not n.isdigit():
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if not count.isdigit():
             continue
         frames = stack.split(";")
         if not any(f.startswith("Trainer.fit ") for f in frames):
             continue
-        fits.append((frames, int(n)))  # type: ignore[arg-type]
-    total = sum(n for _, n in fits)  # type: ignore[misc]
-    outer: collections.Counter = collections.Counter()
-    inner: collections.Counter = collections.Counter()
-    inside = 0
-    for frames, n in fits:  # type: ignore[misc]
-        idx = [i for i, f in enumerate(frames) if _in_dyncheck(f)]
-        if not idx:
-            continue
-        inside += n
-        outer[_function(frames[idx[0]])] += n
-        inner[_function(frames[idx[-1]])] += n
-    share = (lambda c: [(k, v / total) for k, v in c.most_common(top)]) if total else (lambda c: [])
-    return {"fit": total, "dyncheck": inside / total if total else float("nan"), "outer": share(outer),
-            "inner": share(inner)}
+        n = int(count)
+        total += n
+        ours = [f for f in map(_dyncheck_function, frames) if f is not None]
+        if ours:
+            inside += n
+            outer[ours[0]] += n
+            inner[ours[-1]] += n
+    return {"fit": total, "dyncheck": inside / total if total else float("nan"),
+            "outer": [(k, v / total) for k, v in outer.most_common(top)],
+            "inner": [(k, v / total) for k, v in inner.most_common(top)]}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="defaults")
-    ap.add_argument("--rate", type=int, default=500, help="samples a second (500)")
+    ap.add_argument("--rate", type=int, default=100, help="samples a second (100)")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds the profiled fit may take (1800)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -118,8 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [spy, "record", "--rate", str(args.rate), "--format", "raw", "--output", raw, "--",
                sys.executable, os.path.abspath(__file__), "--child", "--steps", str(args.steps), "--config",
                args.config]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            print(f"the profiled fit took more than {args.timeout:g} s (--timeout); try a lower --rate or --steps")
+            return 1
         print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("fit:")))
+        if "behind in sampling" in proc.stderr:
+            print("py-spy fell behind in sampling (a busy host): the shares below may be off; try a lower --rate")
         if proc.returncode != 0 or not os.path.exists(raw):
             print(proc.stderr[-3000:])
             return 1
