@@ -13,7 +13,7 @@ __all__ = ["ACTIVATION_STATS", "METRIC_TEMPLATES", "WRAPPER_ATTRIBUTES", "canoni
            "pattern_can_match"]
 
 #: activation statistics, in the order the monitor computes them
-ACTIVATION_STATS = ("mean", "std", "max_abs", "nonfinite", "dead", "saturated")
+ACTIVATION_STATS = ("mean", "std", "max_abs", "nonfinite", "dead", "saturated", "unit_spread")
 
 #: every metric the monitor records, as globs (``*`` stands for a parameter, module, optimizer or logged key)
 METRIC_TEMPLATES: tuple[str, ...] = (
@@ -34,6 +34,8 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "output/prob_rows",
     "output/blocked_share",
     "output/softmax_floor",
+    "output/softmax_grad",
+    "output/chance_loss",
     "ntk/distance",
     "ntk/velocity",
     "ntk/top_eig",

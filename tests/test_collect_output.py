@@ -50,6 +50,22 @@ def test_logits_of_a_classifier(tmp_path):
         assert list(run.series("output/blocked_share").values) == [0.0, 0.0]
         assert run.series("output/softmax_floor").values[0] == pytest.approx(math.log1p(9 / math.e))
         assert list(run.series("output/zero_share").steps) == list(run.series("act/mean/net.0").steps)
+        # the loss is a softmax cross-entropy over the 10 logits: its chance level is log 10
+        assert list(run.series("output/softmax_grad").values) == [1.0, 1.0]
+        assert list(run.series("output/chance_loss").values) == pytest.approx([math.log(10)] * 2)
+
+
+class MSEOnLogits(MLP):
+    """A 10-wide output trained with squared error against one-hot targets: not a cross-entropy."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.mse_loss(self(x), F.one_hot(y, 10).float())
+
+
+def test_squared_error_on_a_wide_output_is_not_taken_for_a_cross_entropy(tmp_path):
+    with _fit(tmp_path, MSEOnLogits(log_acc=False)) as run:
+        assert list(run.series("output/softmax_grad").values) == [0.0, 0.0]
 
 
 def test_probabilities_from_a_softmax_in_forward(tmp_path):

@@ -342,3 +342,55 @@ def test_shares_of_plain_tensors_in_one_process_are_their_values():
     np.testing.assert_allclose((num / den).numpy(), update_ratios(ts[:2], after).numpy())
     with pytest.raises(ValueError, match="update_norms"):
         update_ratios(ts[:2], after, NormPlan(ts[:2], shares=True))
+
+
+def _unit_spread_loop(x: torch.Tensor, dim: int) -> float:
+    """Brute force: per unit (a slice along ``dim``) its max |x| and its sum, over the units that are not dead."""
+    units = [x.select(dim, u).double().flatten().tolist() for u in range(x.shape[dim])]
+    live = [u for u in units if max(abs(v) for v in u) > 0]
+    if len(live) < 2:
+        return float("nan")
+
+    def cv(vals):
+        m = sum(vals) / len(vals)
+        sd = (sum((v - m) ** 2 for v in vals) / len(vals)) ** 0.5
+        mag = sum(abs(v) for v in vals) / len(vals)
+        return sd / mag if mag else 0.0
+
+    return max(cv([max(abs(v) for v in u) for u in live]), cv([sum(u) for u in live]))
+
+
+@pytest.mark.parametrize("shape,dim", [((16, 10), 1), ((4, 6, 5, 5), 1), ((3, 7, 9), 2)])
+def test_unit_spread_matches_reference(shape, dim):
+    g = torch.Generator().manual_seed(3)
+    x = torch.relu(torch.randn(shape, generator=g))
+    idx = [slice(None)] * len(shape)
+    idx[dim] = [1]
+    x[tuple(idx)] = 0.0  # a dead unit is left out
+    got = activation_stats(x, dim, None)[6].item()
+    assert got == pytest.approx(_unit_spread_loop(x, dim), rel=1e-4)
+    assert got > 0.01
+
+
+def test_unit_spread_separates_copied_units_from_distinct_ones():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 32, batch_first=True)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.fill_(0.05)  # every hidden unit computes the same function
+    x = torch.randn(16, 5, 8)
+    same = activation_stats(lstm(x)[0], 2, None)[6].item()
+    assert same < 1e-5
+    distinct = activation_stats(nn.LSTM(8, 32, batch_first=True)(x)[0], 2, None)[6].item()
+    assert distinct > 1e-2
+    # BatchNorm's channels share their mean (beta) and variance (gamma) by construction, not their maxima
+    bn = nn.BatchNorm2d(6).train()(torch.randn(8, 6, 4, 4))
+    assert activation_stats(bn, 1, None)[6].item() > 1e-2
+    # a clamp that every unit reaches gives equal maxima, not equal sums
+    clamped = torch.clamp(torch.randn(64, 12) * 5, -1, 1)
+    assert activation_stats(clamped, 1, None)[6].item() > 1e-2
+    # fewer than two live units: no spread to speak of
+    one = torch.zeros(4, 3)
+    one[:, 0] = 1.0
+    assert math.isnan(activation_stats(one, 1, None)[6].item())
+    assert math.isnan(activation_stats(torch.ones(4, 1), 1, None)[6].item())

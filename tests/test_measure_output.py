@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dyncheck.measure.output import (PROB_TOL, blocked_share, model_output, output_facts, outermost_calls,
-                                     softmax_floor)
+                                     softmax_floor, softmax_grad_rows)
 
 
 def _brute_facts(x: torch.Tensor) -> tuple[float, float]:
@@ -120,3 +120,40 @@ def test_modules_inside_a_compiled_one_are_not_candidates():
 
     names = [n for n, _ in outermost_calls(M())]
     assert names == ["", "net", "head"]
+
+
+def _zero_sum_share_loop(g: torch.Tensor) -> float:
+    rows = [r for r in g.double().reshape(-1, g.shape[-1]).tolist() if any(v != 0 for v in r)]
+    if not rows:
+        return float("nan")
+    return sum(abs(sum(r)) <= PROB_TOL * sum(abs(v) for v in r) for r in rows) / len(rows)
+
+
+@pytest.mark.parametrize("loss", ["ce", "ce_smooth", "ce_soft", "ce_weighted", "mse", "bce", "ce_ignore"])
+def test_softmax_grad_rows_tells_cross_entropy_from_other_losses(loss):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 5, 7, generator=g, requires_grad=True)
+    y = torch.randint(0, 7, (6, 5), generator=g)
+    flat, yf = z.reshape(-1, 7), y.reshape(-1)
+    if loss == "ce":
+        out = F.cross_entropy(flat, yf)
+    elif loss == "ce_smooth":
+        out = F.cross_entropy(flat, yf, label_smoothing=0.3, reduction="sum")
+    elif loss == "ce_soft":
+        out = F.cross_entropy(flat, torch.softmax(torch.randn(30, 7, generator=g), -1))
+    elif loss == "ce_weighted":
+        out = F.cross_entropy(flat, yf, weight=torch.rand(7, generator=g) + 0.1)
+    elif loss == "ce_ignore":
+        out = F.cross_entropy(flat, torch.where(yf < 3, -100, yf))  # ignored rows get no gradient
+    elif loss == "mse":
+        out = F.mse_loss(flat, F.one_hot(yf, 7).float())
+    else:
+        out = F.binary_cross_entropy_with_logits(flat, F.one_hot(yf, 7).float())
+    out.backward()
+    got = softmax_grad_rows(z.grad).item()
+    assert got == pytest.approx(_zero_sum_share_loop(z.grad))
+    assert got == (1.0 if loss.startswith("ce") else 0.0)
+
+
+def test_softmax_grad_rows_without_any_gradient_is_nan():
+    assert math.isnan(softmax_grad_rows(torch.zeros(3, 4)).item())

@@ -74,7 +74,8 @@ def test_every_family_recorded_and_matches_reference(tmp_path):
     np.testing.assert_allclose(run.series("lr/SGD/pg0").values, 0.1)
     assert run.metrics("act/dead/*") == [f"act/dead/net.{i}" for i in (0, 1, 3, 4, 5)]  # dropout skipped
     assert set(run.metrics("act/*/net.1")) == {f"act/{s}/net.1" for s in
-                                               ("mean", "std", "max_abs", "nonfinite", "dead")}
+                                               ("mean", "std", "max_abs", "nonfinite", "dead",
+                                                                "unit_spread")}
     val = run.series("loss/val")
     np.testing.assert_array_equal(val.steps, [8, 16])
     assert run.series("logged/val_loss").values.tolist() == val.values.tolist()

@@ -1,4 +1,5 @@
-"""``output/zero_share``, ``output/prob_rows``, ``output/blocked_share``, ``output/softmax_floor``: facts about what
+"""``output/zero_share``, ``output/prob_rows``, ``output/blocked_share``, ``output/softmax_floor``,
+``output/softmax_grad``, ``output/chance_loss``: facts about what
 the model hands to its loss (see :mod:`dyncheck.measure.output`), on the activations schedule.
 
 Which module's output that is, is found once, on the first measuring step: forward pre- and post-hooks on every
@@ -7,19 +8,21 @@ is an outermost one -- the last of the step is the model's output (``training_st
 ``self.net(x)``; a Hugging Face model's ``logits``). From then on one forward hook on that module, switched on for
 the measuring steps only, takes the facts of its last training call of the step (forward passes without gradients,
 validation and probes, are not looked at), and a hook on that output tensor takes the gradient the loss sends back
-to it (``blocked_share``; it keeps a reference to the output until the backward pass, skipped for outputs of more
-than 2**26 elements). The run's meta ``output`` names the module, its class and the output's shape, or says why
+to it (``blocked_share``, and ``softmax_grad`` for outputs at least 2 wide; it keeps a reference to the output
+until the backward pass, skipped for outputs of more than 2**26 elements). The run's meta ``output`` names the module, its class and the output's shape, or says why
 none was found."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..measure.output import blocked_share, model_output, output_facts, outermost_calls, softmax_floor
+from ..measure.output import (blocked_share, model_output, output_facts, outermost_calls, softmax_floor,
+                              softmax_grad_rows)
 from ..measure.naming import wrapper_prefix
 from ..names import canonical_name
 from .base import FORWARD_HOOKS, Collector, interned
@@ -29,7 +32,8 @@ __all__ = ["OutputCollector"]
 _WIDE = interned(("output/zero_share", "output/prob_rows"))
 _NARROW = interned(("output/zero_share",))
 _BLOCKED = interned(("output/blocked_share",))
-_FLOOR = interned(("output/softmax_floor",))
+_FLOOR = interned(("output/softmax_floor", "output/chance_loss"))
+_SOFTMAX_GRAD = interned(("output/softmax_grad",))
 #: outputs larger than this get no blocked_share (its reference would keep the output alive through backward)
 _BLOCKED_MAX = 1 << 26
 #: measuring steps on which the output module is looked for before giving up (e.g. a compiled model whose
@@ -39,7 +43,8 @@ _TRIES = 3
 
 class OutputCollector(Collector):
     name = "output"
-    metrics = ("output/zero_share", "output/prob_rows", "output/blocked_share", "output/softmax_floor")
+    metrics = ("output/zero_share", "output/prob_rows", "output/blocked_share", "output/softmax_floor",
+               "output/softmax_grad", "output/chance_loss")
     reduce = "mean"
     needs = frozenset({FORWARD_HOOKS})
     schedule = "activations"
@@ -60,6 +65,7 @@ class OutputCollector(Collector):
         facts: Tensor | None = None
         wide: int = 0  # the output's last dimension when at least 2 (rows to be probability vectors), else 0
         blocked: Tensor | None = None  # from the gradient of the last output seen
+        softmax_grad: Tensor | None = None  # from that gradient too, for outputs at least 2 wide
         seen: str | None = None  # discovery: the module of the last outermost call (canonical name)
         seen_module: nn.Module | None = None
 
@@ -76,14 +82,16 @@ class OutputCollector(Collector):
         now.facts = output_facts(x)
         now.wide = int(x.shape[-1]) if x.dim() > 0 and x.shape[-1] >= 2 else 0
         now.seen, now.seen_module = name, module
-        now.blocked = None
+        now.blocked = now.softmax_grad = None
         self.fit.shape = list(x.shape)
         if x.requires_grad and x.numel() <= _BLOCKED_MAX:
-            ref = x.detach()
+            ref, wide = x.detach(), now.wide
 
             def grad_hook(g: Tensor) -> None:  # returns None: the gradient is left alone
                 if now is self.now:  # not a later step's
                     now.blocked = blocked_share(ref, g)
+                    if wide:
+                        now.softmax_grad = softmax_grad_rows(g)
 
             x.register_hook(grad_hook)
 
@@ -154,11 +162,13 @@ class OutputCollector(Collector):
         facts = now.facts
         if now.wide:
             ctx.emit(step, _WIDE, facts, self.reduce)
-            ctx.emit_host(step, _FLOOR, [softmax_floor(now.wide)])
+            ctx.emit_host(step, _FLOOR, [softmax_floor(now.wide), math.log(now.wide)])
         else:
             ctx.emit(step, _NARROW, facts[:1], self.reduce)
         if now.blocked is not None:
             ctx.emit(step, _BLOCKED, now.blocked.reshape(1), self.reduce)
+        if now.softmax_grad is not None:
+            ctx.emit(step, _SOFTMAX_GRAD, now.softmax_grad.reshape(1), self.reduce)
 
     def close(self) -> None:
         self._remove()

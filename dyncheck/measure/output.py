@@ -15,6 +15,12 @@ the classic wrong-last-layer bugs (DeepFD's "activation" and "loss function" fau
 - ``softmax_floor``: ``log(1 + (K - 1) / e)`` for K outputs per row: the lowest value cross-entropy can take when its
   input is already a probability vector (softmax applied twice: 1.46 for 10 classes). A loss settling at this
   value, with probability rows, is that bug.
+- ``softmax_grad`` (from the same gradient, :func:`softmax_grad_rows`): the share of the rows with a nonzero
+  gradient whose gradient sums to 0 along the last dimension. A softmax cross-entropy (any reduction, weights,
+  label smoothing, soft targets) sends back ``w * (softmax(z) - target)``, a difference of two probability
+  vectors, which sums to 0; squared error, BCE on sigmoids or a hinge loss almost never do. With it the loss is
+  known to be a cross-entropy over the output's K classes, so ``chance_loss`` = ``log K`` -- the loss of a
+  uniform guess, where a freshly initialised classifier starts -- is the run's chance level.
 
 No host synchronisation: both are 0-d float32 tensors on the output's device.
 """
@@ -30,7 +36,8 @@ from torch import Tensor, nn
 
 from .activations import runs_compiled
 
-__all__ = ["PROB_TOL", "blocked_share", "model_output", "output_facts", "outermost_calls", "softmax_floor"]
+__all__ = ["PROB_TOL", "blocked_share", "model_output", "output_facts", "outermost_calls", "softmax_floor",
+           "softmax_grad_rows"]
 
 #: how far from 1 a row's sum may be for the row to count as a probability vector (float32 softmax rows are
 #: within ~1e-6; a logit row almost never sums to 1 this closely with every entry in [0, 1])
@@ -87,6 +94,19 @@ def blocked_share(x: Tensor, grad: Tensor) -> Tensor:
     """Share of the elements of output ``x`` that are exactly 0 while the loss's gradient at them is positive
     (0-d float32 tensor on ``x``'s device)."""
     return ((x.detach() == 0) & (grad.detach() > 0)).float().mean()
+
+
+def softmax_grad_rows(grad: Tensor) -> Tensor:
+    """Share of the rows (along the last dimension) of the loss's gradient at the output that sum to 0 within
+    1e-3 of their absolute sum, among the rows with a nonzero gradient (0-d float32 tensor on ``grad``'s device;
+    NaN when no row has one)."""
+    g = grad.detach().float()
+    rows = g.reshape(-1, g.shape[-1])
+    l1 = rows.abs().sum(-1)
+    live = l1 > 0
+    zero_sum = (rows.sum(-1).abs() <= PROB_TOL * l1) & live
+    n = live.sum()
+    return torch.where(n > 0, zero_sum.sum() / n.clamp(min=1), torch.full_like(l1[0], float("nan")))
 
 
 def softmax_floor(k: int) -> float:

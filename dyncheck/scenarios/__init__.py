@@ -735,12 +735,14 @@ def _lstm_overfitting() -> Setup:
 
 
 @_scenario("transformer-postln-no-warmup", "transformer",
-           "4-layer post-norm transformer with Adam lr 0.01 and no warm-up: collapses to a constant prediction "
-           "in the first steps and never recovers", expected={"no-progress"},
-           allowed={"premature-plateau", "vanishing-gradients", "update-too-small", "loss-spike"})
+           "4-layer post-norm transformer with Adam lr 0.02 and no warm-up: collapses to a constant prediction "
+           "in the first steps and never recovers, the gradients of the lower layers vanishing behind the post-LN "
+           "stack (Liu et al. 2020; at lr 0.01 it recovers for 4 of 6 seeds)",
+           expected={"no-progress", "vanishing-gradients"},
+           allowed={"premature-plateau", "update-too-small", "loss-spike"})
 def _postln() -> Setup:
     train, val = digits(shape="seq", batch_size=32)
-    module = ScenarioModule(SeqTransformer(layers=4, pre_norm=False), _adam(0.01))
+    module = ScenarioModule(SeqTransformer(layers=4, pre_norm=False), _adam(0.02))
     return Setup(module, train, val, _trainer(450, len(train)))
 
 
