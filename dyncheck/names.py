@@ -20,6 +20,7 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "loss/train",
     "loss/val",
     "lr/*",  # lr/<Optimizer>/pg<j>
+    "decay/*",  # decay/<Optimizer>/pg<j>: lr x weight_decay
     "grad_norm/total",
     "grad_norm/*",  # grad_norm/<param>
     "grad_nonfinite/*",

@@ -5,6 +5,7 @@ collector                metrics                                                
 =======================  ==========================================================  ==========  ===========
 :class:`LossCollector`   ``loss/train``                                              scalars     mean
 :class:`LearningRate..`  ``lr/<Optimizer>/pg<j>``                                    scalars     none
+:class:`WeightDecayC..`  ``decay/<Optimizer>/pg<j>`` (lr x weight_decay)                layers      none
 :class:`GradientColl..`  ``grad_norm/total``; ``grad_norm/<p>``, ``grad_nonfinite/<p>``  scalars; layers  norm; none
 :class:`WeightCollect..` ``weight_norm/<p>``, ``update_ratio/<p>``, ``weight_unchanged/<p>``  layers   none
 :class:`ActivationCo..`  ``act/<stat>/<module>``                                     activations mean/max/sum
@@ -13,7 +14,7 @@ collector                metrics                                                
 :class:`NTKCollector`    ``ntk/distance``, ``ntk/velocity``, ``ntk/top_eig``, ``ntk/top_eig_share``  budget  none
 :class:`TrajectoryCol..` ``traj/c<i>`` (a fixed sketch of the weights)                  trajectory  none
 :class:`OutputCollector` ``output/zero_share``, ``output/prob_rows``, ``output/blocked_share``,   activations mean
-                         ``output/softmax_floor``
+                         ``output/softmax_floor``, ``output/softmax_grad``, ``output/chance_loss``
 =======================  ==========================================================  ==========  ===========
 
 A new quantity is a new :class:`Collector` subclass added to :func:`default_collectors` (or passed to
@@ -40,6 +41,7 @@ from .base import (
 )
 from .grads import GradientCollector
 from .loss import LossCollector
+from .decay import WeightDecayCollector
 from .lr import LearningRateCollector
 from .noise import NoiseScaleCollector
 from .ntk import NTK_AUTO_BUDGET, NTKCollector
@@ -70,6 +72,7 @@ __all__ = [
     "SharpnessCollector",
     "TrajectoryCollector",
     "WeightCollector",
+    "WeightDecayCollector",
     "default_collectors",
 ]
 
@@ -91,6 +94,7 @@ def default_collectors(config: Any) -> list[Collector]:
                      examples=config.ntk_examples, output_fn=config.ntk_output_fn),
         TrajectoryCollector(every_n=config.trajectory_every_n_steps, dim=config.trajectory_dim),
         LearningRateCollector(),
+        WeightDecayCollector(),
         LossCollector(),
         GradientCollector(),
         WeightCollector(),
