@@ -221,3 +221,26 @@ def test_more_snapshots_than_buffer_rows_between_flushes_are_all_kept(tmp_path):
         steps, mat = read_sketch(run)
     assert list(steps) == list(range(MAX_PENDING + 30)) and mat.shape == (MAX_PENDING + 30, 41)
     assert len({row.tobytes() for row in mat}) == len(mat)  # every row its own snapshot (no buffer row reused)
+
+
+def test_store_series_matching_names_the_damaged_metric_and_keeps_a_chunk_that_repeats_steps(tmp_path):
+    import sqlite3
+
+    from dyncheck.errors import StoreError
+    from dyncheck.store import RunWriter
+
+    with RunWriter(tmp_path / "run.db") as w:
+        w.write({"traj/c0": ([0, 1], [1.0, 2.0]), "traj/c1": ([0, 1], [3.0, 4.0]), "traj/c2": ([0, 1], [5.0, 6.0])})
+        w.write_block(["traj/c3"], np.array([0, 2, 2]), np.array([[1.0], [2.0], [3.0]]))  # step 2 twice
+    with open_run(tmp_path / "run.db") as run:
+        got = run.series_matching("traj/*")
+        ref = run.series("traj/c3")
+        assert got["traj/c3"].steps.tolist() == ref.steps.tolist() == [0, 2]
+        assert got["traj/c3"].values.tolist() == ref.values.tolist() == [1.0, 3.0]  # the last write wins
+    con = sqlite3.connect(tmp_path / "run.db")
+    con.execute("UPDATE chunks SET n = 3 WHERE metric_id = (SELECT id FROM metrics WHERE name = 'traj/c1')")
+    con.commit()
+    con.close()
+    with open_run(tmp_path / "run.db") as run:
+        with pytest.raises(StoreError, match="metric 'traj/c1', chunk .*expected 24"):
+            run.series_matching("traj/*")

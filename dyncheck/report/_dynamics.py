@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 
 from ..measure.trajectory import pca, read_sketch
 from ._figures import _BASE_LAYOUT, Chart, Line, _to_json, line_chart
+from ._plot import Figure, trace
 
 __all__ = ["LAZY_BELOW", "RICH_ABOVE", "dynamics_sections", "ntk_verdict"]
 
@@ -162,13 +162,13 @@ def _path_chart(steps: np.ndarray, path: np.ndarray, loss: np.ndarray | None) ->
     y = path[:, 1] if path.shape[1] > 1 else np.zeros(len(path))
     third = path[:, 2] if path.shape[1] > 2 else np.zeros(len(path))
     custom = np.stack([steps.astype(np.float64), third], axis=1).astype(np.float32)
-    fig = go.Figure(layout=_BASE_LAYOUT)
-    fig.add_trace(go.Scatter(x=path[:, 0].astype(np.float32), y=y.astype(np.float32), mode="lines+markers",
+    fig = Figure(layout=_BASE_LAYOUT)
+    fig.add_trace(trace("scatter", x=path[:, 0].astype(np.float32), y=y.astype(np.float32), mode="lines+markers",
                              customdata=custom, name="path",
                              hovertemplate="step %{customdata[0]:.0f}<br>PC1 %{x:.3g}, PC2 %{y:.3g}, "
                                            "PC3 %{customdata[1]:.3g}<extra></extra>",
                              marker={"size": 6, **colour}, line={"width": 1, "color": "#b0bec5"}))
-    fig.add_trace(go.Scatter(x=[float(path[0, 0])], y=[float(y[0])], mode="markers+text", text=["start"],
+    fig.add_trace(trace("scatter", x=[float(path[0, 0])], y=[float(y[0])], mode="markers+text", text=["start"],
                              textposition="top center", name="start", hoverinfo="skip",
                              marker={"size": 11, "symbol": "circle-open", "color": "#263238", "line": {"width": 2}}))
     fig.update_layout(height=400, showlegend=False, xaxis={"title": {"text": "PC1"}, "zeroline": False},
@@ -180,11 +180,11 @@ def _path_chart(steps: np.ndarray, path: np.ndarray, loss: np.ndarray | None) ->
 
 def _bars_chart(ratios: np.ndarray) -> Chart:
     r = ratios[:BARS]
-    fig = go.Figure(layout=_BASE_LAYOUT)
+    fig = Figure(layout=_BASE_LAYOUT)
     labels = [f"PC{i + 1}" for i in range(len(r))]
-    fig.add_trace(go.Bar(x=labels, y=(100 * r).astype(np.float32), name="component", marker={"color": "#1e88e5"},
+    fig.add_trace(trace("bar", x=labels, y=(100 * r).astype(np.float32), name="component", marker={"color": "#1e88e5"},
                          hovertemplate="%{x}: %{y:.1f}%<extra></extra>"))
-    fig.add_trace(go.Scatter(x=labels, y=(100 * np.cumsum(r)).astype(np.float32), name="cumulative",
+    fig.add_trace(trace("scatter", x=labels, y=(100 * np.cumsum(r)).astype(np.float32), name="cumulative",
                              mode="lines+markers", line={"color": "#263238", "width": 1.5},
                              hovertemplate="PC1-%{x}: %{y:.1f}%<extra></extra>"))
     fig.update_layout(height=260, yaxis={"title": {"text": "explained variance (%)"}, "range": [0, 102]},

@@ -1,4 +1,4 @@
-"""Plotly figures for the report, as JSON strings safe to put inside a ``<script type="application/json">``.
+"""Plotly figures for the report (plain dicts, :mod:`._plot`), as JSON strings safe to put inside a ``<script type="application/json">``.
 
 Every name that comes from a user (parameter, module, metric, logged key) is HTML-escaped before it reaches
 plotly, which renders trace names and labels as (a subset of) HTML. Arrays travel as float32 / int32 typed arrays
@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
-import plotly.io as pio
 
 from ._downsample import align, bucket_max, minmax
+from ._plot import Figure, to_json, trace
 
 SEVERITY_COLOURS = {"error": "#c62828", "warning": "#e08600", "info": "#1565c0"}
 PHASE_COLOURS = {"rapid fitting": "#1e88e5", "refinement": "#43a047", "stabilisation": "#8e24aa",
@@ -89,11 +88,12 @@ class Chart:
     notes: list[str] = field(default_factory=list)
 
 
-def _to_json(fig: go.Figure) -> str:
-    text = pio.to_json(fig, validate=False, engine="json")
+def _to_json(fig: Figure) -> str:
+    text = to_json(fig)
     # inert inside <script>: no "</script>", no "<!--"; \u escapes are valid JSON inside strings (the only place
     # these characters can occur)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("/", "\\u002f"))
 
 
 def positive_span(values: Sequence[np.ndarray]) -> bool:
@@ -115,11 +115,11 @@ def line_chart(cid: str, lines: Sequence[Line], *, y_title: str = "", log_y: boo
                caption: str = "", y_format: str = ".4g", y_range: tuple[float, float] | None = None) -> Chart:
     """Lines (min/max-downsampled), shaded bands, horizontal reference lines (value, label, colour) and marked
     points (step, value, label, colour)."""
-    fig = go.Figure(layout=_BASE_LAYOUT)
+    fig = Figure(layout=_BASE_LAYOUT)
     nonfinite: list[np.ndarray] = []
     for ln in lines:
         s, v = minmax(ln.steps, ln.values, LINE_BUCKETS)
-        fig.add_trace(go.Scatter(
+        fig.add_trace(trace("scatter",
             x=_i(s), y=_f32(v), name=esc(ln.name), mode="lines",
             line={"width": ln.width, **({"color": ln.colour} if ln.colour else {}), **({"dash": ln.dash} if ln.dash
                                                                                         else {})},
@@ -137,7 +137,7 @@ def line_chart(cid: str, lines: Sequence[Line], *, y_title: str = "", log_y: boo
             y_range = (0.0, 2.0 * float(fin.max()))
     if nonfinite:
         bad = np.unique(np.concatenate(nonfinite))
-        fig.add_trace(go.Scatter(
+        fig.add_trace(trace("scatter",
             x=_i(bad[:2000]), y=np.ones(min(bad.size, 2000), np.float32), yaxis="y2", mode="markers",
             name=f"non-finite ({bad.size} steps)", marker={"symbol": "x", "color": "#b71c1c", "size": 7},
             hovertemplate="non-finite value<br>step %{x}<extra></extra>"))
@@ -153,7 +153,7 @@ def line_chart(cid: str, lines: Sequence[Line], *, y_title: str = "", log_y: boo
                            yanchor="bottom", text=esc(label), showarrow=False, font={"size": 10, "color": colour})
     for step, value, label, colour in marks:
         if np.isfinite(value):
-            fig.add_trace(go.Scatter(x=[int(step)], y=[float(value)], mode="markers", name=esc(label),
+            fig.add_trace(trace("scatter", x=[int(step)], y=[float(value)], mode="markers", name=esc(label),
                                      marker={"color": colour, "size": 10, "symbol": "circle-open",
                                              "line": {"width": 2.5}},
                                      hovertemplate="%{fullData.name}<br>step %{x}<br>%{y:.4g}<extra></extra>"))
@@ -189,7 +189,7 @@ def heatmap_chart(cid: str, series: Sequence[tuple[str, np.ndarray, np.ndarray]]
         value = "%{z:.3g}"
     height = int(min(1000, max(260, 70 + 14 * len(names))))
     step_text = "steps %{x}" if np.array_equal(first, last) else "steps from %{x}"
-    fig = go.Figure(go.Heatmap(
+    fig = Figure(trace("heatmap", 
         x=_i(first), y=[esc(n) for n in names], z=_f32(z), colorscale=colourscale, zmin=zmin, zmax=zmax,
         colorbar={"title": {"text": ("log<sub>10</sub> " if log else "") + esc(what), "side": "right"},
                   "thickness": 12},

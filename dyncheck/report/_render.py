@@ -497,10 +497,23 @@ def _env() -> jinja2.Environment:
     return _ENV
 
 
-def _plotly_js() -> str:
-    from plotly.offline import get_plotlyjs
+_PLOTLY_JS: list[str] = []
 
-    return get_plotlyjs()
+
+def _plotly_js() -> str:
+    """plotly.js as the installed plotly package ships it, read once per process: straight from its package data
+    (importing ``plotly.offline`` for it costs more than reading the file), else through plotly."""
+    if not _PLOTLY_JS:
+        try:
+            from importlib.resources import files
+
+            text = (files("plotly") / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
+        except (OSError, ModuleNotFoundError, TypeError):
+            from plotly.offline import get_plotlyjs
+
+            text = get_plotlyjs()
+        _PLOTLY_JS.append(text)
+    return _PLOTLY_JS[0]
 
 
 def render(run: Any, result: Any | None, *, title: str | None = None, rules_label: str = "",
