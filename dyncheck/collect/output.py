@@ -9,8 +9,8 @@ is an outermost one -- the last of the step is the model's output (``training_st
 the measuring steps only, takes the facts of its last training call of the step (forward passes without gradients,
 validation and probes, are not looked at), and a hook on that output tensor takes the gradient the loss sends back
 to it (``blocked_share``, and ``softmax_grad`` for outputs at least 2 wide; it keeps a reference to the output
-until the backward pass, skipped for outputs of more than 2**26 elements). The run's meta ``output`` names the module, its class and the output's shape, or says why
-none was found."""
+until the backward pass, skipped for outputs of more than 2**26 elements). The run's meta ``output`` names the
+module, its class and the output's shape, or says why none was found."""
 
 from __future__ import annotations
 

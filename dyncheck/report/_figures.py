@@ -1,4 +1,5 @@
-"""Plotly figures for the report (plain dicts, :mod:`._plot`), as JSON strings safe to put inside a ``<script type="application/json">``.
+"""Plotly figures for the report (plain dicts, :mod:`._plot`), as JSON strings safe to put inside a
+``<script type="application/json">``.
 
 Every name that comes from a user (parameter, module, metric, logged key) is HTML-escaped before it reaches
 plotly, which renders trace names and labels as (a subset of) HTML. Arrays travel as float32 / int32 typed arrays
@@ -189,7 +190,7 @@ def heatmap_chart(cid: str, series: Sequence[tuple[str, np.ndarray, np.ndarray]]
         value = "%{z:.3g}"
     height = int(min(1000, max(260, 70 + 14 * len(names))))
     step_text = "steps %{x}" if np.array_equal(first, last) else "steps from %{x}"
-    fig = Figure(trace("heatmap", 
+    fig = Figure(trace("heatmap",
         x=_i(first), y=[esc(n) for n in names], z=_f32(z), colorscale=colourscale, zmin=zmin, zmax=zmax,
         colorbar={"title": {"text": ("log<sub>10</sub> " if log else "") + esc(what), "side": "right"},
                   "thickness": 12},
