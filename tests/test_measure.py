@@ -394,3 +394,9 @@ def test_unit_spread_separates_copied_units_from_distinct_ones():
     one[:, 0] = 1.0
     assert math.isnan(activation_stats(one, 1, None)[6].item())
     assert math.isnan(activation_stats(torch.ones(4, 1), 1, None)[6].item())
+    # a non-finite output has no spread to speak of either (not 0: that would read as copies)
+    bad = torch.randn(4, 6)
+    bad[1, 2] = float("nan")
+    assert math.isnan(activation_stats(bad, 1, None)[6].item())
+    bad[1, 2] = float("inf")
+    assert math.isnan(activation_stats(bad, 1, None)[6].item())

@@ -120,13 +120,14 @@ def activation_stats(x: Tensor, unit_dim: int, saturation: tuple[float, float] |
 
 def _unit_cv(v: Tensor, live: Tensor) -> Tensor:
     """The coefficient of variation (std / mean |v|) of ``v`` over the ``live`` units, without a host sync: NaN
-    with fewer than two of them, inf when they are all 0 but differ."""
+    with fewer than two of them or with a non-finite value, 0 when they are all 0."""
     w = live.to(v.dtype)
     k = w.sum()
     m = (v * w).sum() / k
     sd = ((v - m).square() * w).sum().div(k).sqrt()
-    cv = sd / (v.abs() * w).sum().div(k)
-    return torch.where(k >= 2, torch.nan_to_num(cv, nan=0.0, posinf=float("inf")), cv.new_tensor(float("nan")))
+    mag = (v.abs() * w).sum().div(k)
+    cv = torch.where((sd == 0) & (mag == 0), sd, sd / mag)  # all live units at 0 alike: no spread; NaN stays NaN
+    return torch.where(k >= 2, cv, cv.new_tensor(float("nan")))
 
 
 def first_float_tensor(output: Any) -> Tensor | None:
