@@ -440,3 +440,106 @@ def test_clamped_output_fires_on_outputs_the_loss_pushes_below_zero():
     # half the outputs at zero where the target is zero too: no gradient pushes them lower
     quiet = evaluate(_output_series(steps, loss, zero_share=0.5, blocked_share=0.0), rules)
     assert "clamped-output" not in {f.check for f in quiet.findings}
+
+
+def test_no_progress_of_a_classifier_resumed_below_its_chance_level_is_no_fault():
+    """A run whose cross-entropy starts 15% or more below log K (a model trained before this run) and stays there
+    has nothing left to gain; the same flat loss at chance, or a flat loss that is not a cross-entropy (squared
+    error on a wide output), is no progress."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(4)
+    steps = np.arange(400)
+    flat = lambda level: level * np.exp(0.03 * rng.standard_normal(steps.size))  # noqa: E731
+    resumed = _output_series(steps, flat(1.95), softmax_grad=1.0, chance_loss=math.log(16))
+    assert "no-progress" not in {f.check for f in evaluate(resumed, rules).findings}
+    at_chance = _output_series(steps, flat(math.log(16)), softmax_grad=1.0, chance_loss=math.log(16))
+    assert "no-progress" in {f.check for f in evaluate(at_chance, rules).findings}
+    not_ce = _output_series(steps, flat(1.95), softmax_grad=0.0, chance_loss=math.log(16))
+    assert "no-progress" in {f.check for f in evaluate(not_ce, rules).findings}
+    # just under the bound (0.86 of chance at the first step): a fresh model whose first batch was easy, still judged
+    near = _output_series(steps, flat(0.86 * math.log(16)), softmax_grad=1.0, chance_loss=math.log(16))
+    near["loss/train"][1][0] = 0.86 * math.log(16)
+    assert "no-progress" in {f.check for f in evaluate(near, rules).findings}
+
+
+def test_symmetric_units_fire_on_copied_units_and_lead_the_diagnosis():
+    rules = load_rules("default")
+    rng = np.random.default_rng(5)
+    steps = np.arange(450)
+    every = steps[::50]
+    plateau = np.r_[2.3 - 0.5 * (1 - np.exp(-steps[:100] / 20)), np.full(350, 1.8)] * np.exp(
+        0.01 * rng.standard_normal(steps.size))
+    copies = {"loss/train": (steps, plateau), "act/unit_spread/net.lstm": (every, np.full(every.size, 3e-7)),
+              "act/unit_spread/net.head": (every, np.full(every.size, 0.4))}
+    result = evaluate(copies, rules)
+    (f,) = [f for f in result.findings if f.check == "symmetric-units"]
+    assert f.metric == "act/unit_spread/net.lstm"
+    assert result.diagnoses[0].check == "symmetric-units"
+    distinct = {**copies, "act/unit_spread/net.lstm": (every, np.full(every.size, 2e-2))}
+    assert "symmetric-units" not in {f.check for f in evaluate(distinct, rules).findings}
+
+
+def test_over_regularization_from_weight_decay_that_takes_too_much_per_step():
+    """AdamW's decay of 5 at lr 2e-3 takes 1% of every weight per step: with a loss that fell 5x but not 10x it
+    is over-regularization; the usual 1e-4 is not, nor 1e-2 when the loss falls 10x."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(6)
+    steps = np.arange(350)
+    every = steps[::50]
+    loss = (0.4 + 1.9 * np.exp(-steps / 40)) * np.exp(0.05 * rng.standard_normal(steps.size))
+    ratio = np.full(every.size, 6e-3)  # AdamW at that decay: decay and gradient cancel, the net update is smaller
+    heavy = {"loss/train": (steps, loss), "decay/AdamW/pg0": (every, np.full(every.size, 1e-2)),
+             "update_ratio/net.0.weight": (every, ratio)}
+    assert "over-regularization" in {f.check for f in evaluate(heavy, rules).findings}
+    # a learning rate so large that every update rewrites 15% of the weights carries its decay along: not this
+    huge_lr = {**heavy, "update_ratio/net.0.weight": (every, np.full(every.size, 0.15))}
+    assert "over-regularization" not in {f.check for f in evaluate(huge_lr, rules).findings}
+    usual = {**heavy, "decay/AdamW/pg0": (every, np.full(every.size, 1e-4))}
+    assert "over-regularization" not in {f.check for f in evaluate(usual, rules).findings}
+    fits = {**heavy, "loss/train": (steps, 0.1 * loss - 0.035)}
+    assert "over-regularization" not in {f.check for f in evaluate(fits, rules).findings}
+    # a coupled L2 term under Adam is no share of the weights: not read
+    coupled = {"loss/train": (steps, loss), "decay/Adam/pg0": (every, np.full(every.size, 1e-2)),
+               "update_ratio/net.0.weight": (every, ratio)}
+    assert "over-regularization" not in {f.check for f in evaluate(coupled, rules).findings}
+
+
+def test_loss_divergence_at_the_very_end_of_a_run():
+    """A loss that climbs from 2x to 10x its best over the last dozen steps (an lr that keeps climbing) diverged;
+    a loss that spikes 3x for four steps inside the run and falls back did not."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(7)
+    steps = np.arange(200)
+    base = (1.2 + 1.2 * np.exp(-steps / 30)) * np.exp(0.05 * rng.standard_normal(steps.size))
+    blowup = base.copy()
+    blowup[-13:] = np.geomspace(3.0, 25.0, 13)
+    assert "loss-divergence" in {f.check for f in evaluate({"loss/train": (steps, blowup)}, rules).findings}
+    spike = base.copy()
+    spike[100:104] = 4.0
+    assert "loss-divergence" not in {f.check for f in evaluate({"loss/train": (steps, spike)}, rules).findings}
+    # batch noise at a floor: single points at 3x the level, never ten in a row
+    noisy = 0.2 * np.exp(0.6 * rng.standard_normal(1000)) + 0.05
+    assert "loss-divergence" not in {f.check for f in evaluate({"loss/train": (np.arange(1000), noisy)},
+                                                               rules).findings}
+
+
+def test_divergence_tail_points_against_brute_force():
+    """``tail_points``: the last k raw values all above factor x the best smoothed value before them."""
+    from dyncheck.checks.detectors import divergence, rolling_median
+
+    rng = np.random.default_rng(8)
+    for trial in range(200):
+        n = int(rng.integers(30, 80))
+        v = np.exp(rng.normal(0, 0.5, n)) * np.linspace(3, 1, n)
+        if trial % 2:
+            v[-int(rng.integers(5, 15)):] *= rng.uniform(1, 10)
+        mask, _, fields = divergence(np.arange(n), v, window=5, factor=2.0, lost=0.5, at_end=True, min_points=10,
+                                     tail_points=6)
+        plain, _, _ = divergence(np.arange(n), v, window=5, factor=2.0, lost=0.5, at_end=True, min_points=10)
+        sm = rolling_median(v, 5)
+        ref = np.min(sm[:n - 6])
+        initial = fields["initial"][0]
+        want_tail = bool(np.all(v[-6:] > 2 * ref) and np.median(v[-6:]) - ref > 0.5 * (initial - ref))
+        assert mask[-1] == (want_tail or plain[-1]), trial
+        if want_tail:
+            assert mask[-6:].all()

@@ -114,3 +114,18 @@ def test_outputs_lead_with_diagnoses(tmp_path):
     suite = ET.fromstring(format_junit(res).split("\n", 1)[1])
     first = suite.find("testcase")
     assert first.get("name") == "diagnoses" and first.find("failure").get("message").startswith("1 diagnosis: cause")
+
+
+def test_units_that_die_while_the_gradients_vanish_are_explained_by_the_vanishing():
+    """A too-small initialisation (the default pack's relations): the layers' gradients are orders of magnitude
+    apart from the start, the last ReLU layer dies later and nothing learns; one diagnosis, the vanishing
+    gradients, explaining the dead units, the tiny updates and the missing progress."""
+    checks = {c.id: c for c in load_rules("default")}
+    fs = [_f("vanishing-gradients", 80), _f("dead-units", 150), _f("update-too-small", 80),
+          _f("no-progress", 799, "error")]
+    (d,) = diagnose(fs, checks)
+    assert d.check == "vanishing-gradients" and d.severity == "error"
+    assert set(d.explained_checks) == {"dead-units", "update-too-small", "no-progress"}
+    # units killed by a large step, with no spread of the gradients, stay their own diagnosis
+    (d,) = diagnose([_f("dead-units", 150), _f("no-progress", 799, "error")], checks)
+    assert d.check == "dead-units"

@@ -379,11 +379,14 @@ def _tail_level(v: np.ndarray, window: int, q: float) -> float:
     return max(float(np.quantile(r, q)) if r.size else 0.0, float(np.log10(2.0)))
 
 
-def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, min_points=10, **_):
+def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, min_points=10, tail_points=0,
+               **_):
     """The smoothed series (median of the last ``window`` points) climbs above ``factor`` times its best (lowest)
     value so far and has given back more than ``lost`` of the progress made from its initial level to that best
-    (non-finite values are the ``nonfinite`` detector's business). With ``at_end`` only the excursion that lasts to the end of the series
-    counts (it diverged and stayed there)."""
+    (non-finite values are the ``nonfinite`` detector's business). With ``at_end`` only the excursion that lasts
+    to the end of the series counts (it diverged and stayed there). With ``tail_points`` k > 0, a run that ends while
+    it blows up counts too, before the smoothed series has caught up: each of the last k raw values is above
+    ``factor`` times the best smoothed value before them, and their median has given back more than ``lost``."""
     v = np.asarray(values, dtype=float)
     n = v.size
     if n < min_points:
@@ -397,6 +400,17 @@ def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, m
         mask = (sm > factor * best) & (sm - best > lost * (initial - best)) & (best > 0) & np.isfinite(best)
         mask &= np.isfinite(v) & (idx >= min_points - 1)
         ratio = sm / best
+    tail = tail_points
+    if tail and n >= max(min_points, tail + window):
+        last = v[n - tail:]
+        ref = best[n - tail - 1]  # the best the smoothed series reached before the tail
+        with np.errstate(invalid="ignore", over="ignore"):
+            if (ref > 0 and np.isfinite(ref) and np.all(np.isfinite(last)) and np.all(last > factor * ref)
+                    and np.median(last) - ref > lost * (initial - ref)):
+                mask[n - tail:] = True
+                best = best.copy()
+                best[n - tail:] = ref
+                ratio = np.where(mask, v / ref, ratio)
     if at_end:
         runs = _runs(mask)
         mask = np.zeros(n, bool)
@@ -792,7 +806,8 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
              ("count", "autocorr")),
     Detector("divergence", "each", divergence,
              {"window": (_COUNT, 10), "factor": (_POS, 2.0), "lost": (_SHARE, 0.5),
-              "at_end": ({"type": "boolean"}, True), "min_points": (_COUNT, 10)},
+              "at_end": ({"type": "boolean"}, True), "min_points": (_COUNT, 10),
+              "tail_points": ({"type": "integer", "minimum": 0}, 0)},
              ("best", "ratio", "smoothed", "initial")),
     Detector("growth", "each", growth,
              {"factor": (_POS, 100.0), "bound": ({"type": ["number", "null"]}, None), "window": (_COUNT, 1),

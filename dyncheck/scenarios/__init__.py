@@ -46,6 +46,8 @@ CHECK_IDS = frozenset({
     "softmax-before-loss", "clamped-output",
     # the gradient noise scale (issue 15)
     "noise-dominated",
+    # units that are copies of one another (a symmetric initialisation)
+    "symmetric-units",
 })
 FAMILIES = ("mlp", "cnn", "resnet", "transformer", "lstm", "hf")
 
