@@ -248,8 +248,8 @@ def test_schema_errors_do_not_hide_the_rest_of_the_entry(tmp_path):
     """)
     assert got == [
         f"{f}:6:14: check 'c1': metric pattern 'grad_norms/*' can never match a recorded metric; names start with "
-        "one of: act/, batch/, decay/, grad_nonfinite/, grad_norm/, logged/, loss/, lr/, noise/, ntk/, output/, sharpness/, "
-        "traj/, update_ratio/, weight_norm/, weight_unchanged/ (see README, 'What is measured')",
+        "one of: act/, batch/, decay/, grad_nonfinite/, grad_norm/, logged/, loss/, lr/, noise/, ntk/, output/, "
+        "sharpness/, traj/, update_ratio/, weight_norm/, weight_unchanged/ (see README, 'What is measured')",
         f"{f}:8:5: check 'c1': unknown key 'treshold'; expected one of: id, summary, severity, metrics, exclude, "
         "detector, params, for, warmup, until, message, hint, when, unless, explains, enabled",
         f"{f}:9:14: check 'c1': unknown parameter 'factr' for detector 'spike'; it takes: window, factor, min_jump, "
