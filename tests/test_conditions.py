@@ -543,3 +543,55 @@ def test_divergence_tail_points_against_brute_force():
         assert mask[-1] == (want_tail or plain[-1]), trial
         if want_tail:
             assert mask[-6:].all()
+
+
+def test_exploding_gradients_while_the_loss_falls_only_a_quarter():
+    """A clipped recurrent net: gradient norms that jump to 80x their early level while the loss falls 25% are
+    an explosion; the same norms while the loss falls 95% (the edge of stability, a wide net) are not."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(9)
+    steps = np.arange(600)
+    g = 2.0 * np.exp(0.5 * rng.standard_normal(steps.size))
+    g[300] = 160.0  # one raw value 80x the early level (the smoothed norm stays under 10x)
+    quarter = (2.4 - 0.6 * steps / 600) * np.exp(0.03 * rng.standard_normal(steps.size))
+    found = {f.check for f in evaluate({"loss/train": (steps, quarter), "grad_norm/total": (steps, g)},
+                                       rules).findings}
+    assert "exploding-gradients" in found
+    fast = 2.4 * np.exp(-steps / 60) + 0.05
+    assert "exploding-gradients" not in {f.check for f in evaluate(
+        {"loss/train": (steps, fast), "grad_norm/total": (steps, g)}, rules).findings}
+
+
+def test_vanishing_gradients_under_adam_need_real_learning_to_be_excused():
+    """Under Adam a 1e-7 spread between layers is excused when validation gets 30% below its first value; a deep
+    sigmoid stack that sits at chance and improves validation 20% in its last steps is not excused."""
+    rules = load_rules("default")
+    steps = np.arange(650)
+    every = steps[::50]
+    vsteps = np.arange(40, 650, 41)
+    train = np.full(steps.size, 2.3)
+    grads = {f"grad_norm/net.{i}.weight": (every, np.full(every.size, 10.0 ** (-7 + i))) for i in range(7)}
+    base = {"loss/train": (steps, train), "lr/Adam/pg0": (steps, np.full(steps.size, 1e-3)), **grads}
+    late = np.r_[np.full(vsteps.size - 2, 2.3), 2.1, 1.84]  # 20% better, in the last two validations
+    assert "vanishing-gradients" in {f.check for f in evaluate({**base, "loss/val": (vsteps, late)},
+                                                               rules).findings}
+    learns = 2.3 * np.exp(-vsteps / 300)  # 60% better
+    assert "vanishing-gradients" not in {f.check for f in evaluate({**base, "loss/val": (vsteps, learns)},
+                                                                   rules).findings}
+
+
+def test_oscillation_after_a_warm_restart_is_the_schedule():
+    """Swings that start with a warm restart (and are counted oscillation from their tenth, 64 steps after it)
+    are the restart's; the same swings with a constant learning rate are oscillation."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(10)
+    steps = np.arange(1000)
+    loss = 0.05 * np.exp(0.05 * rng.standard_normal(steps.size))
+    for k in range(14):  # 14 swings to 20x, each decaying over a few steps, at steps 760-838
+        at = 760 + 6 * k
+        loss[at:at + 3] *= [20.0, 8.0, 3.0]
+    lr = np.where(steps < 750, 0.1 * (1 + np.cos(np.pi * steps / 750)) / 2 + 1e-4, 0.1)  # restart at 750
+    assert "oscillating-loss" not in {f.check for f in evaluate(
+        {"loss/train": (steps, loss), "lr/SGD/pg0": (steps, lr)}, rules).findings}
+    assert "oscillating-loss" in {f.check for f in evaluate(
+        {"loss/train": (steps, loss), "lr/SGD/pg0": (steps, np.full(steps.size, 0.1))}, rules).findings}
