@@ -26,8 +26,10 @@ def test_suite_covers_every_default_check_and_enough_healthy_families():
 
 
 #: corpus scenarios run as a user attaches the monitor (its defaults): a healthy run whose loss jumps at every
-#: warm restart, and a scheduler stepped per batch
-QUICK_AT_DEFAULTS = ["healthy-mlp-cosine-warm-restarts", "steplr-stepped-per-batch"]
+#: warm restart, a scheduler stepped per batch, a classifier resumed at its floor (output/chance_loss), an LSTM
+#: whose units are copies (act/unit_spread)
+QUICK_AT_DEFAULTS = ["healthy-mlp-cosine-warm-restarts", "steplr-stepped-per-batch",
+                     "healthy-lstm-lm-resume-at-floor", "constant-init-lstm"]
 
 
 def _judge(sc, result):
