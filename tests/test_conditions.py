@@ -595,3 +595,19 @@ def test_oscillation_after_a_warm_restart_is_the_schedule():
         {"loss/train": (steps, loss), "lr/SGD/pg0": (steps, lr)}, rules).findings}
     assert "oscillating-loss" in {f.check for f in evaluate(
         {"loss/train": (steps, loss), "lr/SGD/pg0": (steps, np.full(steps.size, 0.1))}, rules).findings}
+
+
+def test_gradients_that_grow_at_the_edge_of_stability_are_no_explosion():
+    """Full-batch GD at the edge of stability: the gradient norm rises 10x while the loss falls 40% and the
+    sharpness hovers at 2/lr -- not an explosion; the same with the sharpness 10x past 2/lr is one."""
+    rules = load_rules("default")
+    steps = np.arange(1000)
+    loss = 1.0 - 0.4 * steps / 1000
+    g = np.where(steps < 100, 0.1, 0.1 * 10 ** np.minimum(1.2, (steps - 100) / 300))
+    probes = steps[::100]
+    base = {"loss/train": (steps, loss), "grad_norm/total": (steps, g),
+            "sharpness/threshold": (probes, np.full(probes.size, 40.0))}
+    eos = {**base, "sharpness/top_eig": (probes, np.r_[20.0, 30.0, np.full(probes.size - 2, 41.0)])}
+    assert "exploding-gradients" not in {f.check for f in evaluate(eos, rules).findings}
+    unstable = {**base, "sharpness/top_eig": (probes, np.r_[20.0, 30.0, np.full(probes.size - 2, 400.0)])}
+    assert "exploding-gradients" in {f.check for f in evaluate(unstable, rules).findings}
