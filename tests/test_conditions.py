@@ -611,3 +611,18 @@ def test_gradients_that_grow_at_the_edge_of_stability_are_no_explosion():
     assert "exploding-gradients" not in {f.check for f in evaluate(eos, rules).findings}
     unstable = {**base, "sharpness/top_eig": (probes, np.r_[20.0, 30.0, np.full(probes.size - 2, 400.0)])}
     assert "exploding-gradients" in {f.check for f in evaluate(unstable, rules).findings}
+
+
+def test_a_spike_from_a_memorised_training_set_must_exceed_half_the_initial_loss():
+    """From a loss near 0 (a training set memorised, batch 8) a jump to 0.7 is 14x the level but a third of the
+    initial 2.3: batch noise at that level, no spike; a bad batch that jumps to 12 is one."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(11)
+    steps = np.arange(800)
+    loss = np.maximum(2.3 * np.exp(-steps / 40), 0.03) * np.exp(0.3 * rng.standard_normal(steps.size))
+    small = loss.copy()
+    small[400] = 0.7
+    assert "loss-spike" not in {f.check for f in evaluate({"loss/train": (steps, small)}, rules).findings}
+    big = loss.copy()
+    big[400] = 12.0
+    assert "loss-spike" in {f.check for f in evaluate({"loss/train": (steps, big)}, rules).findings}

@@ -121,6 +121,8 @@ def test_ema_is_bias_corrected_and_smooths_numerator_and_denominator_separately(
     assert neg.b_simple is None and neg.trace == 3.0  # no noise scale while |G|² is not positive
     neg.update(0.5, 3.0)
     assert neg.b_simple == pytest.approx(6.0)  # decay 0: the last values
+    neg.update(0.5, -0.2)  # tr(Σ) estimated below 0 (the two squared norms' difference is noisy): no scale either
+    assert neg.b_simple is None and neg.trace == -0.2
 
 
 def test_split_batch_walks_containers_and_indexes_tensors_of_the_batch_size():

@@ -77,7 +77,7 @@ class NoiseEMA:
     @property
     def b_simple(self) -> float | None:
         g2, tr = self.grad_sq, self.trace
-        if g2 is None or tr is None or g2 <= 0:
+        if g2 is None or tr is None or g2 <= 0 or tr <= 0:  # either estimate below 0: sampling noise, no scale
             return None
         return tr / g2
 

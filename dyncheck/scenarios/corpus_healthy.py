@@ -667,6 +667,20 @@ def _resnet_restarts() -> Setup:
     return _setup(module, _digits(shape="image"), 300, 32)
 
 
+@_scenario("healthy-resnet-zero-init-residual", "resnet",
+           "healthy: ResNet whose blocks' last BatchNorm gains start at 0 (Goyal et al. 2017: each block starts as "
+           "the identity), SGD momentum with weight decay and warm-up + cosine -- those BatchNorms output 0 for "
+           "every sample at the start, then come alive")
+def _resnet_zero_residual() -> Setup:
+    steps = 300
+    net = SmallResNet(8)
+    with torch.no_grad():
+        for block in (net.layer1, net.layer2, net.layer3):
+            block.bn2.weight.zero_()
+    module = CorpusModule(net, _sgd(0.1, momentum=0.9, weight_decay=5e-4), schedule=_warmup_cosine(30, steps))
+    return _setup(module, _digits(shape="image"), steps, 32)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # transformers, recurrent nets
 # ----------------------------------------------------------------------------------------------------------------
@@ -680,6 +694,16 @@ def _causal_lm() -> Setup:
     steps = 300
     module = CorpusModule(CausalLM(_LM["vocab"], _LM["seq_len"]), _adamw(3e-3), loss_fn=_token_ce,
                           schedule=_warmup_linear(30, steps))
+    return _setup(module, _markov_lm(**_LM), steps, 16)
+
+
+@_scenario("healthy-transformer-lm-adamw-decay-0.1", "transformer",
+           "healthy: the causal transformer LM with GPT-style AdamW (decay 0.1 on every weight, lr 3e-3: 3e-4 of "
+           "each weight per step), warm-up + linear decay -- down to the chain's entropy floor")
+def _causal_lm_decay() -> Setup:
+    steps = 300
+    module = CorpusModule(CausalLM(_LM["vocab"], _LM["seq_len"]), _adamw(3e-3, weight_decay=0.1),
+                          loss_fn=_token_ce, schedule=_warmup_linear(30, steps))
     return _setup(module, _markov_lm(**_LM), steps, 16)
 
 
