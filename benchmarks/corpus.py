@@ -1,7 +1,7 @@
 """The default pack judged on the calibration corpus: per-check false-alarm rates and recall, tuned and held-out
 seeds reported apart.
 
-    python benchmarks/corpus.py [--runs DIR] [--reuse] [--seeds 0 1 ... 7] [--tune-seeds 0 1 ... 5] [--jobs 2]
+    python benchmarks/corpus.py [--runs DIR] [--reuse] [--seeds 0 1 ... 11] [--tune-seeds 0 1 ... 9] [--jobs 2]
                                 [--rules default ...] [--only NAME ...] [--show all|fail] [--gate]
 
 Every scenario of ``dyncheck/scenarios`` (the original suite plus ``corpus_healthy`` and ``corpus_faults``) is
@@ -95,8 +95,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", help="directory for the runs (default: a temporary one)")
     ap.add_argument("--reuse", action="store_true", help="keep runs already in --runs; train only missing ones")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
-    ap.add_argument("--tune-seeds", type=int, nargs="*", default=list(range(6)),
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(12)))
+    ap.add_argument("--tune-seeds", type=int, nargs="*", default=list(range(10)),
                     help="seeds the rules were tuned on (reported apart from the held-out ones)")
     ap.add_argument("--jobs", type=int, default=2, help="training processes in parallel")
     ap.add_argument("--rules", nargs="+", default=["default"])

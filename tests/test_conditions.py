@@ -580,21 +580,28 @@ def test_vanishing_gradients_under_adam_need_real_learning_to_be_excused():
                                                                    rules).findings}
 
 
-def test_oscillation_after_a_warm_restart_is_the_schedule():
-    """Swings that start with a warm restart (and are counted oscillation from their tenth, 64 steps after it)
-    are the restart's; the same swings with a constant learning rate are oscillation."""
+def test_oscillation_after_warm_restarts_is_the_schedule():
+    """A cosine schedule with warm restarts every 250 steps: a burst of swings after each restart, ~20 in 1000
+    steps -- the schedule, not oscillation (with or without the restarts in the learning rate: one swing per 50
+    steps is too rare); the same bursts every 60 steps with a constant learning rate are oscillation."""
     rules = load_rules("default")
     rng = np.random.default_rng(10)
     steps = np.arange(1000)
-    loss = 0.05 * np.exp(0.05 * rng.standard_normal(steps.size))
-    for k in range(14):  # 14 swings to 20x, each decaying over a few steps, at steps 760-838
-        at = 760 + 6 * k
-        loss[at:at + 3] *= [20.0, 8.0, 3.0]
-    lr = np.where(steps < 750, 0.1 * (1 + np.cos(np.pi * steps / 750)) / 2 + 1e-4, 0.1)  # restart at 750
-    assert "oscillating-loss" not in {f.check for f in evaluate(
-        {"loss/train": (steps, loss), "lr/SGD/pg0": (steps, lr)}, rules).findings}
-    assert "oscillating-loss" in {f.check for f in evaluate(
-        {"loss/train": (steps, loss), "lr/SGD/pg0": (steps, np.full(steps.size, 0.1))}, rules).findings}
+
+    def bursts(period):
+        loss = 0.05 * np.exp(0.05 * rng.standard_normal(steps.size))
+        for start in range(period, 1000, period):
+            for k in range(5):  # 5 swings to 20x, each decaying over a few steps
+                at = start + 8 + 6 * k
+                loss[at:at + 3] *= [20.0, 8.0, 3.0]
+        return loss
+
+    lr = 0.1 * (1 + np.cos(np.pi * (steps % 250) / 250)) / 2 + 1e-4
+    for series in ({"loss/train": (steps, bursts(250)), "lr/SGD/pg0": (steps, lr)},
+                   {"loss/train": (steps, bursts(250))}):
+        assert "oscillating-loss" not in {f.check for f in evaluate(series, rules).findings}
+    dense = {"loss/train": (steps, bursts(60)), "lr/SGD/pg0": (steps, np.full(steps.size, 0.1))}
+    assert "oscillating-loss" in {f.check for f in evaluate(dense, rules).findings}
 
 
 def test_gradients_that_grow_at_the_edge_of_stability_are_no_explosion():
@@ -626,3 +633,31 @@ def test_a_spike_from_a_memorised_training_set_must_exceed_half_the_initial_loss
     big = loss.copy()
     big[400] = 12.0
     assert "loss-spike" in {f.check for f in evaluate({"loss/train": (steps, big)}, rules).findings}
+
+
+def test_softmax_before_loss_short_of_the_floor_when_the_gradient_is_a_softmax_s():
+    """Probability rows whose loss is still 20% above the double-softmax floor: softmax applied twice when the
+    loss's gradient at them sums to 0 along each row (a softmax cross-entropy's), not when it does not (NLLLoss on
+    their log)."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(12)
+    steps = np.arange(400)
+    floor = math.log1p(9 / math.e)
+    loss = (floor * 1.2 + (2.3 - floor * 1.2) * np.exp(-steps / 40)) * np.exp(0.01 * rng.standard_normal(steps.size))
+    fired = evaluate(_output_series(steps, loss, prob_rows=1.0, softmax_floor=floor, softmax_grad=1.0), rules)
+    assert fired.diagnoses[0].check == "softmax-before-loss"
+    nll = evaluate(_output_series(steps, loss, prob_rows=1.0, softmax_floor=floor, softmax_grad=0.0), rules)
+    assert "softmax-before-loss" not in {f.check for f in nll.findings}
+
+
+def test_oscillation_needs_a_swing_every_30_steps():
+    """Swings decaying over a few steps: one every 20 steps is oscillation (sorted data); one every 50 is not."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(13)
+    steps = np.arange(1000)
+    for every, fires in ((20, True), (50, False)):
+        loss = 0.3 * np.exp(0.05 * rng.standard_normal(steps.size))
+        for at in range(100, 1000, every):
+            loss[at:at + 3] *= [20.0, 8.0, 3.0]
+        got = "oscillating-loss" in {f.check for f in evaluate({"loss/train": (steps, loss)}, rules).findings}
+        assert got == fires, every
