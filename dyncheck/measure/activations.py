@@ -15,12 +15,12 @@ Statistics of one module output ``a`` (computed in float32 on a detached copy):
 ``nonfinite``            number of NaN/Inf elements
 ``dead``                 share of units that output exactly 0 for every sample of the batch
 ``saturated``            share of outputs in the flat tails of a sigmoid/tanh-like module (only for those types)
-``unit_spread``          how much the units differ: the larger of the coefficients of variation, across the units
-                         that are not dead, of each unit's max |a| and of each unit's sum of ``a`` over the batch.
-                         Units that compute one and the same function (a symmetric initialisation never broken)
-                         give ~1e-7 (float rounding); distinct units 1e-2 or more. BatchNorm's equal channel means
-                         differ in their maxima, a saturating clamp's equal maxima in their sums. NaN with fewer
-                         than two live units.
+``unit_spread``          how much the units differ: the larger of the coefficients of variation, across the
+                         units, of each unit's max |a| and of each unit's sum of ``a`` over the batch. Units that
+                         compute one and the same function (a symmetric initialisation never broken) give ~1e-7
+                         (float rounding); distinct units 1e-2 or more. BatchNorm's equal channel means differ in
+                         their maxima, a saturating clamp's equal maxima in their sums. NaN with fewer than two
+                         units, when every unit is dead, or for a non-finite output.
 
 A *unit* is a channel for convolution-like modules and for 4-D/5-D outputs (``N, C, ...``), otherwise a feature of
 the last dimension (``N, F`` or ``N, T, F``). A module called several times in one step (a shared ``nn.ReLU``) gets
@@ -107,27 +107,25 @@ def activation_stats(x: Tensor, unit_dim: int, saturation: tuple[float, float] |
     mag = xf.abs()
     per_unit = mag.amax(dim=other) if other else mag  # a unit is dead iff its largest |output| is 0
     max_abs = per_unit.amax()
-    live = per_unit != 0  # (a NaN unit is not dead)
-    dead = 1.0 - live.float().mean()
+    dead = 1.0 - (per_unit != 0).float().mean()  # (a NaN unit is not dead)
     if saturation is None:
         sat = xf.new_full((), float("nan"))
     else:
         lo, hi = saturation
         sat = ((xf <= lo) | (xf >= hi)).float().mean()
-    spread = torch.maximum(_unit_cv(per_unit, live), _unit_cv(unit_sum, live))
+    if per_unit.numel() < 2:  # (known from the shape: no host sync)
+        spread = sat.new_full((), float("nan"))
+    else:
+        spread = _unit_cv(torch.stack([per_unit.reshape(-1), unit_sum.reshape(-1)]))
     return torch.stack([mean, std, max_abs, nonfinite, dead, sat, spread])
 
 
-def _unit_cv(v: Tensor, live: Tensor) -> Tensor:
-    """The coefficient of variation (std / mean |v|) of ``v`` over the ``live`` units, without a host sync: NaN
-    with fewer than two of them or with a non-finite value, 0 when they are all 0."""
-    w = live.to(v.dtype)
-    k = w.sum()
-    m = (v * w).sum() / k
-    sd = ((v - m).square() * w).sum().div(k).sqrt()
-    mag = (v.abs() * w).sum().div(k)
-    cv = torch.where((sd == 0) & (mag == 0), sd, sd / mag)  # all live units at 0 alike: no spread; NaN stays NaN
-    return torch.where(k >= 2, cv, cv.new_tensor(float("nan")))
+def _unit_cv(v: Tensor) -> Tensor:
+    """The larger of the rows' coefficients of variation (std / mean |v|) across the units (columns), in a few
+    kernels and without a host sync. Copies give ~1e-7; a layer with dead and live units is no set of copies and
+    gets a large value; all units at 0 (a row's mean |v| 0) or a non-finite value give NaN."""
+    sd, _ = torch.std_mean(v, dim=-1, correction=0)
+    return (sd / v.abs().mean(-1)).amax()
 
 
 def first_float_tensor(output: Any) -> Tensor | None:
