@@ -71,7 +71,7 @@ def test_fsdp2_per_parameter_statistics_are_the_full_parameters(fsdp):
                  ("grad_norm", "grad_nonfinite", "weight_norm", "update_ratio", "weight_unchanged")]
     per_param = [n for n in per_param if n in ref.metrics()]  # offset.unused has no gradient, so no update
     assert len(per_param) == 8 * 5 - 3
-    per_rank = ("act/std/", "act/dead/")  # per-rank statistics averaged over the ranks (as under DDP): below
+    per_rank = ("act/std/", "act/dead/", "act/unit_spread/")  # per-rank statistics averaged over the ranks (as under DDP): below
     compared = [n for n in ref.metrics()  # sharpness: below
                 if not n.startswith(per_rank + ("sharpness/",)) and n not in noise]
     assert set(per_param) < set(compared) and {"grad_norm/total", "loss/train", "loss/val", "act/mean/net.1",
@@ -86,6 +86,8 @@ def test_fsdp2_per_parameter_statistics_are_the_full_parameters(fsdp):
             np.testing.assert_allclose(a, b, rtol=0.02, err_msg=name)
         elif name.startswith("act/dead/"):  # a unit dead for the whole batch is dead for each half
             assert (a >= b - 1e-6).all(), name
+        elif name.startswith("act/unit_spread/"):  # the mean of the halves' spreads: close to the whole's
+            np.testing.assert_allclose(a, b, rtol=0.05, err_msg=name)
     assert len(run.series("loss/train")) == 8
     # offset.shift: rank 0's shard never changes, rank 1's does -- changed, with finite update ratios after the
     # first step (rank 0 alone would say unchanged, 0/0)
