@@ -368,10 +368,10 @@ def _check_meta(meta: Mapping[str, Any], path: Path) -> None:
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
-def _dedup(name: str, steps: np.ndarray, vals: np.ndarray, n_chunks: int) -> "Series":
-    """A metric's series from its chunks' concatenation: where a step was written more than once (several chunks,
-    or steps that do not increase), the last write wins."""
-    if n_chunks > 1 or (steps.size > 1 and np.any(np.diff(steps) <= 0)):
+def _dedup(name: str, steps: np.ndarray, vals: np.ndarray, repeats: bool) -> "Series":
+    """A metric's series from its chunks' concatenation; with ``repeats`` (several chunks, or steps that do not
+    increase: a step may have been written more than once) the last write of each step wins."""
+    if repeats:
         # unique over the reversed order keeps the last occurrence
         uniq, idx = np.unique(steps[::-1], return_index=True)
         steps, vals = uniq, vals[::-1][idx]
@@ -578,7 +578,7 @@ class Run:
 
     def _series_of(self, name: str, rows: list[tuple]) -> Series:
         steps, vals = self._chunks(rows, lambda i: name)
-        return _dedup(name, steps, vals, len(rows))
+        return _dedup(name, steps, vals, len(rows) > 1 or (steps.size > 1 and bool(np.any(np.diff(steps) <= 0))))
 
     def series_matching(self, pattern: str) -> dict[str, Series]:
         """Every recorded metric whose name matches the glob ``pattern`` (as :meth:`metrics`), as ``{name:
@@ -617,10 +617,7 @@ class Run:
             lo, hi = int(name_start[k]), int(name_end[k])
             st, va = steps[lo:hi], vals[lo:hi]
             j = np.searchsorted(falls, lo)
-            if b - a > 1 or (j < falls.size and falls[j] < hi - 1):
-                out[name] = _dedup(name, st, va, b - a)
-            else:
-                out[name] = Series(name, st, va)
+            out[name] = _dedup(name, st, va, b - a > 1 or bool(j < falls.size and falls[j] < hi - 1))
         return out
 
     def _chunks(self, rows: list[tuple], name_of: Callable[[int], str]) -> tuple[np.ndarray, np.ndarray]:

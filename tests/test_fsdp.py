@@ -71,7 +71,8 @@ def test_fsdp2_per_parameter_statistics_are_the_full_parameters(fsdp):
                  ("grad_norm", "grad_nonfinite", "weight_norm", "update_ratio", "weight_unchanged")]
     per_param = [n for n in per_param if n in ref.metrics()]  # offset.unused has no gradient, so no update
     assert len(per_param) == 8 * 5 - 3
-    per_rank = ("act/std/", "act/dead/", "act/unit_spread/")  # per-rank statistics averaged over the ranks (as under DDP): below
+    # per-rank statistics averaged over the ranks (as under DDP): below
+    per_rank = ("act/std/", "act/dead/", "act/unit_spread/")
     compared = [n for n in ref.metrics()  # sharpness: below
                 if not n.startswith(per_rank + ("sharpness/",)) and n not in noise]
     assert set(per_param) < set(compared) and {"grad_norm/total", "loss/train", "loss/val", "act/mean/net.1",

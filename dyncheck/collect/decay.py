@@ -11,8 +11,6 @@ with 5e-4); at 5e-3 decay alone halves every weight in 140 steps."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .base import Collector, interned
 
 __all__ = ["WeightDecayCollector"]
@@ -23,10 +21,6 @@ class WeightDecayCollector(Collector):
     metrics = ("decay/*",)
     reduce = "none"  # the same on every process
     schedule = "layers"
-
-    @dataclass
-    class Fit:
-        pass
 
     def step_start(self, step: int) -> None:
         ctx = self.ctx
