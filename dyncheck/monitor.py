@@ -104,9 +104,12 @@ class MonitorConfig:
         "and embeddings); a pattern naming a module with children selects the leaves below it. Names are those "
         "of the uncompiled model (without ``_orig_mod.``). Patterns that match nothing are warned about and "
         "listed in the run's meta ``activations``."))
-    flush_every_n_steps: int = _opt(100, (
-        "copy buffered values to the host and the store every this many steps (100); also at every validation, "
-        "checkpoint and the end of the fit. Bounds the monitor's memory."))
+    flush_every_n_steps: int | None = _opt(None, (
+        "copy buffered values to the host and the store every this many steps; also at every validation, "
+        "checkpoint and the end of the fit. Bounds the monitor's memory and what a killed run loses. Default: "
+        "about every 2 s of training (the step time measured at each flush; at least every 1,000 steps, at most "
+        "every 10; every 100 steps until the step time is known), and every 100 steps when several processes "
+        "train (they flush together)."))
     sharpness_budget: float = _opt(0.02, (
         "share of training wall time that sharpness probes may take (0.02); 0 turns them off unless "
         "``sharpness_every_n_steps`` is set. Probes are spread evenly over the planned run "
@@ -169,7 +172,7 @@ class MonitorConfig:
         _check_int(o, "every_n_steps", self.every_n_steps, minimum=1)
         _check_int(o, "scalars_every_n_steps", self.scalars_every_n_steps, minimum=1, allow_none=False)
         _check_int(o, "activations_every_n_steps", self.activations_every_n_steps, minimum=0)
-        _check_int(o, "flush_every_n_steps", self.flush_every_n_steps, minimum=1, allow_none=False)
+        _check_int(o, "flush_every_n_steps", self.flush_every_n_steps, minimum=1)
         _check_float(o, "sharpness_budget", self.sharpness_budget, lo=0.0, hi=1.0)
         _check_int(o, "sharpness_every_n_steps", self.sharpness_every_n_steps, minimum=0)
         _check_int(o, "sharpness_max_iter", self.sharpness_max_iter, minimum=1, allow_none=False)
@@ -221,7 +224,7 @@ class _Block:
 
     step: int
     names: tuple[str, ...]
-    values: Tensor
+    values: Tensor | tuple[Tensor, ...]  # a tuple of 0-d tensors for "norm" blocks (stacked at the flush)
     op: str  # how to reduce across processes: "mean" | "sum" | "max" | "min" | "norm" | "rss" | "ratio" | "none"
 
 
@@ -274,6 +277,7 @@ class Monitor:
         self._budget_s = 0.0  # seconds spent in budgeted collectors (sharpness): not training time
         self._steps_seen = 0
         self._steps_since_flush = 0
+        self._flush_every = config.flush_every_n_steps or FLUSH_EVERY_N_STEPS  # adapted per flush when auto
         self._warned: set[str] = set()
         self.flushes = 0  # flush calls so far: the boundaries at which live checks may run
 
@@ -337,6 +341,7 @@ class Monitor:
         self._t0 = time.perf_counter()
         self._budget_s = 0.0
         self._steps_seen = 0
+        self._flush_every = cfg.flush_every_n_steps or FLUSH_EVERY_N_STEPS
         first = int(start_step if start_step is not None else meta.get("start_step", 0) or 0)
         if store_path is not None:
             mode = "a" if (resume is not None or append) else "w"
@@ -511,8 +516,9 @@ class Monitor:
         if self._measuring:
             self.schedules["layers"].take(step)
         self._steps_since_flush += 1
-        if self._steps_since_flush >= self.config.flush_every_n_steps:
+        if self._steps_since_flush >= self._flush_every:
             self.flush()
+            self._adapt_flush_interval()
         for c in self._stateful:
             c.now = c.Step()  # frees the step's tensors (loss, weight copies) now
         self._measuring = False
@@ -634,11 +640,7 @@ class Monitor:
                              -mat if op == "min" else mat * mat))
                 continue
             if op == "norm":
-                sizes = {b.values.numel() for b in bs}
-                if len(sizes) == 1:
-                    mat = torch.linalg.vector_norm(torch.stack([b.values for b in bs]), dim=1, keepdim=True)
-                else:
-                    mat = torch.stack([torch.linalg.vector_norm(b.values) for b in bs]).reshape(-1, 1)
+                mat = _norm_rows([b.values for b in bs])
                 op = "none"
             else:
                 mat = torch.stack([_real(b.values.reshape(-1)) for b in bs])
@@ -691,6 +693,17 @@ class Monitor:
             self._ctx.reduced = {k: v[-1] for k, (_, v) in series.items() if v}
         self._flushed()
 
+    def _adapt_flush_interval(self) -> None:
+        """``flush_every_n_steps=None`` on one process: flush about every :data:`FLUSH_EVERY_S` seconds of training
+        from now on. A flush costs milliseconds whatever the step (a store transaction, a copy to the host): every
+        100 steps of a 2 ms step that is 1-2% of the training; every 2 s it is ~0.1%, and a killed run loses at most
+        those seconds. Several processes keep the fixed interval: their flushes are collectives, at the same steps."""
+        if self.config.flush_every_n_steps is not None or self._reduce is not _no_reduce or not self._steps_seen:
+            return
+        step_s = self._train_seconds() / self._steps_seen
+        want = FLUSH_EVERY_S / step_s if step_s > 0 else FLUSH_MAX_STEPS
+        self._flush_every = int(min(max(want, FLUSH_MIN_STEPS), FLUSH_MAX_STEPS))
+
     def _flushed(self) -> None:
         for c in self.collectors:
             if c.enabled and c.overrides("flushed"):
@@ -730,10 +743,38 @@ class Monitor:
 #: the run store reaches the disk (fsync) at least this often while training, and at the end; in between each
 #: flush reaches the operating system (a killed process loses nothing flushed). See README, "Durability".
 _SYNC_EVERY_S = 30.0
+#: the automatic flush interval (``flush_every_n_steps=None``): the first, until a step time is measured, and the
+#: one of several processes; then about FLUSH_EVERY_S of training, between FLUSH_MIN_STEPS and FLUSH_MAX_STEPS
+FLUSH_EVERY_N_STEPS = 100
+FLUSH_EVERY_S = 2.0
+FLUSH_MIN_STEPS = 10
+FLUSH_MAX_STEPS = 1000
 
 
 #: block operations whose values are this process's shares (see Context.sharded): reduced inside "sum" or "max"
 _SHARE_OPS = frozenset({"rss", "ratio", "min"})
+
+
+def _norm_rows(values: list[Tensor | tuple[Tensor, ...]]) -> Tensor:
+    """``[len(values), 1]``: the L2 norm of each block's values (a vector, or a tuple of 0-d tensors), in as few
+    kernels as the blocks allow: one stack of every 0-d part when all blocks are tuples of one length."""
+    n = len(values)
+    if all(isinstance(v, tuple) for v in values):
+        lengths = {len(v) for v in values}
+        if len(lengths) == 1 and all(p.dim() == 0 for v in values for p in v):
+            flat = _stack_on_first([p for v in values for p in v])
+            return torch.linalg.vector_norm(flat.reshape(n, -1), dim=1, keepdim=True)
+    vecs = [_stack_on_first(list(v)) if isinstance(v, tuple) else v for v in values]
+    if len({v.numel() for v in vecs}) == 1:
+        return torch.linalg.vector_norm(torch.stack(vecs), dim=1, keepdim=True)
+    return torch.stack([torch.linalg.vector_norm(v) for v in vecs]).reshape(-1, 1)
+
+
+def _stack_on_first(parts: list[Tensor]) -> Tensor:
+    try:
+        return torch.stack(parts)
+    except RuntimeError:  # parts on several devices
+        return torch.stack([p.to(parts[0].device) for p in parts])
 
 
 def _real(t: Tensor) -> Tensor:

@@ -36,8 +36,10 @@ def test_hooks_record_only_on_measuring_steps_and_values_match(tmp_path):
     mon_ref = [Monitor(MonitorConfig(sharpness_budget=0, activations_every_n_steps=3))]
     mon = drive(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.0), 6, every_n_steps=1, data=(x, y),
                 monitor=mon_ref[0], on_step=on_step_record)
-    assert hooked == [True] * 6  # registered once (torch.compile must see them), ...
-    assert active == [True, False, False, True, False, False]  # ... recording on the measuring steps only
+    # an eager model carries the hooks on the measuring steps only (a hooked module takes PyTorch's slow call
+    # path on every step); a compiled one keeps them for the whole fit (test_compiled_model_keeps_hooks_all_fit)
+    assert hooked == [True, False, False, True, False, False]
+    assert active == [True, False, False, True, False, False]  # recording on the measuring steps only
     assert not model[1]._forward_hooks  # nothing left attached after the fit
     run = open_run(tmp_path / "run.db")
     s = run.series("act/mean/1")
@@ -45,6 +47,26 @@ def test_hooks_record_only_on_measuring_steps_and_values_match(tmp_path):
     assert abs(s.values[0] - float(last[0][0])) < 1e-6  # lr 0: the weights never change
     assert "act/saturated/1" not in run and "act/dead/2" in run
     assert isinstance(next(c for c in mon.collectors if isinstance(c, ActivationCollector)), ActivationCollector)
+
+
+def test_compiled_model_keeps_hooks_all_fit(tmp_path):
+    """Under torch.compile the hooks stay for the whole fit (dynamo would not see one added after it traced),
+    recording on the measuring steps only, and are removed at the end."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    model = torch.compile(inner, backend="eager")
+    hooked = []
+    mon = Monitor(MonitorConfig(sharpness_budget=0, noise_budget=0, ntk_budget=0, activations_every_n_steps=3))
+    drive(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.0), 6, every_n_steps=1,
+          data=(torch.randn(16, 3), torch.randn(16, 1)), monitor=mon,
+          on_step=lambda step: hooked.append(bool(inner[1]._forward_hooks)))
+    dynamo.reset()
+    assert hooked == [True] * 6
+    assert not inner[1]._forward_hooks
+    assert open_run(tmp_path / "run.db").series("act/mean/1").steps.tolist() == [0, 3]
 
 
 # -- what the patterns select -------------------------------------------------------------------------------------

@@ -506,3 +506,53 @@ def test_checkpoint_state_carries_schedules_and_collector_state(tmp_path):
                 store_path=tmp_path / "run.db", meta={}, every_n_steps=2, resume=state)
     assert again.schedules["layers"].last == 2 and not again.schedules["layers"].due(5)
     again.finish("finished")
+
+
+def test_norm_blocks_flush_as_the_norm_of_each_steps_values():
+    """"norm" blocks hold a vector or a tuple of 0-d tensors (NormPlan.parts); the flush stacks the tuples of all
+    steps at once and writes each step's L2 norm -- the brute-force value, whatever the mix of block kinds."""
+    from dyncheck.monitor import _norm_rows
+
+    torch.manual_seed(0)
+    vecs = [torch.rand(4) for _ in range(5)]
+    brute = [math.sqrt(sum(float(v) ** 2 for v in vec)) for vec in vecs]
+    as_parts = [tuple(vec.unbind()) for vec in vecs]
+    for values in (vecs, as_parts, as_parts[:2] + vecs[2:]):
+        out = _norm_rows(values)
+        assert out.shape == (5, 1)
+        np.testing.assert_allclose(out[:, 0].numpy(), brute, rtol=1e-6)
+    ragged = [torch.rand(3), tuple(torch.rand(5).unbind())]  # another optimizer's parameters were added
+    np.testing.assert_allclose(_norm_rows(ragged)[:, 0].numpy(),
+                               [float(ragged[0].norm()), float(torch.stack(ragged[1]).norm())], rtol=1e-6)
+
+
+@pytest.mark.parametrize("step_s, option, reduce, want", [
+    (0.001, None, False, 1000),  # 2 s of 1 ms steps is 2000: at most 1000
+    (0.05, None, False, 40),  # 2 s of training
+    (1.0, None, False, 10),  # at least 10
+    (0.001, 7, False, 7),  # an explicit interval is kept
+    (0.001, None, True, 100),  # several processes: the fixed interval (their flushes are collectives)
+])
+def test_automatic_flush_interval_follows_the_step_time(tmp_path, monkeypatch, step_s, option, reduce, want):
+    from loop import drive
+
+    from dyncheck.monitor import Monitor, MonitorConfig
+
+    mon = Monitor(MonitorConfig(sharpness_budget=0, noise_budget=0, ntk_budget=0, trajectory_every_n_steps=0,
+                                flush_every_n_steps=option))
+    monkeypatch.setattr(Monitor, "_train_seconds", lambda self: self._steps_seen * step_s)
+    if reduce:
+        orig = Monitor.start
+        monkeypatch.setattr(Monitor, "start", lambda self, **kw: orig(self, **kw, reduce=lambda t, op: t))
+    flushes = []
+    orig_flush = Monitor.flush
+    monkeypatch.setattr(Monitor, "flush", lambda self, *a, **k: (flushes.append(self._steps_seen),
+                                                                  orig_flush(self, *a, **k))[1])
+    model = nn.Linear(3, 1)
+    steps = 100 + 3 * want
+    drive(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.01), steps, monitor=mon)
+    first = option or 100
+    assert flushes[0] == first
+    assert flushes[1] - flushes[0] == want
+    run = open_run(tmp_path / "run.db")
+    assert run.series("loss/train").steps.tolist() == list(range(steps))  # nothing lost, whatever the interval

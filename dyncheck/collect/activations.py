@@ -1,8 +1,9 @@
 """``act/<stat>/<module>``: activation statistics of the selected modules' outputs (see
-:mod:`dyncheck.measure.activations`), on the activations schedule. Forward hooks are registered once, at the start of
-the fit, and record only on the steps that measure (switched on at the step's start, after a sharpness probe, so the
-probe's forward does not count, and off at its end): hooks added later would be invisible to a model that
-``torch.compile`` already traced. Statistics reduce across processes as they combine across calls (mean, max,
+:mod:`dyncheck.measure.activations`), on the activations schedule. Forward hooks record only on the steps that measure
+(switched on at the step's start, after a sharpness probe, so the probe's forward does not count, and off at its
+end). On an eager model they are registered at that start and removed at that end: a module with a hook takes
+PyTorch's slow call path, a few microseconds per module on every step. On a compiled model they are registered once,
+at the start of the fit: hooks added later would be invisible to a model that ``torch.compile`` already traced. Statistics reduce across processes as they combine across calls (mean, max,
 sum).
 
 What could not be measured is never a silent gap: the run's meta ``activations`` lists the selected modules, those
@@ -70,14 +71,21 @@ class ActivationCollector(Collector):
                           f"identity, flatten and embeddings are not measured); see the run's meta 'activations'",
                           stacklevel=4)
         rec = fit.recorder = ActivationRecorder(sel.modules, active=False)
-        rec.attach()  # once, for the whole fit: the recorder records while active (see the module docstring)
-        failed = rec.take_errors()
+        if fit.compiled:
+            rec.attach()  # once, for the whole fit: the recorder records while active (see the module docstring)
+        self._take_errors(ctx.start_step)
+
+    def _take_errors(self, step: int) -> None:
+        failed = self.fit.recorder.take_errors()  # modules that could not be hooked or measured: turned off
         if failed:
-            ctx.failed("activations", [(name, exc) for name, exc in failed], ctx.start_step, target="layer")
+            self.ctx.failed("activations", [(name, exc) for name, exc in failed], step, target="layer")
 
     def step_start(self, step: int) -> None:
         rec = self.fit.recorder
         if rec is not None:
+            if not self.fit.compiled:
+                rec.attach()  # for this step only (see the module docstring)
+                self._take_errors(step)
             rec.active = True
 
     def step_end(self, step: int) -> None:
@@ -86,10 +94,10 @@ class ActivationCollector(Collector):
         if rec is None:
             return
         rec.active = False
+        if not fit.compiled:
+            rec.detach()
         self._schedule.take(step)
-        failed = rec.take_errors()  # modules that could not be hooked or measured: turned off in the recorder
-        if failed:
-            ctx.failed("activations", [(name, exc) for name, exc in failed], step, target="layer")
+        self._take_errors(step)
         try:
             groups = rec.collect()
         except Exception as exc:

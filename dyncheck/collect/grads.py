@@ -10,8 +10,8 @@ of its local shards as shares (:mod:`dyncheck.measure.tensors`), reduced at the 
 (``"rss"``: the root of the summed squares; counts ``"sum"``); the global norm is this process's share of it, also
 ``"rss"``. No gradient is gathered.
 
-The hot path is one :class:`~dyncheck.measure.tensors.NormPlan` call per optimizer: one ``_foreach_norm`` and
-one ``stack`` for dense float32-like gradients. Plans are made at the first step and kept while the list keeps its
+The hot path is one :class:`~dyncheck.measure.tensors.NormPlan` call per optimizer: for dense float32-like
+gradients one ``_foreach_norm``, whose 0-d results the flush stacks for all steps at once (``NormPlan.parts``). Plans are made at the first step and kept while the list keeps its
 make-up; a gradient whose norm cannot be taken is left out (one warning)."""
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from .base import GRADIENTS, Collector, GradStep, interned
 __all__ = ["GradientCollector"]
 
 _TOTAL = ("grad_norm/total",)
+#: up to this many gradients the per-tensor norms of a step stay unstacked until the flush (one kernel fewer per
+#: step); more, and the step stacks them at once: a flush interval's worth of 0-d tensors would be too many objects
+DEFER_MAX = 64
 
 
 class GradientCollector(Collector):
@@ -38,7 +41,8 @@ class GradientCollector(Collector):
 
     @dataclass
     class Step:
-        vecs: list[Tensor] = field(default_factory=list)  # per-tensor gradient norms of each optimizer
+        #: per-tensor gradient norms of each optimizer (a tuple of 0-d tensors: not stacked yet, NormPlan.parts)
+        vecs: list[Tensor | tuple[Tensor, ...]] = field(default_factory=list)
 
     def due(self, step: int) -> bool:
         return True  # the norms are taken every step (cheap); what is emitted follows the two schedules
@@ -57,16 +61,16 @@ class GradientCollector(Collector):
         pkey = key if len(named) == len(g.params) else (key, tuple(n for n, _ in named))
         plan = ctx.plans.get(pkey)
         norms = None
+        measuring = self._layers.due(step)
         if plan is not None:
-            try:
-                norms = plan(grads)
+            try:  # between measuring steps only the global norm is needed: the norms unstacked (flush stacks)
+                norms = plan(grads) if measuring or plan.n > DEFER_MAX else plan.parts(grads)
             except Exception:  # the gradients changed make-up (dtype, layout, device): plan again
                 plan = None
         if plan is None:
             got = ctx.planned("grad_norm", pkey, named, grads, step)
             if got is not None:
                 plan, norms = got
-        measuring = self._layers.due(step)
         if plan is not None and plan.kept != ():  # kept == (): every gradient left out
             self.now.vecs.append(norms)
             if measuring:
@@ -88,7 +92,8 @@ class GradientCollector(Collector):
         if vecs and self._scalars.due(step):
             ctx = self.ctx
             assert ctx is not None
-            vec = vecs[0] if len(vecs) == 1 else torch.cat(vecs)
+            vec = vecs[0] if len(vecs) == 1 else torch.cat([torch.stack(v) if isinstance(v, tuple) else v
+                                                            for v in vecs])
             if ctx.sharded:  # this process's share of the global norm (the flush reduces the shares)
                 ctx.emit(step, _TOTAL, torch.linalg.vector_norm(vec).reshape(1), "rss")
             else:

@@ -5,8 +5,10 @@ the model hands to its loss (see :mod:`dyncheck.measure.output`), on the activat
 Which module's output that is, is found once, on the first measuring step: forward pre- and post-hooks on every
 module but loss modules track the nesting of calls, and a call that completes while no other module call is open
 is an outermost one -- the last of the step is the model's output (``training_step`` calling ``self(x)``, or
-``self.net(x)``; a Hugging Face model's ``logits``). From then on one forward hook on that module, switched on for
-the measuring steps only, takes the facts of its last training call of the step (forward passes without gradients,
+``self.net(x)``; a Hugging Face model's ``logits``). From then on one forward hook on that module, on the measuring
+steps only (registered at the step's start and removed at its end on an eager model, as a hooked module takes
+PyTorch's slow call path; kept from the first measuring step on under ``torch.compile``, which would not see a hook
+added after it traced), takes the facts of its last training call of the step (forward passes without gradients,
 validation and probes, are not looked at), and a hook on that output tensor takes the gradient the loss sends back
 to it (``blocked_share``, and ``softmax_grad`` for outputs at least 2 wide; it keeps a reference to the output
 until the backward pass, skipped for outputs of more than 2**26 elements). The run's meta ``output`` names the
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..measure.activations import is_compiled
 from ..measure.output import (blocked_share, model_output, output_facts, outermost_calls, softmax_floor,
                               softmax_grad_rows)
 from ..measure.naming import wrapper_prefix
@@ -72,6 +75,7 @@ class OutputCollector(Collector):
     def start(self, ctx) -> None:
         super().start(ctx)
         self._schedule = ctx.schedules["activations"]
+        self._compiled = is_compiled(ctx.module)
 
     # -- hooks on the model ------------------------------------------------------------------------------------
     def _take(self, name: str, module: nn.Module, output: Any) -> None:
@@ -147,7 +151,7 @@ class OutputCollector(Collector):
         fit.armed = False
         self._schedule.take(step)
         if now.seen is None:
-            if fit.module is None:  # no hooks on every module between measuring steps
+            if fit.module is None or not self._compiled:  # no hooks between measuring steps
                 self._remove()
                 fit.tries += 1
                 if fit.tries >= _TRIES:
@@ -157,7 +161,10 @@ class OutputCollector(Collector):
             self._remove()
             fit.module, fit.target = now.seen, now.seen_module
             fit.kind = type(getattr(fit.target, "_orig_mod", fit.target)).__name__
-            self._watch(fit.module, fit.target)
+            if self._compiled:
+                self._watch(fit.module, fit.target)
+        elif not self._compiled:
+            self._remove()  # registered again at the next measuring step's start
         fit.steps += 1
         facts = now.facts
         if now.wide:
