@@ -605,8 +605,8 @@ class Run:
         picked = [r[1:] for _, a, b in groups for r in rows[a:b]]
         owner = np.repeat(np.arange(len(groups)), [b - a for _, a, b in groups])
         steps, vals = self._chunks(picked, lambda i: groups[int(owner[i])][0])
-        # each name's values: a slice of the concatenation, deduplicated only where it needs it (several chunks
-        # or steps that do not increase)
+        # each name's values: a slice of the concatenation, deduplicated only where it needs it (steps that do
+        # not increase)
         counts = np.fromiter((r[1] for r in picked), dtype=np.int64, count=len(picked))
         row_end = np.cumsum(counts)
         name_end = row_end[np.array([b - a for _, a, b in groups]).cumsum() - 1]
@@ -617,7 +617,8 @@ class Run:
             lo, hi = int(name_start[k]), int(name_end[k])
             st, va = steps[lo:hi], vals[lo:hi]
             j = np.searchsorted(falls, lo)
-            out[name] = _dedup(name, st, va, b - a > 1 or bool(j < falls.size and falls[j] < hi - 1))
+            # (steps that increase over the concatenation of a name's chunks hold no step twice, however many)
+            out[name] = _dedup(name, st, va, bool(j < falls.size and falls[j] < hi - 1))
         return out
 
     def _chunks(self, rows: list[tuple], name_of: Callable[[int], str]) -> tuple[np.ndarray, np.ndarray]:

@@ -159,6 +159,20 @@ def test_when_requires_every_condition(tmp_path):
     assert (f.first_step, f.last_step) == (201, 202)  # where the flag holds too
 
 
+def test_absent_holds_only_where_the_metric_was_not_recorded(tmp_path):
+    """``absent``: the run has no such metric (or only non-finite values of it) -- a whole-run verdict."""
+    rules = _rules(tmp_path, SPIKE + """
+        when:
+          - {metrics: "lr/Adam*", detector: absent}
+    """)
+    steps, loss = _loss_with_jump()
+    assert {f.check for f in evaluate({"loss/train": (steps, loss)}, rules).findings} == {"jump"}
+    adam = {"loss/train": (steps, loss), "lr/Adam/pg0": (steps, np.full(steps.size, 1e-3))}
+    assert evaluate(adam, rules).findings == []
+    nan = {"loss/train": (steps, loss), "lr/Adam/pg0": (steps, np.full(steps.size, np.nan))}
+    assert {f.check for f in evaluate(nan, rules).findings} == {"jump"}
+
+
 def test_conditions_combine_with_for_and_warmup(tmp_path):
     rules = _rules(tmp_path, SPIKE.replace("        message:", "        for: 3\n        message:") + """
         unless:
@@ -661,3 +675,34 @@ def test_oscillation_needs_a_swing_every_30_steps():
             loss[at:at + 3] *= [20.0, 8.0, 3.0]
         got = "oscillating-loss" in {f.check for f in evaluate({"loss/train": (steps, loss)}, rules).findings}
         assert got == fires, every
+
+
+def test_default_pack_on_fresh_suite_shapes():
+    """The default pack on the shapes two independent held-out suites showed: a corrupt batch's spike (the
+    gradient peak with it is the spike's, not an explosion), a spike at the edge of stability (excused), and a
+    classifier whose validation loss never leaves chance while its training loss falls (labels shuffled)."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(0)
+    steps = np.arange(1500)
+    noise = lambda: np.exp(rng.normal(0.0, 0.2, steps.size))  # noqa: E731
+    loss = 2.3 * np.exp(-steps / 150) + 0.04
+    loss = loss * noise()
+    loss[800:880] = np.geomspace(800.0, 0.05, 80)
+    grad = 0.5 * noise()
+    grad[800] = 400.0
+    run = {"loss/train": (steps, loss), "grad_norm/total": (steps, grad)}
+    res = evaluate(run, rules)
+    assert [d.check for d in res.diagnoses if d.severity != "info"] == ["loss-spike"]
+    # the same jump where the sharpness sits at 0.8x of 2/lr: gradient descent at the edge of stability
+    sharp = {"sharpness/top_eig": (np.array([700, 900]), np.array([16.0, 16.0])),
+             "sharpness/threshold": (np.array([700, 900]), np.array([20.0, 20.0]))}
+    assert "loss-spike" not in {f.check for f in evaluate({**run, **sharp}, rules).findings}
+    # shuffled labels: training loss 2.30 -> 1.90, validation 2.33 -> 2.55 (never below 0.97x log 10)
+    vsteps = np.arange(100, 1501, 100)
+    shuffled = {"loss/train": (steps, (2.30 - 0.4 * steps / 1500) * np.exp(rng.normal(0, 0.02, steps.size))),
+                "loss/val": (vsteps, 2.33 + 0.22 * (vsteps - 100) / 1400),
+                "output/softmax_grad": (np.arange(0, 1500, 50), np.ones(30)),
+                "output/chance_loss": (np.arange(0, 1500, 50), np.full(30, np.log(10)))}
+    assert "train-val-divergence" in {f.check for f in evaluate(shuffled, rules).findings}
+    learned = {**shuffled, "loss/val": (vsteps, 1.6 + 0.15 * (vsteps - 100) / 1400)}  # +9%, but well below chance
+    assert "train-val-divergence" not in {f.check for f in evaluate(learned, rules).findings}

@@ -563,3 +563,100 @@ def test_ratio_scope_first_judges_the_first_finite_point_only():
     assert not mask.any()  # 1/4 at step 20 is below 0.5, but the first finite point (5/4) is not
     _, mask, _, _ = ratio(a, b, below=0.5)
     assert mask.tolist() == [False, False, True, False]
+
+
+# -- conditions on the run's own noise (issue 11: fresh held-out runs) ---------------------------------------------
+def _floor_noise(n=1000, seed=0):
+    """A loss at its floor: log-normal batch noise around 1e-3 (batch losses from 1e-5 to 5e-2)."""
+    rng = np.random.default_rng(seed)
+    return 1e-3 * np.exp(rng.normal(0.0, 1.5, n))
+
+
+def test_divergence_beyond_the_runs_own_noise():
+    v = _floor_noise()
+    v[:3] = [5e-4, 2e-4, 4e-4]  # the first medians sit in the noise's low tail
+    params = dict(window=20, factor=2.0, lost=0.5, at_end=True, min_points=20, tail_points=10)
+    s = np.arange(v.size)
+    v[-30:] = np.median(v) * 1.0  # back at its usual level after a low dip: no divergence beyond the noise
+    assert divergence(s, v, **params)[0].any()  # the best-so-far reference alone calls it one
+    assert not divergence(s, v, **params, beyond=0.75)[0].any()
+    climbed = v.copy()
+    climbed[-100:] = np.geomspace(2e-3, 2.0, 100)  # a real climb out of the floor to 2.0
+    m = divergence(s, climbed, **params, beyond=0.75)[0]
+    assert m[-1] and m[-100:].sum() > 10 and not m[:-100].any()
+    # a blow-up at the first steps has only itself before it: 10x the best counts whatever came before
+    early = np.concatenate([[2.3, 15.0, 14.0, 6.5, 13.9], np.full(25, 30.0)])
+    assert divergence(np.arange(30), early, **params, beyond=0.75)[0][-10:].all()
+    assert not divergence(np.arange(30), early, **params, beyond=0.75, beyond_factor=20.0)[0].any()
+
+
+def test_no_progress_head_counts_a_fast_first_drop():
+    s = np.arange(1500)
+    v = 0.46 + 0.85 * np.exp(-s / 15.0)  # full-batch GD: 1.31 -> 0.47 within the first 75 steps, then flat
+    m, val, extra = no_progress(s, v, share=0.1, min_points=20)
+    assert m[-1] and val[-1] < 0.1  # the first tenth's median holds the drop
+    m, val, extra = no_progress(s, v, share=0.1, head=5, min_points=20)
+    assert not m.any() and val[-1] == pytest.approx((np.median(v[:5]) - np.median(v[-150:])) / np.median(v[:5]))
+    blow = np.full(1500, 2.35)
+    blow[1:10] = [30.0, 160.0, 400.0, 90.0, 12.0, 8.0, 5.0, 3.0, 2.6]  # blown up, then stuck at chance
+    m, val, _ = no_progress(s, blow, share=0.1, head=5, min_points=20)
+    assert m[-1] and val[-1] == pytest.approx(0.0)  # the start is not above the first point
+
+
+def test_spike_recover_counts_a_slow_tail_after_a_huge_jump():
+    rng = np.random.default_rng(0)
+    v = 0.04 * np.exp(rng.normal(0.0, 0.2, 1500))
+    peak = np.geomspace(800.0, 0.05, 80)  # a corrupt batch: 20,000x, back within 100x in ~20 steps, settled in 80
+    v[800:880] = peak
+    s = np.arange(v.size)
+    params = dict(window=50, factor=5.0, min_jump=0.5, robust_z=12.0, max_duration=50, min_history=10)
+    assert not spike(s, v, **params)[0].any()  # still above 5x the level after 50 steps
+    m = spike(s, v, **params, recover=0.5)[0]
+    assert m[800] and not m[:800].any() and not m[860:].any()
+    lasting = v.copy()
+    lasting[800:] = 800.0  # no fall at all: not a spike, whatever the share
+    assert not spike(s, lasting, **params, recover=0.5)[0].any()
+
+
+def test_growth_early_peaks_after_a_normal_start_only():
+    rng = np.random.default_rng(0)
+    g = 0.2 * np.exp(rng.normal(0.0, 0.3, 1000))
+    g[:4] = [0.55, 1.2, 0.6, 1.1]
+    g[4:11] = [3.0, 6.0, 16.0, 5.0, 7.0, 20.0, 37.0]  # blown up within the first tenth (the baseline share)
+    s = np.arange(g.size)
+    params = dict(factor=10.0, bound=100.0, window=20, peak_factor=50.0, baseline=0.1, min_points=20)
+    assert not growth(s, g, **params)[0].any()
+    m = growth(s, g, **params, early_peaks=True)[0]
+    assert np.flatnonzero(m).tolist() == [6, 9, 10]  # the raw peaks above 50x the early level (0.2)
+    high_start = g.copy()
+    high_start[:20] = np.geomspace(900.0, 1.0, 20)  # an initialisation too large: high at once, then decaying
+    # no early peak counts (what fires is the absolute bound on the smoothed series, as without early_peaks)
+    np.testing.assert_array_equal(growth(s, high_start, **params, early_peaks=True)[0],
+                                  growth(s, high_start, **params)[0])
+
+
+def test_ratio_scope_min_and_max_judge_one_point():
+    s = np.arange(5)
+    a, b = (s, np.array([2.3, 2.3, 2.3, 2.3, 2.3])), (s, np.array([2.4, 2.35, 2.2, 2.5, 2.6]))
+    _, m, r, _ = ratio(a, b, below=1.031, scope="max")  # chance / val: never more than 3% above chance
+    assert m.tolist() == [False, False, False, False, False]  # val reached 2.2 < 0.97 x 2.3 at step 2
+    b2 = (s, np.array([2.4, 2.35, 2.33, 2.5, 2.6]))
+    _, m, r, _ = ratio(a, b2, below=1.031, scope="max")
+    assert m.tolist() == [False, False, True, False, False]  # judged at the highest ratio only
+    _, m, r, _ = ratio(a, b2, above=0.88, scope="min")  # the lowest ratio, 2.3 / 2.6, is above 0.88
+    assert m.sum() == 1 and m[4]
+
+
+def test_divergence_undone_counts_all_progress_given_back():
+    rng = np.random.default_rng(0)
+    s = np.arange(1200)
+    base = np.where(s < 150, 1.39 - 0.55 * s / 150, np.where(s < 400, 0.84 + 0.55 * (s - 150) / 250, 1.39))
+    v = base * np.exp(rng.normal(0.0, 0.05, s.size))  # 1.39 -> 0.84 -> back to chance, 1.65x its best
+    params = dict(window=20, factor=2.0, lost=0.5, at_end=True, min_points=20, tail_points=10, beyond=0.75)
+    assert not divergence(s, v, **params)[0].any()  # short of 2x its best
+    m = divergence(s, v, **params, undone=0.3)[0]
+    assert m[-1] and m[450:].all() and not m[:300].any()
+    part = np.where(s < 400, base, 1.2) * np.exp(rng.normal(0.0, 0.05, s.size))  # back only part of the way
+    assert not divergence(s, part, **params, undone=0.3)[0].any()
+    small = 1.39 - 0.2 * np.minimum(s, 150) / 150 + 0.2 * np.clip((s - 150) / 250, 0, 1)  # fell 14% only
+    assert not divergence(s, small * np.exp(rng.normal(0.0, 0.05, s.size)), **params, undone=0.3)[0].any()

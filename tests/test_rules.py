@@ -109,9 +109,9 @@ def test_unknown_detector_and_parameter(tmp_path):
             detector: spike
             params: {factr: 2, window: 0}
     """)
-    assert got[0].startswith(f"{f}:7:15: check 'c1': 'detector': expected one of collapse, divergence, growth, improves_later, no_progress")
+    assert got[0].startswith(f"{f}:7:15: check 'c1': 'detector': expected one of absent, collapse, divergence, growth, improves_later, no_progress")
     assert got[1] == (f"{f}:13:14: check 'c2': unknown parameter 'factr' for detector 'spike'; it takes: window, "
-                      "factor, min_jump, robust_z, max_duration, min_history, tail, tail_quantile, tail_rank")
+                      "factor, min_jump, robust_z, max_duration, min_history, tail, tail_quantile, tail_rank, recover")
     assert got[2] == (f"{f}:13:32: check 'c2': 'window': expected an integer >= 1, got 0")
 
 
@@ -253,7 +253,7 @@ def test_schema_errors_do_not_hide_the_rest_of_the_entry(tmp_path):
         f"{f}:8:5: check 'c1': unknown key 'treshold'; expected one of: id, summary, severity, metrics, exclude, "
         "detector, params, for, warmup, until, message, hint, when, unless, explains, enabled",
         f"{f}:9:14: check 'c1': unknown parameter 'factr' for detector 'spike'; it takes: window, factor, min_jump, "
-        "robust_z, max_duration, min_history, tail, tail_quantile, tail_rank",
+        "robust_z, max_duration, min_history, tail, tail_quantile, tail_rank, recover",
         f"{f}:9:32: check 'c1': 'window': expected an integer, got a number 0.5",
         f"{f}:10:14: check 'c1': message names {{nope}}; fields available here: value, step, first_step, "
         "last_step, steps, metric, check, points, level, ratio",

@@ -213,18 +213,21 @@ def nonfinite(steps, values, *, metric="", **_):
 
 
 def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, max_duration=10, min_history=5,
-          tail=0.0, tail_quantile=0.99, tail_rank=0, **_):
+          tail=0.0, tail_quantile=0.99, tail_rank=0, recover=0.0, **_):
     """A jump to more than ``factor`` times the median of the previous ``window`` values (the recent level) that
-    falls back under that within ``max_duration`` points -- longer excursions are divergence, not spikes. The jump must also
-    exceed ``min_jump`` times the series' initial level (so tiny absolute wiggles of a loss near zero do not count)
-    and ``robust_z`` robust standard deviations (1.4826 MAD) of the recent values (so batch-to-batch noise does
-    not count). With ``tail`` > 0 the jump must also stand out of the run's own heavy tail: its log-ratio to the
-    recent level must exceed ``tail`` times the ``tail_quantile`` of all the run's log-ratios (a batch-2 SGD run
-    whose per-batch loss often jumps 20x must jump far beyond that; a clean run's 99th percentile is ~2x). With
+    falls back under that within ``max_duration`` points -- longer excursions are divergence, not spikes. The jump
+    must also exceed ``min_jump`` times the series' initial level (so tiny absolute wiggles of a loss near zero do
+    not count) and ``robust_z`` robust standard deviations (1.4826 MAD) of the recent values (so batch-to-batch
+    noise does not count). With ``tail`` > 0 the jump must also stand out of the run's own heavy tail: its log-ratio
+    to the recent level must exceed ``tail`` times the ``tail_quantile`` of all the run's log-ratios (a batch-2 SGD
+    run whose per-batch loss often jumps 20x must jump far beyond that; a clean run's 99th percentile is ~2x). With
     ``tail_rank`` k > 0 the reference is instead the k-th largest of the run's *other* excursions (peaks of the
     log-ratio more than ``max_duration`` points from the jump): a jump stands out of the run's own largest ones,
     whatever the run's length (a quantile's distance to the maximum grows with the number of points), and up to k
-    genuine spikes do not hide one another. Both references are at least log10(2)."""
+    genuine spikes do not hide one another. Both references are at least log10(2). With ``recover`` r > 0 an
+    excursion also counts as fallen back once it has undone the share r of its jump in log scale (below ``level *
+    (peak / level) ** (1 - r)``): a loss thrown up 10,000x by a corrupt batch that is back within 100x in a dozen
+    steps, then takes a hundred more to settle, was a spike -- not a divergence."""
     v = np.asarray(values, dtype=float)
     # v > factor x median(window) implies v > factor x min(window): medians are needed only at those points
     low = _rolling(v, window, np.min, include_current=False)
@@ -257,7 +260,13 @@ def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, m
         # the excursion lasts until the value falls back under factor x the level from before the jump; the
         # rolling level itself would adapt to a lasting shift and make it look short
         tail = v[s + 1: s + max_duration + 1]
-        back = np.flatnonzero(np.isfinite(tail) & (tail <= factor * level[s]))
+        lim = factor * level[s]
+        if recover > 0:
+            seg = v[s: s + max_duration + 1]
+            peak = np.max(seg[np.isfinite(seg)], initial=-np.inf)
+            if peak > lim:
+                lim = max(lim, level[s] * (peak / level[s]) ** (1.0 - recover))
+        back = np.flatnonzero(np.isfinite(tail) & (tail <= lim))
         if back.size:
             mask[s: s + 1 + int(back[0])] = True
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -380,13 +389,22 @@ def _tail_level(v: np.ndarray, window: int, q: float) -> float:
 
 
 def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, min_points=10, tail_points=0,
-               **_):
+               beyond=0.0, beyond_factor=10.0, undone=0.0, **_):
     """The smoothed series (median of the last ``window`` points) climbs above ``factor`` times its best (lowest)
     value so far and has given back more than ``lost`` of the progress made from its initial level to that best
-    (non-finite values are the ``nonfinite`` detector's business). With ``at_end`` only the excursion that lasts
-    to the end of the series counts (it diverged and stayed there). With ``tail_points`` k > 0, a run that ends while
+    (non-finite values are the ``nonfinite`` detector's business). With ``at_end`` only the excursion that lasts to
+    the end of the series counts (it diverged and stayed there). With ``tail_points`` k > 0, a run that ends while
     it blows up counts too, before the smoothed series has caught up: each of the last k raw values is above
-    ``factor`` times the best smoothed value before them, and their median has given back more than ``lost``."""
+    ``factor`` times the best smoothed value before them, and their median has given back more than ``lost``. With
+    ``beyond`` q > 0 the climb must also stand out of the run's own noise: the smoothed value (the tail's median)
+    above the q-quantile of every value before the excursion began. The lowest of many rolling medians sits in a
+    noisy series' low tail (and a median of its first few points is noise): a loss at its noise floor that drifts
+    back from such a dip to its usual level has not diverged. A climb to ``beyond_factor`` times the best counts
+    whatever came before (a run that blew up at its first steps has only the blow-up before it). With ``undone`` p >
+    0 a climb also counts without reaching ``factor`` when it gave back (nine tenths of) the progress the run made:
+    the smoothed series back at where it started (the first 5 points' median, not above the first point) after a best,
+    on a coarse rolling median of a twentieth of the series, at least the share p below it (a gradient accumulation
+    that forgets to divide the loss: 1.39 -> 0.8 and back to chance, 1.7x its best)."""
     v = np.asarray(values, dtype=float)
     n = v.size
     if n < min_points:
@@ -401,6 +419,7 @@ def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, m
         mask &= np.isfinite(v) & (idx >= min_points - 1)
         ratio = sm / best
     tail = tail_points
+    tail_hit = False
     if tail and n >= max(min_points, tail + window):
         last = v[n - tail:]
         ref = best[n - tail - 1]  # the best the smoothed series reached before the tail
@@ -408,9 +427,36 @@ def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, m
             if (ref > 0 and np.isfinite(ref) and np.all(np.isfinite(last)) and np.all(last > factor * ref)
                     and np.median(last) - ref > lost * (initial - ref)):
                 mask[n - tail:] = True
+                tail_hit = True
                 best = best.copy()
                 best[n - tail:] = ref
                 ratio = np.where(mask, v / ref, ratio)
+    if undone > 0 and n >= 2 * window:
+        start = max(initial, min(float(v[0]), float(np.nanmedian(v[:5])))) if np.isfinite(v[0]) else initial
+        w = max(window, n // 20)
+        coarse = rolling_median(v, w)
+        coarse[: w - 1] = np.nan
+        if np.isfinite(coarse).any():
+            b = int(np.nanargmin(coarse))
+            cbest = coarse[b]
+            if 0 < cbest <= (1.0 - undone) * start:
+                with np.errstate(invalid="ignore"):
+                    back = (idx > b) & (sm >= start - 0.1 * (start - cbest)) & np.isfinite(v)  # 90% given back
+                mask |= back
+    if beyond > 0 and mask.any():
+        climb = sm.copy()
+        if tail_hit:  # the tail's median stands for the smoothed values the median has not caught up with yet
+            climb[n - tail:] = np.median(v[n - tail:])
+        keep = np.zeros(n, bool)
+        for a, b in _runs(mask):
+            if tail_hit and b == n:
+                a = min(a, n - tail)
+            before = v[:a][np.isfinite(v[:a])]
+            if before.size:
+                keep[a:b] = climb[a:b] > np.quantile(before, beyond)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            keep |= climb > beyond_factor * best  # a climb this far above the best is beyond any noise floor
+        mask &= keep
     if at_end:
         runs = _runs(mask)
         mask = np.zeros(n, bool)
@@ -419,10 +465,15 @@ def divergence(steps, values, *, window=10, factor=2.0, lost=0.5, at_end=True, m
     return mask, v, {"best": best, "ratio": ratio, "smoothed": sm, "initial": np.full(n, initial)}
 
 
-def growth(steps, values, *, factor=100.0, bound=None, window=1, peak_factor=None, baseline=0.1, min_points=5, **_):
+def growth(steps, values, *, factor=100.0, bound=None, window=1, peak_factor=None, baseline=0.1, min_points=5,
+           early_peaks=False, **_):
     """The series, smoothed by a rolling median of ``window`` points (so more than half of them must agree),
     above ``factor`` times the median of its first ``baseline`` share, or above the absolute ``bound``; or a
-    single raw value above ``peak_factor`` times that early level. Infinite values always count."""
+    single raw value above ``peak_factor`` times that early level. Infinite values always count. With
+    ``early_peaks`` a raw peak counts inside the baseline share too (its median stands, a few peaks do not move
+    it) when the series started at most ``factor`` times that level: a learning rate that blows the gradients
+    up 100x in the first steps and kills the network leaves no peak after them (gradients that start 300x
+    higher and decay, as from an initialisation too large for a tanh net, did not blow up)."""
     v = np.asarray(values, dtype=float)
     n = v.size
     if n < min_points:
@@ -447,9 +498,12 @@ def growth(steps, values, *, factor=100.0, bound=None, window=1, peak_factor=Non
         mask = np.isinf(v)
         if base > 0:
             grown = sm > factor * base
-            if peak_factor is not None:
-                grown |= v > peak_factor * base
             grown[:k] = False
+            if peak_factor is not None:
+                peaks = v > peak_factor * base
+                if not early_peaks or not v[0] <= factor * base:  # early peaks only after a normal start
+                    peaks[:k] = False
+                grown |= peaks
             mask |= grown
         if bound is not None:
             mask |= sm > bound
@@ -458,9 +512,12 @@ def growth(steps, values, *, factor=100.0, bound=None, window=1, peak_factor=Non
     return mask, shown, {"baseline": np.full(n, base), "ratio": ratio}
 
 
-def no_progress(steps, values, *, min_improvement=0.1, share=0.1, min_points=10, **_):
+def no_progress(steps, values, *, min_improvement=0.1, share=0.1, head=0, min_points=10, **_):
     """The median of the last ``share`` of the series improves (decreases) on the median of the first ``share`` by
-    less than ``min_improvement`` of it. One verdict, reported at the last step."""
+    less than ``min_improvement`` of it. With ``head`` k > 0 the start is the higher of that median and the median
+    of the first k points (but not above the first point: a loss that blew up at its first steps did not start
+    there): a loss that falls fast within the first share (full-batch GD drops most of the way in a few dozen
+    steps) made its progress inside the first median. One verdict, reported at the last step."""
     v = np.asarray(values, dtype=float)
     mask = np.zeros(v.size, bool)
     out = np.full(v.size, np.nan)
@@ -469,6 +526,8 @@ def no_progress(steps, values, *, min_improvement=0.1, share=0.1, min_points=10,
         return mask, out, {}
     k = max(1, int(np.ceil(share * fin.size)))
     first, last = float(np.median(fin[:k])), float(np.median(fin[-k:]))
+    if head > 0:  # not above the first value: a loss that blew up at its first steps did not start there
+        first = max(first, min(float(fin[0]), float(np.median(fin[:head]))))
     improvement = (first - last) / abs(first) if first != 0 else 0.0
     mask[-1] = improvement < min_improvement
     out[-1] = improvement
@@ -560,6 +619,13 @@ def present(steps, values, **_):
     if v.size and np.isfinite(v).any():
         mask[-1] = True
     return mask, v, {}
+
+
+def absent(steps, values, **_):
+    """For conditions: the run has no such metric (no matching series with a finite value) -- e.g. a condition
+    that needs the output's facts only where they were measured, and holds for a run imported without them. The
+    engine judges it on the whole run; on a recorded series it never holds."""
+    return np.zeros(np.asarray(values).size, bool), np.asarray(values, dtype=float), {}
 
 
 def step_change(steps, values, *, factor=2.0, direction="both", **_):
@@ -655,7 +721,9 @@ def ratio(a, b, *, above=None, below=None, between=False, to_end=0.0, scope="eac
     ``between``, at b's steps with ``a`` the median of its values since b's previous point (a per-batch series
     against a per-validation one). ``to_end`` (a share): only the stretch of consecutive points that reaches the
     last point counts, and only when it covers at least that share of the points (it held, and holds at the end).
-    ``scope: first``: only the first point with a finite ratio is judged (where a quantity started out)."""
+    ``scope: first``: only the first point with a finite ratio is judged (where a quantity started out);
+    ``scope: min`` / ``max``: only the point with the lowest / highest finite ratio (``max`` with ``below``: the
+    ratio stayed at or below it all run)."""
     if between:
         sa, va = np.asarray(a[0]), np.asarray(a[1], float)
         steps, vb = np.asarray(b[0]), np.asarray(b[1], float)
@@ -674,11 +742,12 @@ def ratio(a, b, *, above=None, below=None, between=False, to_end=0.0, scope="eac
         mask = np.zeros(r.size, bool)
         if runs and runs[-1][1] == r.size and runs[-1][1] - runs[-1][0] >= max(1.0, to_end * r.size):
             mask[runs[-1][0]:] = True
-    if scope == "first":
+    if scope != "each":
         fin = np.flatnonzero(np.isfinite(r))
         keep = np.zeros(r.size, bool)
         if fin.size:
-            keep[fin[0]] = mask[fin[0]]
+            at = fin[0] if scope == "first" else fin[np.argmin(r[fin])] if scope == "min" else fin[np.argmax(r[fin])]
+            keep[at] = mask[at]
         mask = keep
     return steps, mask, r, {"a": va, "b": vb}
 
@@ -798,7 +867,7 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
               "robust_z": ({"type": "number", "minimum": 0}, 0.0), "max_duration": (_COUNT, 10),
               "min_history": (_COUNT, 5), "tail": ({"type": "number", "minimum": 0}, 0.0),
               "tail_quantile": ({"type": "number", "minimum": 0.5, "maximum": 1}, 0.99),
-              "tail_rank": ({"type": "integer", "minimum": 0}, 0)}, ("level", "ratio")),
+              "tail_rank": ({"type": "integer", "minimum": 0}, 0), "recover": (_SHARE, 0.0)}, ("level", "ratio")),
     Detector("oscillation", "each", oscillation,
              {"window": (_COUNT, 50), "factor": ({"type": "number", "exclusiveMinimum": 1}, 10.0),
               "min_count": (_COUNT, 10), "max_spacing": (_POS, 100),
@@ -807,13 +876,16 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
     Detector("divergence", "each", divergence,
              {"window": (_COUNT, 10), "factor": (_POS, 2.0), "lost": (_SHARE, 0.5),
               "at_end": ({"type": "boolean"}, True), "min_points": (_COUNT, 10),
-              "tail_points": ({"type": "integer", "minimum": 0}, 0)},
+              "tail_points": ({"type": "integer", "minimum": 0}, 0), "beyond": (_SHARE, 0.0),
+              "beyond_factor": (_POS, 10.0), "undone": (_SHARE, 0.0)},
              ("best", "ratio", "smoothed", "initial")),
     Detector("growth", "each", growth,
              {"factor": (_POS, 100.0), "bound": ({"type": ["number", "null"]}, None), "window": (_COUNT, 1),
-              "peak_factor": ({"type": ["number", "null"]}, None), "baseline": (_SHARE, 0.1), "min_points": (_COUNT, 5)}, ("baseline", "ratio")),
+              "peak_factor": ({"type": ["number", "null"]}, None), "baseline": (_SHARE, 0.1), "min_points": (_COUNT, 5),
+              "early_peaks": ({"type": "boolean"}, False)}, ("baseline", "ratio")),
     Detector("no_progress", "each", no_progress,
-             {"min_improvement": (_NUM, 0.1), "share": (_SHARE, 0.1), "min_points": (_COUNT, 10)},
+             {"min_improvement": (_NUM, 0.1), "share": (_SHARE, 0.1), "head": ({"type": "integer", "minimum": 0}, 0),
+              "min_points": (_COUNT, 10)},
              ("first", "last"), whole_run=True),
     Detector("plateau", "each", plateau,
              {"early": (_SHARE, 0.35), "min_improvement": (_NUM, 0.1), "min_early_progress": (_NUM, 0.2),
@@ -823,6 +895,7 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
     Detector("improves_later", "each", improves_later,
              {"min_improvement": ({"type": "number", "minimum": 0}, 0.1), "min_points": (_COUNT, 4)}),
     Detector("present", "each", present, {}, whole_run=True),
+    Detector("absent", "each", absent, {}, whole_run=True),
     Detector("step_change", "each", step_change,
              {"factor": ({"type": "number", "exclusiveMinimum": 1}, 2.0),
               "direction": ({"enum": ["up", "down", "both"]}, "both")}),
@@ -833,7 +906,7 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
              ("reference", "recent", "factor")),
     Detector("ratio", "pair", ratio, {"above": (_NULLNUM, None), "below": (_NULLNUM, None),
                                       "between": ({"type": "boolean"}, False), "to_end": (_SHARE, 0.0),
-                                      "scope": ({"enum": ["each", "first"]}, "each")},
+                                      "scope": ({"enum": ["each", "first", "min", "max"]}, "each")},
              ("a", "b")),
     Detector("opposite_trends", "pair", opposite_trends,
              {"rise": (_NUM, 0.1), "min_rise": (_NUM, 0.0), "fall": (_NUM, 0.0), "min_points": (_COUNT, 3),

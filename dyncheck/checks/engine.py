@@ -400,6 +400,7 @@ EVIDENCE: dict[str, Callable[[Mapping[str, Any]], Evidence]] = {
     "collapse": lambda p: Evidence(3, 0, False, "3 points to see a fall from a peak that stays"),
     "improves_later": _min_points("improves_later", 4, finite=True),
     "present": lambda p: Evidence(1, -1),
+    "absent": lambda p: Evidence(1, -1),
     "step_change": lambda p: Evidence(2, 1, False, "two points to see a change"),
     "trend": _trend_evidence,
     "ratio": lambda p: Evidence(1),
@@ -456,13 +457,14 @@ def _shortfall(check: Check, label: str, steps: np.ndarray, values: np.ndarray |
 
 def _condition_unjudged(cond: Condition, src: "SeriesSource") -> str | None:
     """Why a ``when:`` condition cannot be judged on this run (None when it can): a companion metric that was
-    not recorded, or recorded too briefly for its detector. ``present`` is always judged (absent is an answer)."""
+    not recorded, or recorded too briefly for its detector. ``present`` and ``absent`` are always judged (a missing
+    metric is their answer)."""
     if cond.all:
         return next((r for r in (_condition_unjudged(c, src) for c in cond.all) if r), None)
     if cond.any:
         reasons = [_condition_unjudged(c, src) for c in cond.any]
         return None if not all(reasons) else "; ".join(r for r in reasons if r)
-    if cond.detector == "present":
+    if cond.detector in ("present", "absent"):
         return None
     ev = evidence_needed(cond.detector, cond.params)
     det = DETECTORS[cond.detector]
@@ -559,9 +561,12 @@ def _condition_mask(cond: Condition, at: np.ndarray, src: "SeriesSource", span: 
         for part in cond.any:
             out |= _condition_mask(part, at, src, span)
         return out
+    if cond.detector == "absent":  # holds everywhere when no series matches (with a finite value), else nowhere
+        recorded = any(np.isfinite(src.get(n)[1]).any() for n in src.match(cond.metrics, cond.exclude))
+        return np.full(at.size, not recorded)
     det = DETECTORS[cond.detector]
     out = np.zeros(at.size, bool)
-    whole = det.whole_run or cond.params.get("scope") in ("last", "median", "first")
+    whole = det.whole_run or cond.params.get("scope") in ("last", "median", "first", "min", "max")
     for s, mask in _condition_series(cond, det, src):
         if s.size == 0:
             continue

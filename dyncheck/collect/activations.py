@@ -1,10 +1,10 @@
 """``act/<stat>/<module>``: activation statistics of the selected modules' outputs (see
-:mod:`dyncheck.measure.activations`), on the activations schedule. Forward hooks record only on the steps that measure
-(switched on at the step's start, after a sharpness probe, so the probe's forward does not count, and off at its
-end). On an eager model they are registered at that start and removed at that end: a module with a hook takes
+:mod:`dyncheck.measure.activations`), on the activations schedule. Forward hooks record only on the steps that
+measure (switched on at the step's start, after a sharpness probe, so the probe's forward does not count, and off at
+its end). On an eager model they are registered at that start and removed at that end: a module with a hook takes
 PyTorch's slow call path, a few microseconds per module on every step. On a compiled model they are registered once,
-at the start of the fit: hooks added later would be invisible to a model that ``torch.compile`` already traced. Statistics reduce across processes as they combine across calls (mean, max,
-sum).
+at the start of the fit: hooks added later would be invisible to a model that ``torch.compile`` already traced.
+Statistics reduce across processes as they combine across calls (mean, max, sum).
 
 What could not be measured is never a silent gap: the run's meta ``activations`` lists the selected modules, those
 that never ran on a measuring step (``never_ran``: e.g. ``nn.MultiheadAttention``'s ``out_proj``, whose weights the

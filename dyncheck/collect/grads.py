@@ -10,9 +10,10 @@ of its local shards as shares (:mod:`dyncheck.measure.tensors`), reduced at the 
 (``"rss"``: the root of the summed squares; counts ``"sum"``); the global norm is this process's share of it, also
 ``"rss"``. No gradient is gathered.
 
-The hot path is one :class:`~dyncheck.measure.tensors.NormPlan` call per optimizer: for dense float32-like
-gradients one ``_foreach_norm``, whose 0-d results the flush stacks for all steps at once (``NormPlan.parts``). Plans are made at the first step and kept while the list keeps its
-make-up; a gradient whose norm cannot be taken is left out (one warning)."""
+The hot path is one :class:`~dyncheck.measure.tensors.NormPlan` call per optimizer: for dense float32-like gradients
+one ``_foreach_norm``, whose 0-d results the flush stacks for all steps at once (``NormPlan.parts``). Plans are made
+at the first step and kept while the list keeps its make-up; a gradient whose norm cannot be taken is left out (one
+warning)."""
 
 from __future__ import annotations
 

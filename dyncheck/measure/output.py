@@ -15,11 +15,11 @@ the classic wrong-last-layer bugs (DeepFD's "activation" and "loss function" fau
 - ``softmax_floor``: ``log(1 + (K - 1) / e)`` for K outputs per row: the lowest value cross-entropy can take when its
   input is already a probability vector (softmax applied twice: 1.46 for 10 classes). A loss settling at this
   value, with probability rows, is that bug.
-- ``softmax_grad`` (from the same gradient, :func:`softmax_grad_rows`): the share of the rows with a nonzero
-  gradient whose gradient sums to 0 along the last dimension. A softmax cross-entropy (any reduction, weights,
-  label smoothing, soft targets) sends back ``w * (softmax(z) - target)``, a difference of two probability
-  vectors, which sums to 0; squared error, BCE on sigmoids or a hinge loss almost never do. With it the loss is
-  known to be a cross-entropy over the output's K classes, so ``chance_loss`` = ``log K`` -- the loss of a
+- ``softmax_grad`` (from the same gradient, :func:`softmax_grad_rows`): the share of the rows with a gradient (at
+  least 1e-3 of the largest row's) whose gradient sums to 0 along the last dimension. A softmax cross-entropy (any
+  reduction, weights, label smoothing, soft targets) sends back ``w * (softmax(z) - target)``, a difference of two
+  probability vectors, which sums to 0; squared error, BCE on sigmoids or a hinge loss almost never do. With it the
+  loss is known to be a cross-entropy over the output's K classes, so ``chance_loss`` = ``log K`` -- the loss of a
   uniform guess, where a freshly initialised classifier starts -- is the run's chance level.
 
 No host synchronisation: both are 0-d float32 tensors on the output's device.
@@ -42,6 +42,8 @@ __all__ = ["PROB_TOL", "blocked_share", "model_output", "output_facts", "outermo
 #: how far from 1 a row's sum may be for the row to count as a probability vector (float32 softmax rows are
 #: within ~1e-6; a logit row almost never sums to 1 this closely with every entry in [0, 1])
 PROB_TOL = 1e-3
+#: rows of the output's gradient that ``softmax_grad_rows`` judges: those at least this share of the largest row's
+SOFTMAX_ROW_SHARE = 1e-3
 
 #: keys of a mapping output that hold the model's prediction, in order of preference (Hugging Face ModelOutput)
 _PREDICTION_KEYS = ("logits", "prediction_logits", "predictions", "last_hidden_state")
@@ -98,12 +100,14 @@ def blocked_share(x: Tensor, grad: Tensor) -> Tensor:
 
 def softmax_grad_rows(grad: Tensor) -> Tensor:
     """Share of the rows (along the last dimension) of the loss's gradient at the output that sum to 0 within
-    1e-3 of their absolute sum, among the rows with a nonzero gradient (0-d float32 tensor on ``grad``'s device;
-    NaN when no row has one)."""
+    1e-3 of their absolute sum, among the rows whose absolute sum is at least 1e-3 of the largest row's (0-d
+    float32 tensor on ``grad``'s device; NaN when no row has a gradient). A row the model already predicts with
+    probability 1 - eps has a gradient of about 2 eps, whose sum is 0 only to float32's rounding of 1 - eps
+    (6e-8): below eps ~ 3e-5 that is more than 1e-3 of it, and a classifier at its floor has many such rows."""
     g = grad.detach().float()
     rows = g.reshape(-1, g.shape[-1])
     l1 = rows.abs().sum(-1)
-    live = l1 > 0
+    live = (l1 > 0) & (l1 >= SOFTMAX_ROW_SHARE * l1.max())
     zero_sum = (rows.sum(-1).abs() <= PROB_TOL * l1) & live
     n = live.sum()
     return torch.where(n > 0, zero_sum.sum() / n.clamp(min=1), torch.full_like(l1[0], float("nan")))

@@ -719,7 +719,7 @@ def _eos() -> Setup:
 # ----------------------------------------------------------------------------------------------------------------
 @_scenario("dying-relu-cnn-collapse", "cnn",
            "CNN with SGD lr 0.5 + momentum 0.9, no warm-up: within ~10 steps every channel of the second conv "
-           "layer dies and the network outputs a constant", expected={"dead-units"},
+           "layer dies and the network outputs a constant", expected={"dead-units", "exploding-gradients"},
            allowed={"no-progress", "premature-plateau", "vanishing-gradients", "update-too-small", "loss-spike"})
 def _dying_cnn() -> Setup:
     train, val = digits(shape="image", batch_size=32)
