@@ -71,3 +71,26 @@ def test_attribution_shares_from_collapsed_stacks(tmp_path):
     inner = dict(res["inner"])
     assert inner["NormPlan._norms (dyncheck/measure/tensors.py)"] == pytest.approx(0.20)
     assert inner["DynamicsMonitorHooks.on_before_optimizer_step (dyncheck/_callback.py)"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("suite", ["fresh_suite", "fresh_suite2"])
+def test_held_out_suites_are_labelled_with_the_packs_ids(suite):
+    """The two independent held-out suites: at least 16 healthy and 16 faulty runs each, every fault expecting
+    ids the default pack has (a typo would make a fault undiagnosable), healthy runs expecting none."""
+    import importlib
+
+    from dyncheck.checks.rules import load_rules
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        mod = importlib.import_module(suite)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    ids = set(load_rules("default").checks)
+    runs = list(mod.RUNS.values())
+    healthy = [r for r in runs if r.healthy]
+    faults = [r for r in runs if not r.healthy]
+    assert len(healthy) >= 16 and len(faults) >= 16
+    assert all(not r.expected for r in healthy)
+    assert all(r.expected and set(r.expected) <= ids for r in faults), [
+        (r.name, sorted(set(r.expected) - ids)) for r in faults if set(r.expected) - ids]
