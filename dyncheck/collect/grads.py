@@ -30,7 +30,7 @@ __all__ = ["GradientCollector"]
 _TOTAL = ("grad_norm/total",)
 #: up to this many gradients the per-tensor norms of a step stay unstacked until the flush (one kernel fewer per
 #: step); more, and the step stacks them at once: a flush interval's worth of 0-d tensors would be too many objects
-DEFER_MAX = 64
+DEFER_MAX = 16
 
 
 class GradientCollector(Collector):
