@@ -58,3 +58,9 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # leave without the interpreter's teardown: the DDP Reducer freed there destroys the gloo process group, whose
+    # destructor joins its worker thread while holding the GIL -- and that thread, finishing the barrier's work,
+    # waits for the GIL to free the work's tensors (a deadlock in torch, about one exit in five on 2 cores)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
