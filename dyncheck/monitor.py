@@ -47,7 +47,7 @@ from .collect.base import interned
 from .errors import ConfigError, MeasureError
 from .measure.probe import clone_batch
 from .measure.naming import named_parameters  # canonical names: compiled and eager runs record the same
-from .measure.tensors import has_sharded
+from .measure.tensors import _stack, has_sharded
 from .store import RunWriter, open_run
 
 __all__ = ["Monitor", "MonitorConfig"]
@@ -762,19 +762,13 @@ def _norm_rows(values: list[Tensor | tuple[Tensor, ...]]) -> Tensor:
     if all(isinstance(v, tuple) for v in values):
         lengths = {len(v) for v in values}
         if len(lengths) == 1 and all(p.dim() == 0 for v in values for p in v):
-            flat = _stack_on_first([p for v in values for p in v])
+            parts = [p for v in values for p in v]
+            flat = _stack(parts, parts[0].device)
             return torch.linalg.vector_norm(flat.reshape(n, -1), dim=1, keepdim=True)
-    vecs = [_stack_on_first(list(v)) if isinstance(v, tuple) else v for v in values]
+    vecs = [_stack(v, v[0].device) if isinstance(v, tuple) else v for v in values]
     if len({v.numel() for v in vecs}) == 1:
         return torch.linalg.vector_norm(torch.stack(vecs), dim=1, keepdim=True)
     return torch.stack([torch.linalg.vector_norm(v) for v in vecs]).reshape(-1, 1)
-
-
-def _stack_on_first(parts: list[Tensor]) -> Tensor:
-    try:
-        return torch.stack(parts)
-    except RuntimeError:  # parts on several devices
-        return torch.stack([p.to(parts[0].device) for p in parts])
 
 
 def _real(t: Tensor) -> Tensor:
