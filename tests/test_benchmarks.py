@@ -73,9 +73,9 @@ def test_attribution_shares_from_collapsed_stacks(tmp_path):
     assert inner["DynamicsMonitorHooks.on_before_optimizer_step (dyncheck/_callback.py)"] == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize("suite", ["fresh_suite", "fresh_suite2"])
+@pytest.mark.parametrize("suite", ["fresh_suite", "fresh_suite2", "fresh_suite3"])
 def test_held_out_suites_are_labelled_with_the_packs_ids(suite):
-    """The two independent held-out suites: at least 16 healthy and 16 faulty runs each, every fault expecting
+    """The independent held-out suites: at least 16 healthy and 16 faulty runs each, every fault expecting
     ids the default pack has (a typo would make a fault undiagnosable), healthy runs expecting none."""
     import importlib
 
