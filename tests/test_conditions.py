@@ -344,6 +344,16 @@ def test_over_regularization_on_synthetic_runs():
     # a training loss 255x the validation loss is a reduction mismatch, not regularization
     scaled = {"loss/train": (steps, 255 * train), "loss/val": (vsteps, val)}
     assert "over-regularization" not in {f.check for f in evaluate(scaled, rules).findings}
+    # a softmax classifier (chance log 10) whose training loss on mixed-up inputs falls fast to ~0.9 and ends at
+    # 0.45, 5x its validation loss of 0.085 (mixup): it fits, the regularizer does not cripple it. The same curves
+    # with a validation loss that ends at 0.4x chance (dropout 0.9): flagged
+    facts = {"output/chance_loss": (vsteps, np.full(vsteps.size, np.log(10))),
+             "output/softmax_grad": (vsteps, np.ones(vsteps.size))}
+    mixed = (0.45 + 0.5 * np.exp(-steps / 300) + 1.4 * np.exp(-steps / 10)) * noise(steps.size)
+    mixup = {"loss/train": (steps, mixed), "loss/val": (vsteps, 0.085 + 0.2 * np.exp(-vsteps / 150)), **facts}
+    assert "over-regularization" not in {f.check for f in evaluate(mixup, rules).findings}
+    crippled = {"loss/train": (steps, 2 * mixed), "loss/val": (vsteps, 0.9 + 0.4 * np.exp(-vsteps / 150)), **facts}
+    assert "over-regularization" in {f.check for f in evaluate(crippled, rules).findings}
     # weight decay: the loss stuck at log(10) while the weights shrink 100x
     w = 3.0 * np.exp(-steps / 100)
     stuck = np.log(10) * noise(steps.size)
@@ -596,14 +606,16 @@ def test_vanishing_gradients_under_adam_need_real_learning_to_be_excused():
 
 def test_oscillation_after_warm_restarts_is_the_schedule():
     """A cosine schedule with warm restarts every 250 steps: a burst of swings after each restart, ~20 in 1000
-    steps -- the schedule, not oscillation (with or without the restarts in the learning rate: one swing per 50
-    steps is too rare); the same bursts every 60 steps with a constant learning rate are oscillation."""
+    steps -- the schedule, not oscillation, when the restarts show in the learning rate; without it, swings of a
+    loss at its floor (0.05 jumping to 1, from a start of 10) are too small to count. The same bursts
+    every 60 steps with a constant learning rate, from a loss that started at 0.3, are oscillation."""
     rules = load_rules("default")
     rng = np.random.default_rng(10)
     steps = np.arange(1000)
 
-    def bursts(period):
+    def bursts(period, start_level):
         loss = 0.05 * np.exp(0.05 * rng.standard_normal(steps.size))
+        loss[:10] = start_level  # where the loss started
         for start in range(period, 1000, period):
             for k in range(5):  # 5 swings to 20x, each decaying over a few steps
                 at = start + 8 + 6 * k
@@ -611,10 +623,10 @@ def test_oscillation_after_warm_restarts_is_the_schedule():
         return loss
 
     lr = 0.1 * (1 + np.cos(np.pi * (steps % 250) / 250)) / 2 + 1e-4
-    for series in ({"loss/train": (steps, bursts(250)), "lr/SGD/pg0": (steps, lr)},
-                   {"loss/train": (steps, bursts(250))}):
+    for series in ({"loss/train": (steps, bursts(250, 0.3)), "lr/SGD/pg0": (steps, lr)},
+                   {"loss/train": (steps, bursts(250, 10.0))}):
         assert "oscillating-loss" not in {f.check for f in evaluate(series, rules).findings}
-    dense = {"loss/train": (steps, bursts(60)), "lr/SGD/pg0": (steps, np.full(steps.size, 0.1))}
+    dense = {"loss/train": (steps, bursts(60, 0.3)), "lr/SGD/pg0": (steps, np.full(steps.size, 0.1))}
     assert "oscillating-loss" in {f.check for f in evaluate(dense, rules).findings}
 
 
@@ -664,14 +676,15 @@ def test_softmax_before_loss_short_of_the_floor_when_the_gradient_is_a_softmax_s
     assert "softmax-before-loss" not in {f.check for f in nll.findings}
 
 
-def test_oscillation_needs_a_swing_every_30_steps():
-    """Swings decaying over a few steps: one every 20 steps is oscillation (sorted data); one every 50 is not."""
+def test_oscillation_needs_a_swing_every_100_steps():
+    """Swings decaying over a few steps: one every 20 steps is oscillation (sorted data), so is one every 70 (two
+    data sources concatenated, not shuffled); one every 150 is not."""
     rules = load_rules("default")
     rng = np.random.default_rng(13)
-    steps = np.arange(1000)
-    for every, fires in ((20, True), (50, False)):
+    steps = np.arange(1500)
+    for every, fires in ((20, True), (70, True), (150, False)):
         loss = 0.3 * np.exp(0.05 * rng.standard_normal(steps.size))
-        for at in range(100, 1000, every):
+        for at in range(100, 1500, every):
             loss[at:at + 3] *= [20.0, 8.0, 3.0]
         got = "oscillating-loss" in {f.check for f in evaluate({"loss/train": (steps, loss)}, rules).findings}
         assert got == fires, every

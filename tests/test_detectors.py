@@ -542,6 +542,17 @@ def test_oscillation_known_answers():
     m, cnt, _ = oscillation(np.arange(20000), sparse)
     assert cnt[-1] >= 20 and not m.any()
     assert oscillation(np.arange(20000), sparse, max_spacing=1000)[0].any()
+    # min_jump: a jump counts only when it rises that share of the initial level above the recent level. A loss
+    # near zero whose swings are 10x but tiny in absolute terms (1e-3 -> 1e-2) does not swing; the same shape
+    # scaled up to the loss's own start does
+    low = 1e-3 * saw / saw[-200:].min()
+    low[:10] = 2.3  # where the loss started
+    assert oscillation(np.arange(1000), low)[0].any()
+    assert not oscillation(np.arange(1000), low, min_jump=0.25)[0].any()
+    big = saw.copy()
+    big[:10] = 2.0  # started where its jumps go: each jump rises ~2, far above a quarter of that
+    np.testing.assert_array_equal(oscillation(np.arange(1000), big, min_jump=0.25)[0],
+                                  oscillation(np.arange(1000), big)[0])
     # a smooth falling curve: its deviations are correlated, but it never jumps
     smooth = 2.0 * np.exp(-np.arange(1000) / 200.0)
     assert not oscillation(np.arange(1000), smooth)[0].any()
@@ -633,6 +644,13 @@ def test_growth_early_peaks_after_a_normal_start_only():
     # no early peak counts (what fires is the absolute bound on the smoothed series, as without early_peaks)
     np.testing.assert_array_equal(growth(s, high_start, **params, early_peaks=True)[0],
                                   growth(s, high_start, **params)[0])
+    # a high start that then blows up further (raw inputs of scale 1e4): peaks 50x the first value count
+    raw = g.copy()
+    raw[:12] = [6.4e3, 1.6e6, 5e10, 0.07, 0.1, 0.1, 8e10, 0.16, 0.15, 0.06, 0.16, 0.17]
+    raw[12:] = 0.1 * np.exp(rng.normal(0.0, 0.3, 988))
+    m = growth(s, raw, **params, early_peaks=True)[0]
+    assert np.flatnonzero(m[:100]).tolist() == [1, 2, 6]  # 1.6e6, 5e10, 8e10 > 50 x 6.4e3; not the first value
+    assert not growth(s, raw, **params)[0][:100].any()  # without early_peaks none counts
 
 
 def test_ratio_scope_min_and_max_judge_one_point():

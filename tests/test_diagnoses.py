@@ -129,3 +129,18 @@ def test_units_that_die_while_the_gradients_vanish_are_explained_by_the_vanishin
     # units killed by a large step, with no spread of the gradients, stay their own diagnosis
     (d,) = diagnose([_f("dead-units", 150), _f("no-progress", 799, "error")], checks)
     assert d.check == "dead-units"
+
+
+def test_learning_rates_far_apart_explain_the_parameters_they_leave_unchanged():
+    """Layer-wise learning-rate decay compounded over depth (the default pack's relations): the first groups train
+    at 1e-8 of the head's rate, their weights move by less than float32 resolves and read as unchanged; one
+    diagnosis, the learning rates, explaining the unchanged parameters, the tiny updates and the missing progress."""
+    checks = {c.id: c for c in load_rules("default")}
+    fs = [_f("unchanged-parameters", 50), _f("layers-not-learning", 100), _f("update-too-small", 50),
+          _f("no-progress", 999, "error")]
+    (d,) = diagnose(fs, checks)
+    assert d.check == "layers-not-learning"
+    assert set(d.explained_checks) == {"unchanged-parameters", "update-too-small", "no-progress"}
+    # parameters left unchanged with the rates together (a group left out of the optimizer): their own diagnosis
+    (d,) = diagnose([_f("unchanged-parameters", 50), _f("no-progress", 999, "error")], checks)
+    assert d.check == "unchanged-parameters"

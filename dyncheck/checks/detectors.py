@@ -274,14 +274,17 @@ def spike(steps, values, *, window=20, factor=3.0, min_jump=0.0, robust_z=0.0, m
     return mask, v, {"level": level, "ratio": ratio}
 
 
-def oscillation(steps, values, *, window=50, factor=10.0, min_count=10, max_spacing=100, min_autocorr=0.3, **_):
+def oscillation(steps, values, *, window=50, factor=10.0, min_count=10, max_spacing=100, min_autocorr=0.3,
+                min_jump=0.0, **_):
     """Repeated swings: the series jumps to more than ``factor`` times its recent level (the median of the
     previous ``window`` values) at least ``min_count`` times and on average at least once every ``max_spacing``
     points (a long run's handful of genuine spikes is no oscillation), and its log deviations from that level are
     serially correlated (lag-1 autocorrelation at least ``min_autocorr``): each swing decays over several points
     -- a loss driven up and pulled down again, as by data served in blocks of one class -- instead of independent
     batch-to-batch noise, which in a batch-2 SGD run jumps as often but is uncorrelated from one step to the
-    next. Holds at the points of every jump once both hold over the series up to there."""
+    next. With ``min_jump`` a jump counts only when it rises more than that share of the series' initial level
+    above the recent level (a loss near zero whose batch noise jumps 10x, 1e-3 to 1e-2, does not swing).
+    Holds at the points of every jump once both hold over the series up to there."""
     v = np.asarray(values, dtype=float)
     n = v.size
     mask = np.zeros(n, bool)
@@ -297,6 +300,8 @@ def oscillation(steps, values, *, window=50, factor=10.0, min_count=10, max_spac
         if cand.size:
             level = _rolling(v, window, np.median, include_current=False, at=cand)
             up[cand] = v[cand] > factor * level
+            if min_jump > 0:
+                up[cand] &= v[cand] - level > min_jump * _initial_level(v)
     up[:window] = False
     starts = up & ~np.concatenate([[False], up[:-1]])
     count = np.cumsum(starts).astype(float)
@@ -473,7 +478,9 @@ def growth(steps, values, *, factor=100.0, bound=None, window=1, peak_factor=Non
     ``early_peaks`` a raw peak counts inside the baseline share too (its median stands, a few peaks do not move
     it) when the series started at most ``factor`` times that level: a learning rate that blows the gradients
     up 100x in the first steps and kills the network leaves no peak after them (gradients that start 300x
-    higher and decay, as from an initialisation too large for a tanh net, did not blow up)."""
+    higher and decay, as from an initialisation too large for a tanh net, did not blow up). After a start above
+    that, an early peak counts when it is also ``peak_factor`` times the first value: gradients that start high
+    and then blow up further (raw inputs of scale 1e4: 6e3 at the first step, 5e10 two steps later)."""
     v = np.asarray(values, dtype=float)
     n = v.size
     if n < min_points:
@@ -501,8 +508,10 @@ def growth(steps, values, *, factor=100.0, bound=None, window=1, peak_factor=Non
             grown[:k] = False
             if peak_factor is not None:
                 peaks = v > peak_factor * base
-                if not early_peaks or not v[0] <= factor * base:  # early peaks only after a normal start
+                if not early_peaks:
                     peaks[:k] = False
+                elif not v[0] <= factor * base:  # an abnormal start: only peaks that far above the first value
+                    peaks[:k] &= v[:k] > peak_factor * v[0]
                 grown |= peaks
             mask |= grown
         if bound is not None:
@@ -871,7 +880,8 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
     Detector("oscillation", "each", oscillation,
              {"window": (_COUNT, 50), "factor": ({"type": "number", "exclusiveMinimum": 1}, 10.0),
               "min_count": (_COUNT, 10), "max_spacing": (_POS, 100),
-              "min_autocorr": ({"type": "number", "minimum": -1, "maximum": 1}, 0.3)},
+              "min_autocorr": ({"type": "number", "minimum": -1, "maximum": 1}, 0.3),
+              "min_jump": ({"type": "number", "minimum": 0}, 0.0)},
              ("count", "autocorr")),
     Detector("divergence", "each", divergence,
              {"window": (_COUNT, 10), "factor": (_POS, 2.0), "lost": (_SHARE, 0.5),
