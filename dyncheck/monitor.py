@@ -47,7 +47,7 @@ from .collect.base import interned
 from .errors import ConfigError, MeasureError
 from .measure.probe import clone_batch
 from .measure.naming import named_parameters  # canonical names: compiled and eager runs record the same
-from .measure.tensors import _stack, has_sharded
+from .measure.tensors import has_sharded
 from .store import RunWriter, open_run
 
 __all__ = ["Monitor", "MonitorConfig"]
@@ -755,20 +755,11 @@ FLUSH_MAX_STEPS = 1000
 _SHARE_OPS = frozenset({"rss", "ratio", "min"})
 
 
-def _norm_rows(values: list[Tensor | tuple[Tensor, ...]]) -> Tensor:
-    """``[len(values), 1]``: the L2 norm of each block's values (a vector, or a tuple of 0-d tensors), in as few
-    kernels as the blocks allow: one stack of every 0-d part when all blocks are tuples of one length."""
-    n = len(values)
-    if all(isinstance(v, tuple) for v in values):
-        lengths = {len(v) for v in values}
-        if len(lengths) == 1 and all(p.dim() == 0 for v in values for p in v):
-            parts = [p for v in values for p in v]
-            flat = _stack(parts, parts[0].device)
-            return torch.linalg.vector_norm(flat.reshape(n, -1), dim=1, keepdim=True)
-    vecs = [_stack(v, v[0].device) if isinstance(v, tuple) else v for v in values]
-    if len({v.numel() for v in vecs}) == 1:
-        return torch.linalg.vector_norm(torch.stack(vecs), dim=1, keepdim=True)
-    return torch.stack([torch.linalg.vector_norm(v) for v in vecs]).reshape(-1, 1)
+def _norm_rows(values: list[Tensor]) -> Tensor:
+    """``[len(values), 1]``: the L2 norm of each block's vector, in one kernel when all have one length."""
+    if len({v.numel() for v in values}) == 1:
+        return torch.linalg.vector_norm(torch.stack(values), dim=1, keepdim=True)
+    return torch.stack([torch.linalg.vector_norm(v) for v in values]).reshape(-1, 1)
 
 
 def _real(t: Tensor) -> Tensor:

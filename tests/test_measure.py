@@ -399,20 +399,3 @@ def test_unit_spread_separates_copied_units_from_distinct_ones():
     assert math.isnan(activation_stats(bad, 1, None)[6].item())
 
 
-def test_norm_plan_parts_are_the_norms_unstacked():
-    """``NormPlan.parts``: the fast case's 0-d norms (no stack), each the brute-force norm; other make-ups fall
-    back to the stacked vector of ``__call__``."""
-    from dyncheck.measure.tensors import NormPlan
-
-    torch.manual_seed(0)
-    ts = [torch.randn(3, 4), torch.randn(7), torch.randn(2, 2, 2).half()]
-    plan = NormPlan(ts)
-    parts = plan.parts(ts)
-    assert isinstance(parts, tuple) and len(parts) == 3 and all(p.dim() == 0 for p in parts)
-    brute = [math.sqrt(sum(float(v) ** 2 for v in t.float().reshape(-1))) for t in ts]
-    np.testing.assert_allclose([float(p) for p in parts], brute, rtol=1e-5)
-    np.testing.assert_array_equal(torch.stack(parts).numpy(), plan(ts).numpy())
-    mixed = [torch.randn(3), torch.randn(4, dtype=torch.float64)]  # float64: not the fast case
-    out = NormPlan(mixed).parts(mixed)
-    assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
-    np.testing.assert_allclose(out.numpy(), [float(t.norm()) for t in mixed], rtol=1e-12)

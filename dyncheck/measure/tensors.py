@@ -193,15 +193,6 @@ class NormPlan:
             return self._shares(tensors)
         return self._norms(tensors)
 
-    def parts(self, tensors: Sequence[Tensor]) -> Tensor | tuple[Tensor, ...]:
-        """The norms as :meth:`__call__` takes them, but in the common case (dense float32-like tensors on one
-        device, nothing left out, no shares) the ``_foreach_norm`` result itself, a tuple of 0-d tensors, without
-        the ``stack``: a caller that keeps many steps' norms stacks them once, later (one kernel fewer per step)."""
-        if self._fast and not self.shares and self.n and len(tensors) == self.n:
-            return tuple(torch._foreach_norm(list(tensors), 2) if self._f32 else
-                         torch._foreach_norm(list(tensors), 2, dtype=torch.float32))
-        return self(tensors)
-
     def _shares(self, tensors: Sequence[Tensor]) -> Tensor:
         norms = self._norms([local_part(t) for t in tensors])
         if self._scale is None:
