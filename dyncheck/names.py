@@ -21,6 +21,7 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "loss/val",
     "lr/*",  # lr/<Optimizer>/pg<j>
     "decay/*",  # decay/<Optimizer>/pg<j>: lr x weight_decay
+    "model/untrained_share",
     "grad_norm/total",
     "grad_norm/*",  # grad_norm/<param>
     "grad_nonfinite/*",

@@ -719,3 +719,37 @@ def test_default_pack_on_fresh_suite_shapes():
     assert "train-val-divergence" in {f.check for f in evaluate(shuffled, rules).findings}
     learned = {**shuffled, "loss/val": (vsteps, 1.6 + 0.15 * (vsteps - 100) / 1400)}  # +9%, but well below chance
     assert "train-val-divergence" not in {f.check for f in evaluate(learned, rules).findings}
+
+
+def test_frozen_parameters_on_synthetic_runs():
+    """The default pack's frozen-parameters check: 93% of the parameters frozen on a random encoder while the
+    loss falls 12% and the validation loss stays near chance -- flagged, with no-progress explained. Not: the
+    same share under a pre-trained backbone whose loss falls 10x, an EMA copy (half the elements) over a flat
+    loss, a frozen part whose classifier gets below half its chance level, a backbone unfrozen early."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(3)
+    steps = np.arange(1500)
+    lsteps = steps[::50]
+    vsteps = np.arange(99, 1500, 100)
+    noise = lambda n: np.exp(0.03 * rng.standard_normal(n))  # noqa: E731
+    chance = {"output/chance_loss": (lsteps, np.full(lsteps.size, np.log(4))),
+              "output/softmax_grad": (lsteps, np.ones(lsteps.size))}
+    slow = (1.22 + 0.18 * np.exp(-steps / 200)) * noise(steps.size)
+
+    def run(share, train, val):
+        return {"loss/train": (steps, train), "loss/val": (vsteps, val), **chance,
+                "model/untrained_share": (lsteps, share if np.ndim(share) else np.full(lsteps.size, share))}
+
+    frozen = run(0.93, slow, 1.2 + 0.1 * np.exp(-vsteps / 300))
+    res = evaluate(frozen, rules)
+    assert "frozen-parameters" in {f.check for f in res.findings}
+    assert res.diagnoses[0].check == "frozen-parameters"
+    assert "frozen-parameters" not in {f.check for f in evaluate({**frozen, "model/untrained_share": (
+        lsteps, np.zeros(lsteps.size))}, rules).findings}  # everything trains: not this check
+    fast = (1.4 * np.exp(-steps / 150) + 0.1) * noise(steps.size)
+    assert "frozen-parameters" not in {f.check for f in evaluate(run(0.93, fast, 0.15 + 0 * vsteps), rules).findings}
+    assert "frozen-parameters" not in {f.check for f in evaluate(run(0.5, slow, 1.2 + 0 * vsteps), rules).findings}
+    assert "frozen-parameters" not in {f.check for f in evaluate(run(0.93, slow, 0.6 + 0 * vsteps), rules).findings}
+    unfrozen = np.where(lsteps < 300, 0.93, 0.0)
+    assert "frozen-parameters" not in {f.check for f in evaluate(run(unfrozen, slow, 1.2 + 0 * vsteps),
+                                                                 rules).findings}

@@ -10,7 +10,7 @@ from dyncheck.errors import ConfigError, RuleError
 DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "oscillating-loss", "exploding-gradients", "vanishing-gradients",
                "dead-units", "saturated-activations", "softmax-before-loss", "clamped-output", "no-progress", "premature-plateau", "train-val-divergence",
                "validation-stalled", "over-regularization", "symmetric-units",
-               "unchanged-parameters", "update-too-large", "update-too-small", "edge-of-stability",
+               "unchanged-parameters", "frozen-parameters", "update-too-large", "update-too-small", "edge-of-stability",
                "progressive-sharpening", "catapult", "lr-collapse", "layers-not-learning", "noise-dominated"]
 
 
@@ -248,7 +248,7 @@ def test_schema_errors_do_not_hide_the_rest_of_the_entry(tmp_path):
     """)
     assert got == [
         f"{f}:6:14: check 'c1': metric pattern 'grad_norms/*' can never match a recorded metric; names start with "
-        "one of: act/, batch/, decay/, grad_nonfinite/, grad_norm/, logged/, loss/, lr/, noise/, ntk/, output/, "
+        "one of: act/, batch/, decay/, grad_nonfinite/, grad_norm/, logged/, loss/, lr/, model/, noise/, ntk/, output/, "
         "sharpness/, traj/, update_ratio/, weight_norm/, weight_unchanged/ (see README, 'What is measured')",
         f"{f}:8:5: check 'c1': unknown key 'treshold'; expected one of: id, summary, severity, metrics, exclude, "
         "detector, params, for, warmup, until, message, hint, when, unless, explains, enabled",

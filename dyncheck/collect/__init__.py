@@ -6,6 +6,7 @@ collector                metrics                                                
 :class:`LossCollector`   ``loss/train``                                              scalars     mean
 :class:`LearningRate..`  ``lr/<Optimizer>/pg<j>``                                    scalars     none
 :class:`WeightDecayC..`  ``decay/<Optimizer>/pg<j>`` (lr x weight_decay)                layers      none
+:class:`TrainedShare..`  ``model/untrained_share`` (frozen or in no optimizer)          layers      none
 :class:`GradientColl..`  ``grad_norm/total``; ``grad_norm/<p>``, ``grad_nonfinite/<p>``  scalars; layers  norm; none
 :class:`WeightCollect..` ``weight_norm/<p>``, ``update_ratio/<p>``, ``weight_unchanged/<p>``  layers   none
 :class:`ActivationCo..`  ``act/<stat>/<module>``                                     activations mean/max/sum
@@ -48,6 +49,7 @@ from .ntk import NTK_AUTO_BUDGET, NTKCollector
 from .path import TrajectoryCollector
 from .output import OutputCollector
 from .sharpness import SharpnessCollector
+from .trained import TrainedShareCollector
 from .weights import WeightCollector
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "NTKCollector",
     "OutputCollector",
     "SharpnessCollector",
+    "TrainedShareCollector",
     "TrajectoryCollector",
     "WeightCollector",
     "WeightDecayCollector",
@@ -95,6 +98,7 @@ def default_collectors(config: Any) -> list[Collector]:
         TrajectoryCollector(every_n=config.trajectory_every_n_steps, dim=config.trajectory_dim),
         LearningRateCollector(),
         WeightDecayCollector(),
+        TrainedShareCollector(),
         LossCollector(),
         GradientCollector(),
         WeightCollector(),

@@ -234,6 +234,32 @@ def _double_softmax(fixed: bool = False) -> Setup:
     return _run(ScenarioModule(net, _sgd(0.1, momentum=0.9)), digits(shape="image"), 350)
 
 
+@_scenario("frozen-random-encoder", "mlp",
+           "a freeze loop meant for a pre-trained encoder left on a randomly initialised one: the four hidden layers "
+           "of a digits MLP keep requires_grad=False (the optimizer still holds them), only the head trains on "
+           "features that PyTorch's default init shrinks ~2.5x per ReLU layer (Humbatova: wrong layers frozen)",
+           expected={"frozen-parameters"}, allowed={"no-progress", "premature-plateau", "update-too-small"})
+def _frozen_random_encoder(fixed: bool = False) -> Setup:
+    net = _net(128, 4)
+    if not fixed:
+        for layer in list(net)[:-1]:
+            layer.requires_grad_(False)
+    return _run(ScenarioModule(net, _sgd(0.05, momentum=0.9)), digits(), 800)
+
+
+@_scenario("optimizer-holds-the-head-only", "mlp",
+           "the optimizer is built from the head's parameters only (model[-1].parameters() where model.parameters() "
+           "was meant): the deep body never trains; it requires grad, so its parameters also read as unchanged "
+           "(DeepFD: optimizer)",
+           expected={"unchanged-parameters", "frozen-parameters"},
+           allowed={"no-progress", "premature-plateau", "update-too-small"})
+def _optimizer_head_only(fixed: bool = False) -> Setup:
+    net = _net(128, 4)
+    sgd = _sgd(0.05, momentum=0.9)
+    make = sgd if fixed else (lambda params: sgd(net[-1].parameters()))  # the parameters it is handed, ignored
+    return _run(ScenarioModule(net, make), digits(), 800)
+
+
 @_scenario("mse-on-class-index", "mlp",
            "every logit regressed with MSE onto the integer class index instead of cross-entropy: the training "
            "loss falls 200x, the validation cross-entropy never leaves chance (DeepFD: loss function)",
