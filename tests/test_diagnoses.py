@@ -144,3 +144,15 @@ def test_learning_rates_far_apart_explain_the_parameters_they_leave_unchanged():
     # parameters left unchanged with the rates together (a group left out of the optimizer): their own diagnosis
     (d,) = diagnose([_f("unchanged-parameters", 50), _f("no-progress", 999, "error")], checks)
     assert d.check == "unchanged-parameters"
+
+
+def test_a_layer_killed_by_its_bias_is_one_diagnosis():
+    """A large negative bias kills every unit of a ReLU layer (the default pack's relations): the dead units are
+    all zero -- copies of one another -- and get no gradient, so their weights never change; one diagnosis, the
+    dead units, not three."""
+    checks = {c.id: c for c in load_rules("default")}
+    fs = [_f("dead-units", 60), _f("symmetric-units", 60), _f("unchanged-parameters", 999),
+          _f("no-progress", 999, "error")]
+    (d,) = diagnose(fs, checks)
+    assert d.check == "dead-units"
+    assert set(d.explained_checks) == {"symmetric-units", "unchanged-parameters", "no-progress"}

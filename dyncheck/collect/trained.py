@@ -1,6 +1,7 @@
 """``model/untrained_share``: the share of the model's parameter elements that no optimizer trains -- frozen
 (``requires_grad=False``, whether or not an optimizer holds them) or left out of every optimizer -- on the per-layer
 schedule, counted on the host from the parameters' element counts (no device work). Tied parameters count once.
+Under sharding (FSDP2, tensor parallelism) only ``requires_grad=False`` counts.
 
 A frozen pre-trained backbone, an EMA copy or a distillation teacher are untrained by design; a freeze loop left on
 a randomly initialised encoder, or an optimizer built from the head's parameters only, is the bug. The value tells
@@ -35,7 +36,9 @@ class TrainedShareCollector(Collector):
                 return  # a lazy module before its first forward: no count yet
             n = p.numel()
             total += n
-            if id(p) not in trained:
+            # (sharded: FSDP2 registers unsharded stand-ins on the module between forward and backward, objects
+            # the optimizer does not hold -- there only requires_grad=False counts)
+            if not p.requires_grad or (not ctx.sharded and id(p) not in trained):
                 untrained += n
         if total:
             ctx.emit_host(step, _NAMES, [untrained / total])
