@@ -59,3 +59,15 @@ def test_unfreezing_shows_on_the_next_per_layer_step(tmp_path):
     drive(tmp_path, model, opt, 4, on_step=unfreeze)
     vals = open_run(tmp_path / "run.db").series("model/untrained_share").values.tolist()
     assert vals == pytest.approx([16 / 21, 16 / 21, 0.0, 0.0])
+
+
+def test_an_optimizer_over_master_copies_counts_only_the_frozen(tmp_path):
+    """An optimizer that holds copies of the weights (DeepSpeed, fp32 masters), none of the module's own
+    parameters: holding says nothing, so only requires_grad=False counts -- not 100% untrained."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
+    model[0].requires_grad_(False)
+    masters = [nn.Parameter(p.detach().clone()) for p in model.parameters()]
+    opt = torch.optim.SGD(masters, lr=0.1)
+    drive(tmp_path, model, opt, 1)
+    got = open_run(tmp_path / "run.db").series("model/untrained_share").values.tolist()
+    assert got == pytest.approx([16 / 21])

@@ -1,7 +1,8 @@
 """``model/untrained_share``: the share of the model's parameter elements that no optimizer trains -- frozen
 (``requires_grad=False``, whether or not an optimizer holds them) or left out of every optimizer -- on the per-layer
 schedule, counted on the host from the parameters' element counts (no device work). Tied parameters count once.
-Under sharding (FSDP2, tensor parallelism) only ``requires_grad=False`` counts.
+Under sharding (FSDP2, tensor parallelism), and when the optimizers hold none of the module's parameters (master
+copies: DeepSpeed, fp32 masters), only ``requires_grad=False`` counts.
 
 A frozen pre-trained backbone, an EMA copy or a distillation teacher are untrained by design; a freeze loop left on
 a randomly initialised encoder, or an optimizer built from the head's parameters only, is the bug. The value tells
@@ -28,17 +29,21 @@ class TrainedShareCollector(Collector):
     def step_start(self, step: int) -> None:
         ctx = self.ctx
         assert ctx is not None
-        trained = {id(p) for opt, _ in ctx.optimizers for g in opt.param_groups for p in g["params"]
-                   if p.requires_grad}
+        if not ctx.optimizers:
+            return  # nothing to compare with
+        held = {id(p) for opt, _ in ctx.optimizers for g in opt.param_groups for p in g["params"]}
+        params = list(ctx.module.parameters())  # (each parameter once: tied weights are one)
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in params):
+            return  # a lazy module before its first forward: no count yet
+        # which parameters the optimizers hold says what they train -- unless they hold none of the module's (master
+        # copies: DeepSpeed, fp32 masters of a half-precision model) or the module's are stand-ins (sharded: FSDP2
+        # registers unsharded ones between forward and backward); then only requires_grad=False counts
+        by_identity = not ctx.sharded and any(id(p) in held for p in params)
         total = untrained = 0
-        for p in ctx.module.parameters():  # (each parameter once: tied weights are one)
-            if isinstance(p, nn.parameter.UninitializedParameter):
-                return  # a lazy module before its first forward: no count yet
+        for p in params:
             n = p.numel()
             total += n
-            # (sharded: FSDP2 registers unsharded stand-ins on the module between forward and backward, objects
-            # the optimizer does not hold -- there only requires_grad=False counts)
-            if not p.requires_grad or (not ctx.sharded and id(p) not in trained):
+            if not p.requires_grad or (by_identity and id(p) not in held):
                 untrained += n
         if total:
             ctx.emit_host(step, _NAMES, [untrained / total])
