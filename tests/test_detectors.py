@@ -651,6 +651,10 @@ def test_growth_early_peaks_after_a_normal_start_only():
     m = growth(s, raw, **params, early_peaks=True)[0]
     assert np.flatnonzero(m[:100]).tolist() == [1, 2, 6]  # 1.6e6, 5e10, 8e10 > 50 x 6.4e3; not the first value
     assert not growth(s, raw, **params)[0][:100].any()  # without early_peaks none counts
+    # the ratio said of a raw peak is its own (the smoothed median is undefined there): no "nanx" in a message
+    m, shown, extra = growth(s, raw, **params, early_peaks=True)
+    base = float(np.median(raw[:100]))
+    assert extra["ratio"][2] == pytest.approx(5e10 / base) and shown[2] == 5e10
 
 
 def test_ratio_scope_min_and_max_judge_one_point():

@@ -516,8 +516,9 @@ def growth(steps, values, *, factor=100.0, bound=None, window=1, peak_factor=Non
             mask |= grown
         if bound is not None:
             mask |= sm > bound
-        ratio = sm / base if base > 0 else np.full(n, np.nan)
     shown = np.where(np.isnan(sm), v, sm)  # a point that fired as infinite (or a raw peak) shows its own value
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        ratio = shown / base if base > 0 else np.full(n, np.nan)  # (of what is shown: a raw peak's own ratio)
     return mask, shown, {"baseline": np.full(n, base), "ratio": ratio}
 
 
