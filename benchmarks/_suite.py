@@ -1,5 +1,7 @@
-"""What the held-out suites (``fresh_suite.py``, ``fresh_suite2.py``) share: the run registry, training each run x
-seed in a worker process, evaluating it with the default pack, the table and the summary. A suite module defines
+"""What the held-out suites (``fresh_suite.py``, ``fresh_suite2.py``, ``fresh_suite3.py``) share: the run
+registry, the loaders and the ``Net``/``LM`` modules of suites 2-3 (each suite's runs, models and data stay its
+own), training each run x seed in a worker process, evaluating it with the default pack, the table and the
+summary. A suite module defines
 ``RUNS, healthy, fault = registry(SUITE_VERSION)``, its runs (``@healthy(...)`` / ``@fault(name, expected)`` on a
 ``build(run_dir) -> info`` function) and calls ``main(module name, __doc__, default out dir, default seeds)``."""
 
@@ -23,6 +25,8 @@ from typing import Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 
 @dataclass
@@ -93,6 +97,73 @@ def fit(module, train_dl, val_dl, run_dir, steps, val_every=None, **trainer_kw):
     trainer.fit(module, train_dl, val_dl)
     l1, a1 = val_metrics(module, val_dl)
     return {"val_loss_0": l0, "val_loss": l1, "val_acc_0": a0, "val_acc": a1, "steps": int(trainer.global_step)}
+
+
+# ------------------------------------------------------------------------------- data and modules the suites share
+def loaders(xtr, ytr, xva, yva, bs, shuffle=True, val_bs=512):
+    return (DataLoader(TensorDataset(xtr, ytr), batch_size=bs, shuffle=shuffle, drop_last=len(xtr) > bs),
+            DataLoader(TensorDataset(xva, yva), batch_size=val_bs))
+
+
+class Net(pl.LightningModule):
+    """A model plus a loss; ``opt_fn(params) -> optimizer`` and ``sched_fn(opt) -> Lightning scheduler dict``."""
+
+    def __init__(self, model, opt_fn, sched_fn=None, task="cls", label_smoothing=0.0, loss_fn=None):
+        super().__init__()
+        self.model, self.opt_fn, self.sched_fn = model, opt_fn, sched_fn
+        self.task, self.ls, self.loss_fn = task, label_smoothing, loss_fn
+
+    def forward(self, x):
+        return self.model(x)
+
+    def compute_loss(self, out, y):
+        if self.loss_fn is not None:
+            return self.loss_fn(out, y)
+        if self.task == "cls":
+            return F.cross_entropy(out, y, label_smoothing=self.ls)
+        return F.mse_loss(out, y)
+
+    def shared_step(self, batch):
+        x, y = batch
+        out = self(x)
+        loss = self.compute_loss(out, y)
+        if self.task == "cls":
+            return loss, (out.argmax(-1) == y).sum(), len(y)
+        return loss, None, len(y)
+
+    def training_step(self, batch, batch_idx):
+        loss, _, _ = self.shared_step(batch)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, c, n = self.shared_step(batch)
+        self.log("val_loss", loss)
+        if c is not None:
+            self.log("val_acc", c / n)
+
+    def optim_params(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        opt = self.opt_fn(self.optim_params())
+        if self.sched_fn is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": self.sched_fn(opt)}
+
+
+class LM(Net):
+    """Next-token prediction on (B, T+1) token tensors; ``model(tokens) -> logits``."""
+
+    def __init__(self, model, opt_fn, sched_fn=None):
+        super().__init__(model, opt_fn, sched_fn, task="lm")
+
+    def shared_step(self, batch):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        inp, tgt = x[:, :-1], x[:, 1:]
+        logits = self(inp)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+        return loss, (logits.argmax(-1) == tgt).float().mean() * len(x), len(x)
 
 
 # ------------------------------------------------------------------------------------------------------ running

@@ -35,7 +35,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside it
-from _suite import fit, main as run_suite, registry, val_metrics  # noqa: E402,F401
+from _suite import fit, loaders, main as run_suite, registry, val_metrics  # noqa: E402,F401
 
 SUITE_VERSION = 1
 
@@ -170,9 +170,6 @@ def adding_problem(n=3000, T=60):
     return x[:2600], y[:2600], x[2600:], y[2600:]
 
 
-def loaders(xtr, ytr, xva, yva, bs, shuffle=True, val_bs=512):
-    return (DataLoader(TensorDataset(xtr, ytr), batch_size=bs, shuffle=shuffle, drop_last=len(xtr) > bs),
-            DataLoader(TensorDataset(xva, yva), batch_size=val_bs))
 
 
 # ---------------------------------------------------------------------------------------- optimizers, schedules

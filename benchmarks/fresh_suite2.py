@@ -33,14 +33,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside it
-from _suite import fit, main as run_suite, registry, val_metrics  # noqa: E402,F401
+from _suite import LM, Net, fit, loaders, main as run_suite, registry, val_metrics  # noqa: E402,F401
 
 SUITE_VERSION = 1
 
@@ -186,9 +185,6 @@ def sine_regression(n=3000, T=30):
     x, y = s[:, :T, None], s[:, T:]
     nv = n // 5
     return (*_t(x[nv:], y[nv:], torch.float32), *_t(x[:nv], y[:nv], torch.float32))
-def loaders(xtr, ytr, xva, yva, bs, shuffle=True, val_bs=512):
-    return (DataLoader(TensorDataset(xtr, ytr), batch_size=bs, shuffle=shuffle, drop_last=len(xtr) > bs),
-            DataLoader(TensorDataset(xva, yva), batch_size=val_bs))
 
 
 # ---------------------------------------------------------------------------------------------------- modules
@@ -198,67 +194,6 @@ def lam(opt, f):
 
 def warm_cos(warm, total):
     return lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, total - warm))))
-
-
-class Net(pl.LightningModule):
-    """A model plus a loss; ``opt_fn(params) -> optimizer`` and ``sched_fn(opt) -> Lightning scheduler dict``."""
-
-    def __init__(self, model, opt_fn, sched_fn=None, task="cls", label_smoothing=0.0, loss_fn=None):
-        super().__init__()
-        self.model, self.opt_fn, self.sched_fn = model, opt_fn, sched_fn
-        self.task, self.ls, self.loss_fn = task, label_smoothing, loss_fn
-
-    def forward(self, x):
-        return self.model(x)
-
-    def compute_loss(self, out, y):
-        if self.loss_fn is not None:
-            return self.loss_fn(out, y)
-        if self.task == "cls":
-            return F.cross_entropy(out, y, label_smoothing=self.ls)
-        return F.mse_loss(out, y)
-
-    def shared_step(self, batch):
-        x, y = batch
-        out = self(x)
-        loss = self.compute_loss(out, y)
-        if self.task == "cls":
-            return loss, (out.argmax(-1) == y).sum(), len(y)
-        return loss, None, len(y)
-
-    def training_step(self, batch, batch_idx):
-        loss, _, _ = self.shared_step(batch)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        loss, c, n = self.shared_step(batch)
-        self.log("val_loss", loss)
-        if c is not None:
-            self.log("val_acc", c / n)
-
-    def optim_params(self):
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def configure_optimizers(self):
-        opt = self.opt_fn(self.optim_params())
-        if self.sched_fn is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": self.sched_fn(opt)}
-
-
-class LM(Net):
-    """Next-token prediction on (B, T+1) token tensors; ``model(tokens) -> logits``."""
-
-    def __init__(self, model, opt_fn, sched_fn=None):
-        super().__init__(model, opt_fn, sched_fn, task="lm")
-
-    def shared_step(self, batch):
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        inp, tgt = x[:, :-1], x[:, 1:]
-        logits = self(inp)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
-        return loss, (logits.argmax(-1) == tgt).float().mean() * len(x), len(x)
 
 
 def lm_loaders(xtr, xva, bs):

@@ -40,14 +40,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Sampler, TensorDataset  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside it
-from _suite import fit, main as run_suite, registry, val_metrics  # noqa: E402,F401
+from _suite import LM, Net, fit, loaders, main as run_suite, registry, val_metrics  # noqa: E402,F401
 
 SUITE_VERSION = 1
 
@@ -221,9 +220,6 @@ def modular_add(p=23, train_frac=0.8):
     return x[idx[:ntr]], y[idx[:ntr]], x[idx[ntr:]], y[idx[ntr:]]
 
 
-def loaders(xtr, ytr, xva, yva, bs, shuffle=True, val_bs=512):
-    return (DataLoader(TensorDataset(xtr, ytr), batch_size=bs, shuffle=shuffle, drop_last=len(xtr) > bs),
-            DataLoader(TensorDataset(xva, yva), batch_size=val_bs))
 
 
 # ---------------------------------------------------------------------------------------------------- modules
@@ -235,53 +231,6 @@ def sched(s, interval="step"):
     return lambda o: {"scheduler": s(o), "interval": interval}
 
 
-class Net(pl.LightningModule):
-    """A model plus a loss; ``opt_fn(params) -> optimizer`` and ``sched_fn(opt) -> Lightning scheduler dict``."""
-
-    def __init__(self, model, opt_fn, sched_fn=None, task="cls", loss_fn=None):
-        super().__init__()
-        self.model, self.opt_fn, self.sched_fn = model, opt_fn, sched_fn
-        self.task, self.loss_fn = task, loss_fn
-
-    def forward(self, x):
-        return self.model(x)
-
-    def compute_loss(self, out, y):
-        if self.loss_fn is not None:
-            return self.loss_fn(out, y)
-        if self.task == "cls":
-            return F.cross_entropy(out, y)
-        return F.mse_loss(out, y)
-
-    def shared_step(self, batch):
-        x, y = batch
-        out = self(x)
-        loss = self.compute_loss(out, y)
-        if self.task == "cls":
-            return loss, (out.argmax(-1) == y).sum(), len(y)
-        return loss, None, len(y)
-
-    def training_step(self, batch, batch_idx):
-        loss, _, _ = self.shared_step(batch)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        loss, c, n = self.shared_step(batch)
-        self.log("val_loss", loss)
-        if c is not None:
-            self.log("val_acc", c / n)
-
-    def optim_params(self):
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def configure_optimizers(self):
-        opt = self.opt_fn(self.optim_params())
-        if self.sched_fn is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": self.sched_fn(opt)}
-
-
 class Tagger(Net):
     """Per-position classification on (B, T) inputs and (B, T) targets; ``model(x) -> (B, T, C)`` logits."""
 
@@ -290,20 +239,6 @@ class Tagger(Net):
         out = self(x)
         loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
         return loss, (out.argmax(-1) == y).float().mean() * len(y), len(y)
-
-
-class LM(Net):
-    """Next-token prediction on (B, T+1) token tensors; ``model(tokens) -> logits``."""
-
-    def __init__(self, model, opt_fn, sched_fn=None):
-        super().__init__(model, opt_fn, sched_fn, task="lm")
-
-    def shared_step(self, batch):
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        inp, tgt = x[:, :-1], x[:, 1:]
-        logits = self(inp)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
-        return loss, (logits.argmax(-1) == tgt).float().mean() * len(x), len(x)
 
 
 def mlp(sizes, act=nn.ReLU, dropout=0.0, final=None):
