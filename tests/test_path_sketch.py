@@ -38,6 +38,25 @@ def test_the_draw_is_fixed_spread_by_size_and_leaves_the_global_generator_alone(
     assert whole.dim == 7 and _flat_index(whole) == list(range(7))
 
 
+def test_the_draw_of_a_huge_model_costs_what_its_dim_does_and_is_uniform():
+    # 2e11 values: a permutation of them would need 1.6 TB; the draw needs the 2000 chosen indices only
+    sizes = [10**11, 3, 10**11 - 3]
+    sk = Sketch(sizes, 2000)
+    idx = _flat_index(sk)
+    assert sk.dim == 2000 and len(set(idx)) == 2000 and idx == sorted(idx) and 0 <= min(idx) and max(idx) < sum(sizes)
+    assert idx == _flat_index(Sketch(sizes, 2000)) and idx != _flat_index(Sketch(sizes, 2000, seed=1))
+    counts = np.bincount([t for t, _ in sk.coords], minlength=3)
+    assert abs(counts[0] - 1000) <= 5 * np.sqrt(500) and counts[1] == 0
+    # uniform: the chosen indices' deciles of the range hold ~200 each (chi-square, 9 dof, p ~ 1e-6 at 50)
+    dec = np.bincount((np.array(idx) * 10 // sum(sizes)).astype(int), minlength=10)
+    assert ((dec - 200) ** 2 / 200).sum() < 50
+    # above the permutation's size, every value is reachable: a mid-size model's draw covers its range evenly
+    mid = Sketch([70_000, 30_000], 20_000)
+    m = np.array(_flat_index(mid))
+    assert mid.dim == 20_000 and len(np.unique(m)) == 20_000
+    assert ((np.bincount(m * 10 // 100_000, minlength=10) - 2000) ** 2 / 2000).sum() < 50
+
+
 def test_take_gathers_the_chosen_values_of_any_layout_and_dtype():
     torch.manual_seed(0)
     tensors = [torch.randn(30, 20), torch.randn(20, 30).T, torch.randn(17, dtype=torch.float64),

@@ -32,6 +32,30 @@ __all__ = ["PCAResult", "Sketch", "pca", "principal_angles", "read_sketch"]
 SEED = 0x5EED
 
 
+#: up to this many values the draw is a permutation of all of them (exact, and cheap at this size); above it,
+#: rejection sampling, whose time and memory grow with ``dim`` only (a permutation of 8.5M values took 0.25 s and
+#: 68 MB, of a 7B model's it would take 56 GB)
+PERMUTE_MAX = 1 << 16
+
+
+def _draw(total: int, dim: int, gen: torch.Generator) -> Tensor:
+    """``min(dim, total)`` distinct indices in ``[0, total)``, sorted, every subset of that size equally likely."""
+    if dim >= total:
+        return torch.arange(total)
+    if total <= PERMUTE_MAX or 2 * dim >= total:
+        return torch.randperm(total, generator=gen)[:dim].sort().values
+    # draws with replacement, a repeat rejected: uniform over the subsets (few repeats while dim << total)
+    seen: set[int] = set()
+    while len(seen) < dim:
+        need = dim - len(seen)
+        for v in torch.randint(total, (need + need // 4 + 8,), generator=gen).tolist():
+            if v not in seen:
+                seen.add(v)
+                if len(seen) == dim:
+                    break
+    return torch.tensor(sorted(seen), dtype=torch.long)
+
+
 class Sketch:
     """The fixed coordinate subset of a list of tensors: ``sketch.take(tensors)`` gathers the ``dim`` chosen values
     (float32, on the first tensor's device) in the order of ``coords`` (tensor index, flat index)."""
@@ -41,10 +65,7 @@ class Sketch:
         self.sizes = [int(n) for n in sizes]
         self.total = total
         gen = torch.Generator().manual_seed(seed)
-        if dim >= total:
-            flat = torch.arange(total)
-        else:
-            flat = torch.randperm(total, generator=gen)[:dim].sort().values
+        flat = _draw(total, int(dim), gen)
         self.dim = int(flat.numel())
         bounds = torch.tensor([0, *np.cumsum(self.sizes).tolist()], dtype=torch.long)
         which = torch.bucketize(flat, bounds[1:], right=True)  # tensor index of each coordinate
