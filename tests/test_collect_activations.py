@@ -251,3 +251,33 @@ def test_skip_reasons_name_the_activation_gaps():
     none_ran = {"activations": {**meta["activations"], "never_ran": ["a", "b"]}}
     assert "none of the 2 selected modules ran on a measuring step (why)" in \
         activation_gap_reason(["act/dead/*"], base, none_ran)
+
+
+class _Elman(nn.Module):
+    def __init__(self, nonlinearity: str, gain: float):
+        super().__init__()
+        self.rnn = nn.RNN(4, 16, batch_first=True, nonlinearity=nonlinearity)
+        nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=gain)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_a_tanh_rnn_records_the_saturation_of_its_output_sequence(tmp_path, nonlinearity):
+    torch.manual_seed(0)
+    model = _Elman(nonlinearity, gain=5.0)
+    x, y = torch.randn(32, 12, 4), torch.randn(32, 1)
+    with torch.no_grad():
+        seq, _ = model.rnn(x)  # lr 0: the forward the hooks see at every step
+    drive(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.0), 2, every_n_steps=1, data=(x, y),
+          monitor=Monitor(MonitorConfig(sharpness_budget=0, activations_every_n_steps=1)))
+    run = open_run(tmp_path / "run.db")
+    if nonlinearity == "relu":  # unbounded: no flat tails
+        assert "act/saturated/rnn" not in run and "act/dead/rnn" in run
+        return
+    ref = sum(1 for v in seq.flatten().tolist() if abs(v) >= 0.98) / seq.numel()  # brute force
+    got = run.series("act/saturated/rnn").values
+    assert ref > 0.5 and got[0] == pytest.approx(ref, abs=1e-6)  # gain 5: a chaotic, saturated recurrence

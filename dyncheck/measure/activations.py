@@ -14,7 +14,8 @@ Statistics of one module output ``a`` (computed in float32 on a detached copy):
 ``max_abs``              max |a|
 ``nonfinite``            number of NaN/Inf elements
 ``dead``                 share of units that output exactly 0 for every sample of the batch
-``saturated``            share of outputs in the flat tails of a sigmoid/tanh-like module (only for those types)
+``saturated``            share of outputs in the flat tails of a sigmoid/tanh-like module (only for those types,
+                         and ``nn.RNN`` with tanh: its output sequence)
 ``unit_spread``          how much the units differ: the larger of the coefficients of variation, across the
                          units, of each unit's max |a| and of each unit's sum of ``a`` over the batch. Units that
                          compute one and the same function (a symmetric initialisation never broken) give ~1e-7
@@ -84,6 +85,8 @@ def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
         return 0.0, 1.0
     if isinstance(module, nn.Hardtanh):  # includes ReLU6 (0, 6)
         return float(module.min_val), float(module.max_val)
+    if isinstance(module, nn.RNN) and module.nonlinearity == "tanh":  # its output sequence is tanh's
+        return -0.98, 0.98
     return None
 
 

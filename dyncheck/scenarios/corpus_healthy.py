@@ -726,6 +726,22 @@ def _gru() -> Setup:
     return _setup(module, _digits(shape="seq"), steps, 32, gradient_clip_val=1.0)
 
 
+@_scenario("healthy-rnn-tanh-digits-adam", "lstm",
+           "healthy: an Elman RNN (tanh) over digit rows at Adam 1e-2 -- aggressive for a tanh recurrence: many "
+           "hidden states sit in tanh's flat tails while it learns")
+def _rnn_tanh_adam() -> Setup:
+    module = CorpusModule(Recurrent(nn.RNN, 64), _adam(1e-2))
+    return _setup(module, _digits(shape="seq"), 450, 32)
+
+
+@_scenario("healthy-rnn-tanh-lm-sgd-clip", "lstm",
+           "healthy: an Elman RNN (tanh) language model, SGD 0.5 with gradient clipping at 1.0: the loss falls "
+           "from log(vocab) towards the chain's entropy floor, slowly")
+def _rnn_tanh_lm() -> Setup:
+    module = CorpusModule(Recurrent(nn.RNN, 64, vocab=_LM["vocab"]), _sgd(0.5), loss_fn=_token_ce)
+    return _setup(module, _markov_lm(**_LM), 500, 32, gradient_clip_val=1.0)
+
+
 @_scenario("healthy-lstm-lm-resume-at-floor", "lstm",
            "healthy: LSTM language model pretrained to the Markov chain's entropy floor before the run, which "
            "resumes at a low lr -- the loss starts at the floor and barely moves")
