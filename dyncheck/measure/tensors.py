@@ -255,7 +255,8 @@ def tensor_norms(tensors: Sequence[Tensor], plan: NormPlan | None = None) -> Ten
     return (plan or NormPlan(tensors))(tensors)
 
 
-#: elements per chunk of :func:`nonfinite_counts` on large tensors (its temporary is one byte per element)
+#: elements per chunk of :func:`nonfinite_counts` on large tensors (its temporary: one value of the tensor's dtype
+#: per element, a byte for other dtypes)
 NONFINITE_CHUNK = 1 << 22
 
 
@@ -264,19 +265,29 @@ def _count_nonfinite(t: Tensor) -> Tensor:
         t = sparse_values(t)
     n = t.numel()
     if n <= NONFINITE_CHUNK or not t.is_contiguous():
-        return torch.count_nonzero(torch.isfinite(t).logical_not_())
+        return _count_part(t)
     flat = t.reshape(-1)  # a view: contiguous
-    return torch.stack([torch.count_nonzero(torch.isfinite(flat[lo: lo + NONFINITE_CHUNK]).logical_not_())
-                        for lo in range(0, n, NONFINITE_CHUNK)]).sum()
+    return torch.stack([_count_part(flat[lo: lo + NONFINITE_CHUNK]) for lo in range(0, n, NONFINITE_CHUNK)]).sum()
+
+
+_SUBTRACTABLE = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _count_part(t: Tensor) -> Tensor:
+    if t.dtype in _SUBTRACTABLE:
+        # x - x is exactly 0 for a finite x, NaN for NaN and +-Inf: a count without a boolean mask (on CPU
+        # isfinite alone is ~6x slower than this subtraction, NaN-to-1 and sum)
+        return (t - t).nan_to_num_(nan=1.0).sum(dtype=torch.float64)
+    return torch.count_nonzero(torch.isfinite(t).logical_not_())
 
 
 def nonfinite_counts(tensors: Sequence[Tensor], *, shares: bool = False) -> Tensor:
     """Number of NaN or +-Inf elements of each tensor (of the values of a sparse tensor; a complex element counts
     when its real or imaginary part is not finite), as a 1-D float32 tensor (float so that it can travel with other
-    statistics in one buffer; exact up to 2**24 per tensor). Transient memory: one byte per element of at most
-    :data:`NONFINITE_CHUNK` elements at a time. ``shares``: DTensors are counted on their local parts, as this
-    process's shares of the full counts (divided by :func:`replicas`; their sum over the processes is the
-    count)."""
+    statistics in one buffer; exact up to 2**24 per tensor). Transient memory: one value of the tensor's dtype per
+    element of at most :data:`NONFINITE_CHUNK` elements at a time. ``shares``: DTensors are counted on their
+    local parts, as this process's shares of the full counts (divided by :func:`replicas`; their sum over the
+    processes is the count)."""
     if not tensors:
         return torch.empty(0)
     if not shares:
