@@ -151,9 +151,10 @@ def test_budget_schedule_takes_the_reference_then_probes_on_the_sharpness_schedu
         steps = run.series("ntk/distance").steps
         meta = run.meta
     # the reference at the first step, the first scheduled probe at a tenth of the run (30) and then the sharpness
-    # schedule's 1% of the rest but at least 3 steps (33); how many follow depends on measured times (benchmarks)
-    assert steps[0] == 0 and steps[1] == 33
+    # schedule's 1% of the rest but at least 3 steps (33), taken there unless the allowance does not cover its
+    # measured cost yet (a slow or busy host: later); how many follow depends on measured times (benchmarks)
     facts = meta["ntk"]["schedule"]
+    assert steps[0] == 0 and facts["first_step"] == 33 and 33 <= steps[1] < 300
     assert facts["mode"] == "planned" and meta["ntk_probes"] == len(steps) == facts["probes"] + 1
     assert 0 < meta["ntk_time_s"] < meta["duration_s"]
 
