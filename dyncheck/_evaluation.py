@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DyncheckError, RuleError
+from ._threads import one_blas_thread
 from .store import open_run
 
 __all__ = ["FINDINGS_FILENAME", "LIVE_BUDGET", "Evaluation", "EvaluationAttributes", "EvaluationOptions",
@@ -198,6 +199,10 @@ class Evaluation:
     # -- at the end --------------------------------------------------------------------------------------------
     def final(self, store: Path, *, step: int, loggers: Sequence[Any] = ()) -> None:
         """Evaluate, write findings.json, log the counts and summary; write the report. Never raises."""
+        with one_blas_thread():
+            self._final(store, step=step, loggers=loggers)
+
+    def _final(self, store: Path, *, step: int, loggers: Sequence[Any]) -> None:
         summary = self._final_check(store, step, loggers) if self.rules is not None else None
         result = self.result if summary is not None else None
         if self.mirror and loggers:
@@ -215,7 +220,7 @@ class Evaluation:
 
         t = time.perf_counter()
         try:
-            with open_run(store) as run:
+            with open_run(store) as run, one_blas_thread():
                 return evaluate(run, self.rules, final=final)
         except Exception as exc:  # checking must never break the training it observes
             self._warn("checks", f"dyncheck: evaluating the checks failed ({type(exc).__name__}: {exc}); the run "

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._threads import one_blas_thread
 from .errors import DyncheckError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNJUDGED = 0, 1, 2, 3
@@ -677,7 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands = {"check": _cmd_check, "report": _cmd_report, "demo": _cmd_demo, "baseline": _cmd_baseline,
                         "compare": _cmd_compare, "rules": _cmd_rules, "import": _cmd_import,
                         "export": _cmd_export}
-            code = commands[command](args)
+            with one_blas_thread():  # small matrices: one BLAS thread is faster (dyncheck._threads)
+                code = commands[command](args)
         except BaseException:  # also argparse's SystemExit (--help | head): flush, keep the first error
             try:
                 out.flush()

@@ -93,3 +93,31 @@ def test_a_failing_evaluation_warns_and_never_raises(tmp_path):
     ev, logs, warns = _evaluation()
     ev.final(tmp_path / "missing" / "run.db", step=0)
     assert any("evaluating the checks failed" in w for w in warns)
+
+
+def test_the_end_of_a_run_and_the_cli_use_one_blas_thread_and_restore_it(tmp_path, monkeypatch):
+    """The checks and the report (the trajectory PCA's eigh, the detectors' fits) run with BLAS limited to one
+    thread (dyncheck._threads: a multi-threaded BLAS on a busy host took seconds for a 200 x 200 eigh)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from dyncheck import cli
+    from dyncheck.checks import engine
+
+    blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("no BLAS library threadpoolctl can see")
+    before = [i["num_threads"] for i in blas]
+    seen = []
+    real = engine.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append([i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", spy)
+    store = _store(tmp_path / "run.db")
+    ev, _, warns = _evaluation()
+    ev.final(store, step=200)
+    assert not warns and (tmp_path / "report.html").exists()
+    assert cli.main(["check", str(tmp_path)]) in (0, 1)
+    assert len(seen) == 2 and all(n == 1 for got in seen for n in got), seen
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
