@@ -165,6 +165,22 @@ def test_opposite_trends_overfitting():
     assert not opposite_trends(train, (np.array([10]), np.array([1.0])))[1].any()
 
 
+def test_opposite_trends_of_negative_losses_measures_the_rise_on_the_magnitude():
+    # a Poisson/Gaussian NLL below zero: -2.99 -> -2.97 is a 0.7% rise, not one of "more than 10% of -2.99"
+    train = (np.arange(100), np.linspace(0.5, -3.5, 100))
+    val_steps = np.arange(10, 101, 10)
+    flat = np.array([0.0, -2.0, -2.9, -2.99, -2.98, -2.97, -2.97, -2.98, -2.97, -2.97])
+    assert not opposite_trends(train, (val_steps, flat), rise=0.1)[1].any()
+    # a real rise from a negative minimum: -3.0 -> -2.0 is 33% of |-3.0|
+    up = np.array([0.0, -2.0, -2.9, -3.0, -2.8, -2.6, -2.4, -2.2, -2.1, -2.0])
+    steps, mask, _, info = opposite_trends(train, (val_steps, up), rise=0.1)
+    assert steps[mask].tolist() == [60, 70, 80, 90, 100]  # above -3.0 + 0.3 from step 60
+    assert info["rise"][-1] == pytest.approx(1.0 / 3.0)
+    # a negative training loss that keeps falling is "falling" (below its level at val's minimum by 10% of |it|)
+    a_at = info["a"]
+    assert (a_at[4:] < a_at[3]).all()
+
+
 def test_spread_vanishing_layers():
     s = np.arange(10)
     series = [("g/first", s, np.full(10, 1e-6)), ("g/mid", s[::2], np.full(5, 1e-2)), ("g/last", s, np.ones(10))]
@@ -447,6 +463,39 @@ def test_spread_against_the_matrix_definition():
         np.testing.assert_allclose(r[mask], rr[mask])
         assert extra["lowest"][mask].tolist() == lowest[mask].tolist()
         assert extra["highest"][mask].tolist() == highest[mask].tolist()
+
+
+def test_spread_within_groups_against_a_per_group_reference():
+    from dyncheck.checks.detectors import _group_key, spread
+
+    assert _group_key("lr/SGD-1/pg0", 2) == "lr/SGD" == _group_key("lr/SGD/pg3", 2)
+    assert _group_key("lr/AdamW/pg0", 2) == "lr/AdamW" and _group_key("lr/my-opt/pg0", 2) == "lr/my-opt"
+    # an AdamW body at 1e-3 beside an SGD head at 1.0: no spread within a class
+    s = np.arange(20)
+    mixed = [("lr/AdamW/pg0", s, np.full(20, 1e-3)), ("lr/SGD/pg0", s, np.ones(20))]
+    assert spread(mixed, below=1e-2)[1].all() and not spread(mixed, below=1e-2, group=2)[1].any()
+    # two SGD optimizers (SGD and SGD-1) are one class: their spread counts
+    two_sgd = mixed + [("lr/SGD-1/pg0", s, np.full(20, 1e-6))]
+    _, m, r, info = spread(two_sgd, below=1e-2, group=2)
+    assert m.all() and r == pytest.approx(1e-6) and set(info["lowest"]) == {2} and set(info["highest"]) == {1}
+    rng = np.random.default_rng(5)
+    for _ in range(200):  # brute force: per step, the firing group with the lowest ratio (else the lowest ratio)
+        names = [f"lr/{rng.choice(['A', 'B', 'B-1', 'C'])}/pg{j}" for j in range(int(rng.integers(2, 7)))]
+        n = int(rng.integers(1, 30))
+        series = [(nm, np.arange(n), 10.0 ** rng.uniform(-6, 0, n)) for nm in names]
+        kw = dict(below=10.0 ** rng.uniform(-4, -1), min_series=2)
+        steps, mask, r, info = spread(series, group=2, **kw)
+        groups = {}
+        for i, (nm, _, _) in enumerate(series):
+            groups.setdefault(_group_key(nm, 2), []).append(i)
+        fit = [(idx, spread([series[i] for i in idx], **kw)) for idx in groups.values() if len(idx) >= 2]
+        if not fit:
+            assert steps.size == 0
+            continue
+        for t in range(n):
+            cands = [(not g[1][t], g[2][t], idx[g[3]["lowest"][t]]) for idx, g in fit]
+            firing, ratio_t, low = min(cands)
+            assert mask[t] == (not firing) and r[t] == pytest.approx(ratio_t) and info["lowest"][t] == low
 
 
 def test_threshold_median_scope_decided_by_counting_matches_the_median():

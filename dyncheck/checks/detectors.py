@@ -764,7 +764,7 @@ def ratio(a, b, *, above=None, below=None, between=False, to_end=0.0, scope="eac
 
 def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, min_run=1, at_end=False, **_):
     """``b`` rose while ``a`` kept falling: at each point after b's minimum, b is above its minimum by more than
-    ``rise`` of it and by more than ``min_rise`` times a's initial level (absolute scale), while ``a`` is lower
+    ``rise`` of its magnitude and by more than ``min_rise`` times a's initial level (absolute scale), while ``a`` is lower
     than it was at b's minimum by more than ``fall`` of it -- for at least ``min_run`` consecutive points of b
     and, with ``at_end``, up to b's last point (it rose and stayed up). ``a`` is taken at b's steps as the median
     of its values since b's previous point (so per-batch noise averages out)."""
@@ -781,9 +781,11 @@ def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, min
     bmin, amin = vb[imin], a_at[imin]
     a0 = _initial_level(va)
     with np.errstate(invalid="ignore"):
-        mask = ((np.arange(sb.size) > imin) & (vb > (1 + rise) * bmin) & (vb - bmin > min_rise * a0)
-                & (a_at < (1 - fall) * amin))
-        rel = (vb - bmin) / bmin
+        # shares of |level|: a loss that goes negative (a Gaussian or Poisson NLL) rises from -2.99 to -2.97 by
+        # 0.7%, not by "more than 5% of -2.99" (which every value above -3.14 is)
+        mask = ((np.arange(sb.size) > imin) & (vb > bmin + rise * abs(bmin)) & (vb - bmin > min_rise * abs(a0))
+                & (a_at < amin - fall * np.abs(amin)))
+        rel = (vb - bmin) / abs(bmin)
     runs = [(s, e) for s, e in _runs(mask) if e - s >= min_run and (not at_end or e == sb.size)]
     mask = np.zeros(sb.size, bool)
     for s, e in runs:
@@ -814,11 +816,59 @@ def stalled_while_falling(a, b, *, fall=10.0, min_improvement=0.1, min_points=4,
 
 
 # -- group --------------------------------------------------------------------------------------------------------
-def spread(series, *, below=1e-3, min_series=2, reference="max", min_share=0.0, **_):
+def _group_key(name: str, depth: int) -> str:
+    """The first ``depth`` '/'-components of a series name, a ``-<n>`` suffix of the last one dropped
+    (``lr/SGD-1/pg0`` and ``lr/SGD/pg3`` -> ``lr/SGD``: two optimizers of one class)."""
+    parts = name.split("/")[:depth]
+    if parts:
+        head, sep, tail = parts[-1].rpartition("-")
+        if sep and head and tail.isdigit():
+            parts[-1] = head
+    return "/".join(parts)
+
+
+def _spread_grouped(series, group, **kw):
+    """:func:`spread` within each group of series (:func:`_group_key`), at the steps every group has; at each
+    step the group furthest apart decides (its lowest and highest series, indexed in ``series``)."""
+    groups: dict[str, list[int]] = {}
+    for i, (name, _, _) in enumerate(series):
+        groups.setdefault(_group_key(name, group), []).append(i)
+    parts = []
+    for idx in groups.values():
+        st, m, r, info = spread([series[i] for i in idx], **kw)
+        if st.size:
+            parts.append((idx, st, m, r, info))
+    if not parts:
+        return np.array([], dtype=np.int64), np.zeros(0, bool), np.zeros(0), {}
+    steps = parts[0][1]
+    for _, st, _, _, _ in parts[1:]:
+        steps = np.intersect1d(steps, st)
+    n = steps.size
+    mask, r = np.zeros(n, bool), np.full(n, np.inf)
+    lo_idx, hi_idx = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for idx, st, m, rr, info in parts:
+        at = np.searchsorted(st, steps)
+        g_r = np.where(np.isfinite(rr[at]), rr[at], np.inf)
+        better = (m[at] & ~mask) | ((m[at] == mask) & (g_r < r))  # a firing group first, then the lowest ratio
+        mask |= m[at]
+        r = np.where(better, g_r, r)
+        ix = np.asarray(idx)
+        lo_idx = np.where(better, ix[info["lowest"][at]], lo_idx)
+        hi_idx = np.where(better, ix[info["highest"][at]], hi_idx)
+    r = np.where(np.isfinite(r), r, np.nan)
+    return steps, mask, r, {"lowest": lo_idx, "highest": hi_idx}
+
+
+def spread(series, *, below=1e-3, min_series=2, reference="max", min_share=0.0, group=0, **_):
     """Across the matched series at each common step: the smallest positive value over the ``reference`` (the
     largest, or the ``median`` of the series) is below ``below`` (orders of magnitude apart), and at least
     ``min_share`` of the series are that far below it (one odd parameter is not a pattern of the network). Zeros
-    are left out: parameters without gradient are another check."""
+    are left out: parameters without gradient are another check. ``group`` k > 0: series are compared only with
+    those whose names agree on their first k '/'-components (``lr/<Optimizer>``: an Adam lr and an SGD lr are
+    not on one scale)."""
+    if group:
+        return _spread_grouped(series, group, below=below, min_series=min_series, reference=reference,
+                               min_share=min_share)
     if len(series) < min_series:
         return np.array([], dtype=np.int64), np.zeros(0, bool), np.zeros(0), {}
     steps = np.asarray(series[0][1])
@@ -928,6 +978,7 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
               "min_points": (_COUNT, 4)}, ("a", "b0", "fall")),
     Detector("spread", "group", spread, {"below": (_POS, 1e-3), "min_series": (_COUNT, 2),
                                          "reference": ({"enum": ["max", "median"]}, "max"),
-                                         "min_share": (_SHARE, 0.0)},
+                                         "min_share": (_SHARE, 0.0),
+                                         "group": ({"type": "integer", "minimum": 0}, 0)},
              ("lowest", "highest")),
 ]}
