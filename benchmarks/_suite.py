@@ -299,8 +299,8 @@ def print_table(rows, summary):
             mark = "" if not r["alarms"] else "  <- FALSE ALARM"
         else:
             ok = ""
-            mark = ("  [diagnosed" + (", first correct]" if r["first_correct"] else ", first wrong]")
-                    if r["diagnosed"] else "  <- MISS") + f"  expected {{{','.join(r['expected'])}}}"
+            mark = ("  [diagnosed" + (", first correct]" if r.get("first_correct") else ", first wrong]")
+                    if r.get("diagnosed") else "  <- MISS") + f"  expected {{{','.join(r['expected'])}}}"
         vl = f"{_f(r['val_loss_0'])}->{_f(r['val_loss'])}"
         acc = "-" if r["val_acc"] is None else f"{r['val_acc']:.2f}"
         err = f" ERROR {r['error']}" if r.get("error") else ""

@@ -753,3 +753,66 @@ def test_frozen_parameters_on_synthetic_runs():
     unfrozen = np.where(lsteps < 300, 0.93, 0.0)
     assert "frozen-parameters" not in {f.check for f in evaluate(run(unfrozen, slow, 1.2 + 0 * vsteps),
                                                                  rules).findings}
+
+
+def test_suite_four_conditions_on_synthetic_runs():
+    """Today's conditions of the default pack, each on a synthetic run with a known answer: a linear probe (most
+    parameters in no optimizer, val far below chance) is no unchanged-parameters fault, an optimizer that leaves
+    the weights out is -- and frozen-parameters explains it; L-BFGS that converged in its first steps is no
+    update-too-small; a validation loss that reached a tenth of chance before the first validation is not
+    stalled; a negative validation loss that barely moves is no train-val divergence; an AdamW body beside an
+    SGD head is no lr spread."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(11)
+    steps = np.arange(1000)
+    lsteps = steps[::50]
+    vsteps = np.arange(99, 1000, 100)
+    noise = lambda n: np.exp(0.03 * rng.standard_normal(n))  # noqa: E731
+    ce = {"output/chance_loss": (lsteps, np.full(lsteps.size, np.log(3))),
+          "output/softmax_grad": (lsteps, np.ones(lsteps.size))}
+    unchanged = {f"weight_unchanged/enc.{i}.weight": (lsteps, np.ones(lsteps.size)) for i in range(3)}
+
+    def checks(run):
+        return {f.check for f in evaluate(run, rules).findings}
+
+    probe = {"loss/train": (steps, (1.1 * np.exp(-steps / 100) + 0.003) * noise(steps.size)),
+             "loss/val": (vsteps, 0.003 + 0 * vsteps), "model/untrained_share": (lsteps, np.full(lsteps.size, 0.98)),
+             **ce, **unchanged}
+    assert "unchanged-parameters" not in checks(probe)
+    typo = {**probe, "loss/train": (steps, (1.1 - 0.2 * steps / 1000) * noise(steps.size)),
+            "loss/val": (vsteps, 1.05 + 0 * vsteps), "model/untrained_share": (lsteps, np.full(lsteps.size, 0.96))}
+    res = evaluate(typo, rules)
+    assert {"unchanged-parameters", "frozen-parameters"} <= {f.check for f in res.findings}
+    assert res.diagnoses[0].check == "frozen-parameters"
+    assert "unchanged-parameters" in {e.check for e in res.diagnoses[0].explained}
+    detached = {**probe, "model/untrained_share": (lsteps, np.zeros(lsteps.size))}  # in the optimizer, no gradient
+    assert "unchanged-parameters" in checks(detached)
+
+    # L-BFGS: converged within its first steps, then (nearly) no update
+    lbfgs_loss = (0.026 + 0.05 * np.exp(-steps / 2.0)) * noise(steps.size)
+    tiny = {f"update_ratio/l{i}.weight": (lsteps, np.full(lsteps.size, 1e-9)) for i in range(2)}
+    lbfgs = {"loss/train": (steps, lbfgs_loss), "loss/val": (vsteps, 0.27 + 0 * vsteps), **tiny,
+             "output/chance_loss": (lsteps, np.full(lsteps.size, np.log(2))),
+             "output/softmax_grad": (lsteps, np.ones(lsteps.size))}
+    assert "update-too-small" not in checks(lbfgs)
+    at_chance = {**lbfgs, "loss/train": (steps, 0.69 * noise(steps.size)), "loss/val": (vsteps, 0.69 + 0 * vsteps)}
+    assert "update-too-small" in checks(at_chance)
+
+    # full-batch GD: val 0.097 at the first validation (chance log 3), training on to 1e-4; the CE gradient test
+    # fails at such losses (softmax_grad's median 0.75): a softmax CE at some point of the run is enough
+    gd = {"loss/train": (steps, 1.1 * np.exp(-steps / 60) + 1e-4), "loss/val": (vsteps, 0.097 + 1e-6 * vsteps),
+          "output/chance_loss": ce["output/chance_loss"],
+          "output/softmax_grad": (lsteps, np.where(lsteps < 200, 1.0, 0.75))}
+    assert "validation-stalled" not in checks(gd)
+    assert "validation-stalled" in checks({**gd, "loss/val": (vsteps, 1.0 + 1e-6 * vsteps)})
+
+    # a Poisson NLL below zero: -2.99 at its best, -2.97 after
+    pois = {"loss/train": (steps, 0.5 - 3.5 * (1 - np.exp(-steps / 200))),
+            "loss/val": (vsteps, np.r_[-2.0, -2.9, -2.99, np.full(vsteps.size - 3, -2.97)])}
+    assert "train-val-divergence" not in checks(pois)
+
+    # manual optimization with two optimizers: AdamW at 1e-3 on the body, SGD at 1.0 on the head
+    lrs = {"lr/AdamW/pg0": (steps, np.full(steps.size, 1e-3)), "lr/SGD/pg0": (steps, np.ones(steps.size)),
+           "loss/train": (steps, 1.6 * np.exp(-steps / 300) + 0.4)}
+    assert "layers-not-learning" not in checks(lrs)
+    assert "layers-not-learning" in checks({**lrs, "lr/SGD-1/pg0": (steps, np.full(steps.size, 1e-5))})
