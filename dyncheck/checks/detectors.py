@@ -765,9 +765,9 @@ def ratio(a, b, *, above=None, below=None, between=False, to_end=0.0, scope="eac
 def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, min_run=1, at_end=False, **_):
     """``b`` rose while ``a`` kept falling: at each point after b's minimum, b is above its minimum by more than
     ``rise`` of its magnitude and by more than ``min_rise`` times a's initial level (absolute scale), while ``a`` is
-    lower than it was at b's minimum by more than ``fall`` of its magnitude -- for at least ``min_run`` consecutive points of b
-    and, with ``at_end``, up to b's last point (it rose and stayed up). ``a`` is taken at b's steps as the median
-    of its values since b's previous point (so per-batch noise averages out)."""
+    lower than it was at b's minimum by more than ``fall`` of its magnitude -- for at least ``min_run``
+    consecutive points of b and, with ``at_end``, up to b's last point (it rose and stayed up). ``a`` is taken at
+    b's steps as the median of its values since b's previous point (so per-batch noise averages out)."""
     sa, va = np.asarray(a[0]), np.asarray(a[1], float)
     sb, vb = np.asarray(b[0]), np.asarray(b[1], float)
     mask = np.zeros(sb.size, bool)
