@@ -26,6 +26,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
@@ -103,6 +104,41 @@ def fit(module, train_dl, val_dl, run_dir, steps, val_every=None, **trainer_kw):
 def loaders(xtr, ytr, xva, yva, bs, shuffle=True, val_bs=512):
     return (DataLoader(TensorDataset(xtr, ytr), batch_size=bs, shuffle=shuffle, drop_last=len(xtr) > bs),
             DataLoader(TensorDataset(xva, yva), batch_size=val_bs))
+
+
+# ------------------------------------------------------------------------------- helpers the suites' runs share
+def tensors(x, y, ydtype=torch.long):
+    """Arrays as (float32 features, ``ydtype`` targets) tensors."""
+    return torch.tensor(np.asarray(x), dtype=torch.float32), torch.tensor(np.asarray(y), dtype=ydtype)
+
+
+def mlp(sizes, act=nn.ReLU, dropout=0.0, bn=False, final=None):
+    """Linear layers of ``sizes``, each hidden one followed by [BatchNorm1d], ``act()`` [and Dropout]; ``final``:
+    a module after the last layer."""
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            if bn:
+                layers.append(nn.BatchNorm1d(sizes[i + 1]))
+            layers.append(act())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    if final is not None:
+        layers.append(final)
+    return nn.Sequential(*layers)
+
+
+def adam(lr, **kw):
+    return lambda p: torch.optim.Adam(p, lr=lr, **kw)
+
+
+def adamw(lr, **kw):
+    return lambda p: torch.optim.AdamW(p, lr=lr, **kw)
+
+
+def sgd(lr, **kw):
+    return lambda p: torch.optim.SGD(p, lr=lr, **kw)
 
 
 class Net(pl.LightningModule):

@@ -40,16 +40,13 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside it
 from _suite import LM, Net, fit, loaders, main as run_suite, registry, val_metrics  # noqa: E402,F401
+from _suite import adam, adamw, mlp, sgd, tensors as _t  # noqa: E402,F401
 
 SUITE_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------------------------- data
 DATA_SEED = 4321  # data sets are the same for every seed; the seed varies initialisation and batch order
-
-
-def _t(x, y, ydtype=torch.long):
-    return torch.tensor(np.asarray(x), dtype=torch.float32), torch.tensor(np.asarray(y), dtype=ydtype)
 
 
 def split_std(x, y, val_frac=0.25, std_x=True, seed=DATA_SEED):
@@ -201,21 +198,6 @@ def lm_loaders(xtr, xva, bs):
             DataLoader(TensorDataset(xva), batch_size=256))
 
 
-def mlp(sizes, act=nn.ReLU, dropout=0.0, bn=False, final=None):
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            if bn:
-                layers.append(nn.BatchNorm1d(sizes[i + 1]))
-            layers.append(act())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-    if final is not None:
-        layers.append(final)
-    return nn.Sequential(*layers)
-
-
 class ResMLP(nn.Module):
     def __init__(self, d_in, width, depth, n_out):
         super().__init__()
@@ -292,18 +274,6 @@ class HFDistilBert(nn.Module):
 
     def forward(self, x):
         return self.m(input_ids=x).logits
-
-
-def adam(lr, **kw):
-    return lambda p: torch.optim.Adam(p, lr=lr, **kw)
-
-
-def adamw(lr, **kw):
-    return lambda p: torch.optim.AdamW(p, lr=lr, **kw)
-
-
-def sgd(lr, **kw):
-    return lambda p: torch.optim.SGD(p, lr=lr, **kw)
 
 
 # ------------------------------------------------------------------------------------------------------ registry

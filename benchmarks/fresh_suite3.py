@@ -47,16 +47,13 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside it
 from _suite import LM, Net, fit, loaders, main as run_suite, registry, val_metrics  # noqa: E402,F401
+from _suite import adam, adamw, mlp, sgd, tensors as _t  # noqa: E402,F401
 
 SUITE_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------------------------- data
 DATA_SEED = 9876  # data sets are the same for every seed; the seed varies initialisation and batch order
-
-
-def _t(x, y, ydtype=torch.long):
-    return torch.tensor(np.asarray(x), dtype=torch.float32), torch.tensor(np.asarray(y), dtype=ydtype)
 
 
 def split(x, y, val_frac=0.25, seed=DATA_SEED):
@@ -241,19 +238,6 @@ class Tagger(Net):
         return loss, (out.argmax(-1) == y).float().mean() * len(y), len(y)
 
 
-def mlp(sizes, act=nn.ReLU, dropout=0.0, final=None):
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(act())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-    if final is not None:
-        layers.append(final)
-    return nn.Sequential(*layers)
-
-
 def cnn_digits(n_out=10, drop2d=0.0, widths=(32, 64)):
     d = (lambda: nn.Dropout2d(drop2d)) if drop2d else nn.Identity
     a, b = widths
@@ -385,18 +369,6 @@ class Seq2Seq(Net):
         out = self(x, y)
         loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
         return loss, (out.argmax(-1) == y).float().mean() * len(y), len(y)
-
-
-def adam(lr, **kw):
-    return lambda p: torch.optim.Adam(p, lr=lr, **kw)
-
-
-def adamw(lr, **kw):
-    return lambda p: torch.optim.AdamW(p, lr=lr, **kw)
-
-
-def sgd(lr, **kw):
-    return lambda p: torch.optim.SGD(p, lr=lr, **kw)
 
 
 def pretrain(model, x, y, steps, lr=1e-3, bs=64, seed=0):

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset  # noqa:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside it
 from _suite import LM, Net, fit, loaders, main as run_suite, registry, val_metrics  # noqa: E402,F401
+from _suite import adam, sgd, tensors as _t  # noqa: E402,F401
 
 SUITE_VERSION = 1
 
@@ -55,10 +56,6 @@ RUNS, healthy, fault = registry(SUITE_VERSION)
 
 # ----------------------------------------------------------------------------------------------------------- data
 DATA_SEED = 4040  # data sets are the same for every seed; the seed varies initialisation and batch order
-
-
-def _t(x, y, ydtype=torch.long):
-    return torch.tensor(np.asarray(x), dtype=torch.float32), torch.tensor(np.asarray(y), dtype=ydtype)
 
 
 def _split(x, y, n_val, seed=DATA_SEED):
@@ -162,16 +159,8 @@ def small_cnn(k=10, c=32, norm=None, bias_init=None):
     return m
 
 
-def adam(lr, **kw):
-    return lambda p: torch.optim.Adam(p, lr=lr, **kw)
-
-
 def adamw(lr, wd=0.01, **kw):
     return lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=wd, **kw)
-
-
-def sgd(lr, momentum=0.0, **kw):
-    return lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum, **kw)
 
 
 def warmup_cosine(warm, total, floor=0.0):
