@@ -758,10 +758,9 @@ def test_frozen_parameters_on_synthetic_runs():
 def test_suite_four_conditions_on_synthetic_runs():
     """Today's conditions of the default pack, each on a synthetic run with a known answer: a linear probe (most
     parameters in no optimizer, val far below chance) is no unchanged-parameters fault, an optimizer that leaves
-    the weights out is -- and frozen-parameters explains it; L-BFGS that converged in its first steps is no
-    update-too-small; a validation loss that reached a tenth of chance before the first validation is not
-    stalled; a negative validation loss that barely moves is no train-val divergence; an AdamW body beside an
-    SGD head is no lr spread."""
+    the weights out is -- and it explains frozen-parameters; L-BFGS that converged in its first steps is no
+    update-too-small; a negative validation loss that barely moves is no train-val divergence; an AdamW body
+    beside an SGD head is no lr spread."""
     rules = load_rules("default")
     rng = np.random.default_rng(11)
     steps = np.arange(1000)
@@ -783,8 +782,8 @@ def test_suite_four_conditions_on_synthetic_runs():
             "loss/val": (vsteps, 1.05 + 0 * vsteps), "model/untrained_share": (lsteps, np.full(lsteps.size, 0.96))}
     res = evaluate(typo, rules)
     assert {"unchanged-parameters", "frozen-parameters"} <= {f.check for f in res.findings}
-    assert res.diagnoses[0].check == "frozen-parameters"
-    assert "unchanged-parameters" in {e.check for e in res.diagnoses[0].explained}
+    assert [d.check for d in res.diagnoses] == ["unchanged-parameters"]  # one diagnosis, naming the tensors
+    assert "frozen-parameters" in {e.check for e in res.diagnoses[0].explained}
     detached = {**probe, "model/untrained_share": (lsteps, np.zeros(lsteps.size))}  # in the optimizer, no gradient
     assert "unchanged-parameters" in checks(detached)
 
@@ -797,14 +796,6 @@ def test_suite_four_conditions_on_synthetic_runs():
     assert "update-too-small" not in checks(lbfgs)
     at_chance = {**lbfgs, "loss/train": (steps, 0.69 * noise(steps.size)), "loss/val": (vsteps, 0.69 + 0 * vsteps)}
     assert "update-too-small" in checks(at_chance)
-
-    # full-batch GD: val 0.097 at the first validation (chance log 3), training on to 1e-4; the CE gradient test
-    # fails at such losses (softmax_grad's median 0.75): a softmax CE at some point of the run is enough
-    gd = {"loss/train": (steps, 1.1 * np.exp(-steps / 60) + 1e-4), "loss/val": (vsteps, 0.097 + 1e-6 * vsteps),
-          "output/chance_loss": ce["output/chance_loss"],
-          "output/softmax_grad": (lsteps, np.where(lsteps < 200, 1.0, 0.75))}
-    assert "validation-stalled" not in checks(gd)
-    assert "validation-stalled" in checks({**gd, "loss/val": (vsteps, 1.0 + 1e-6 * vsteps)})
 
     # a Poisson NLL below zero: -2.99 at its best, -2.97 after
     pois = {"loss/train": (steps, 0.5 - 3.5 * (1 - np.exp(-steps / 200))),

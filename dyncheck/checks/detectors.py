@@ -780,7 +780,7 @@ def opposite_trends(a, b, *, rise=0.1, min_rise=0.0, fall=0.0, min_points=3, min
     imin = int(np.nanargmin(np.where(fin, vb, np.nan)))
     bmin, amin = vb[imin], a_at[imin]
     a0 = _initial_level(va)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         # shares of |level|: a loss that goes negative (a Gaussian or Poisson NLL) rises from -2.99 to -2.97 by
         # 0.7%, not by "more than 5% of -2.99" (which every value above -3.14 is)
         mask = ((np.arange(sb.size) > imin) & (vb > bmin + rise * abs(bmin)) & (vb - bmin > min_rise * abs(a0))
