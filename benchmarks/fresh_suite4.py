@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset  # noqa:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside it
 from _suite import LM, Net, fit, loaders, main as run_suite, registry, val_metrics  # noqa: E402,F401
 from _suite import adam, sgd, tensors as _t  # noqa: E402,F401
+from _suite import adamw as shared_adamw, mlp as shared_mlp  # noqa: E402
 
 SUITE_VERSION = 1
 
@@ -127,18 +128,7 @@ def token_loaders(tr, va, bs, val_bs=256):
 
 # --------------------------------------------------------------------------------------------- models and modules
 def mlp(sizes, act=nn.ReLU, dropout=0.0, bn=False, out_act=None):
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            if bn:
-                layers.append(nn.BatchNorm1d(b))
-            layers.append(act())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-    if out_act is not None:
-        layers.append(out_act)
-    return nn.Sequential(*layers)
+    return shared_mlp(sizes, act=act, dropout=dropout, bn=bn, final=out_act)
 
 
 def small_cnn(k=10, c=32, norm=None, bias_init=None):
@@ -160,7 +150,7 @@ def small_cnn(k=10, c=32, norm=None, bias_init=None):
 
 
 def adamw(lr, wd=0.01, **kw):
-    return lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=wd, **kw)
+    return shared_adamw(lr, weight_decay=wd, **kw)
 
 
 def warmup_cosine(warm, total, floor=0.0):

@@ -184,7 +184,8 @@ class Evaluation:
         if store is not None:
             since = time.perf_counter() - self._last
             if self._last == 0.0 or self._cost <= LIVE_BUDGET * since:
-                result = self._evaluate(store, final=False)
+                with one_blas_thread():
+                    result = self._evaluate(store, final=False)
                 if result is not None:
                     self.result = result
                     fired = next(iter(result.at_or_above(self.stop_on)), None)
@@ -220,7 +221,7 @@ class Evaluation:
 
         t = time.perf_counter()
         try:
-            with open_run(store) as run, one_blas_thread():
+            with open_run(store) as run:
                 return evaluate(run, self.rules, final=final)
         except Exception as exc:  # checking must never break the training it observes
             self._warn("checks", f"dyncheck: evaluating the checks failed ({type(exc).__name__}: {exc}); the run "

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from ..errors import MeasureError
 from ..names import ACTIVATION_STATS
 from .naming import named_modules
-from .tensors import first_tensor
+from .tensors import count_nonfinite, first_tensor
 
 __all__ = ["ACTIVATION_STATS", "STAT_REDUCE", "activation_stats", "unit_dim", "saturation_bounds",
            "first_float_tensor", "ActivationRecorder", "Selection", "select", "select_modules", "is_compiled",
@@ -102,9 +102,7 @@ def activation_stats(x: Tensor, unit_dim: int, saturation: tuple[float, float] |
                           dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     xf = x if x.dtype == torch.float64 else x.float()
     n = xf.numel()
-    # the count of NaN/Inf without a boolean mask (on CPU isfinite alone took 190 us for 131k values): x - x is
-    # exactly 0 for a finite x, NaN (nonzero) for NaN and +-Inf
-    nonfinite = torch.count_nonzero(xf - xf).to(xf.dtype)
+    nonfinite = count_nonfinite(xf).to(xf.dtype)
     other = [d for d in range(xf.dim()) if d != unit_dim]
     unit_sum = xf.sum(dim=other) if other else xf  # per unit; their total gives the mean at no extra pass
     # two-pass mean/std: as accurate as torch.std_mean and ~8x faster on CPU

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["NormPlan", "first_tensor", "has_sharded", "is_sharded", "local_part", "nonfinite_counts", "replicas",
-           "sparse_values", "tensor_norms", "update_norms", "update_ratios", "world_size"]
+__all__ = ["NormPlan", "count_nonfinite", "first_tensor", "has_sharded", "is_sharded", "local_part",
+           "nonfinite_counts", "replicas", "sparse_values", "tensor_norms", "update_norms", "update_ratios",
+           "world_size"]
 
 #: dtypes whose norms are taken in float32 (upcast: a float16 sum of squares would overflow)
 _FLOAT32_NORM = frozenset({torch.float32, torch.float16, torch.bfloat16})
@@ -260,7 +261,9 @@ def tensor_norms(tensors: Sequence[Tensor], plan: NormPlan | None = None) -> Ten
 NONFINITE_CHUNK = 1 << 22
 
 
-def _count_nonfinite(t: Tensor) -> Tensor:
+def count_nonfinite(t: Tensor) -> Tensor:
+    """Number of NaN/Inf elements of one tensor (a 0-d int64 tensor on its device; transient memory bounded by
+    :data:`NONFINITE_CHUNK`)."""
     if t.layout != torch.strided:
         t = sparse_values(t)
     n = t.numel()
@@ -291,10 +294,10 @@ def nonfinite_counts(tensors: Sequence[Tensor], *, shares: bool = False) -> Tens
     if not tensors:
         return torch.empty(0)
     if not shares:
-        return _stack([_count_nonfinite(t) for t in tensors], tensors[0].device).to(torch.float32)
+        return _stack([count_nonfinite(t) for t in tensors], tensors[0].device).to(torch.float32)
     scale = _share_scale(tensors, range(len(tensors)), 1.0)
     parts = [local_part(t) for t in tensors]
-    counts = _stack([_count_nonfinite(t) for t in parts], parts[0].device).to(torch.float32)
+    counts = _stack([count_nonfinite(t) for t in parts], parts[0].device).to(torch.float32)
     return counts if scale is None else counts * torch.tensor(scale, device=counts.device)
 
 
