@@ -128,6 +128,7 @@ def test_a_compiled_network_is_watched_from_outside_its_graph(tmp_path):
         def forward(self, x):
             return self.net(x.reshape(len(x), -1)).relu()
 
+    torch.manual_seed(0)  # (unseeded, the share at step 0 follows the initialisation: 0.78 at seed 0, 0.20-0.61 else)
     model = Compiled(log_acc=False)
     with _fit(tmp_path, model) as run:
         assert run.meta["output"]["module"] == "" and run.meta["output"]["type"] == "Compiled"
