@@ -44,7 +44,8 @@ class GradientCollector(Collector):
         vecs: list[Tensor] = field(default_factory=list)
 
     def due(self, step: int) -> bool:
-        return True  # the norms are taken every step (cheap); what is emitted follows the two schedules
+        # the norms are taken when either schedule wants them (``scalars_every_n_steps`` > 1 saves the kernels)
+        return self._scalars.due(step) or self._layers.due(step)
 
     def start(self, ctx) -> None:
         super().start(ctx)
