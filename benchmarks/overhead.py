@@ -16,6 +16,9 @@ and position effects hit all of them equally:
 - ``monitor, no checks/report``  ``rules=None, report=False`` (measuring only)
 - ``monitor, sharpness off``  ``DynamicsMonitor(dirpath=tmp, sharpness_budget=0)``
 - ``monitor, NTK + trajectory off``  ``ntk_budget=0, trajectory_every_n_steps=0`` (the defaults before issue 15)
+- ``monitor, probes + activations off`` and ``monitor, scalars only`` (``--breakdown``): all probes off and
+  no activation statistics; and that with no per-layer step after step 0 (loss, learning rates and the global
+  gradient norm of every step): where the cost without probes goes
 - ``monitor, all every step`` (``--all-every-step``) ``every_n_steps=1, activations_every_n_steps=1`` and
   sharpness on a fixed schedule of every 10 steps: one probe is up to 20 Hessian-vector products (~8 training
   steps for the CNN, ~75 for the 8.5M MLP on this CPU), so probing every step would only measure the probe.
@@ -35,7 +38,8 @@ CPU the device is the host, so this is host and device memory together; on CUDA 
 Targets: <= 1.03x at defaults on the CNN over 3,000+ steps (sharpness budget included), <= 1.01x on the 8.5M MLP,
 end of fit <= 0.1 s on a short run.
 
-Usage: ``python benchmarks/overhead.py [--quick] [--repeats N] [--model cnn|mlp10m|both] [--all-every-step]``
+Usage: ``python benchmarks/overhead.py [--quick] [--repeats N] [--model cnn|mlp10m|both] [--breakdown]
+[--all-every-step]``
 """
 
 from __future__ import annotations
@@ -177,6 +181,14 @@ CONFIGS = {
     "monitor, all probes off": {"sharpness_budget": 0, "noise_budget": 0, "ntk_budget": 0,
                                 "trajectory_every_n_steps": 0, "rules": None, "report": False},
 }
+_PROBES_OFF = {"sharpness_budget": 0, "noise_budget": 0, "ntk_budget": 0, "trajectory_every_n_steps": 0,
+               "rules": None, "report": False}
+#: ``--breakdown``: with ``all probes off``, where the rest goes -- the activation statistics of the per-layer steps,
+#: the other per-layer statistics (one per-layer step only, at step 0), and the per-step scalars
+BREAKDOWN = {
+    "monitor, probes + activations off": {**_PROBES_OFF, "activations_every_n_steps": 0},
+    "monitor, scalars only": {**_PROBES_OFF, "activations_every_n_steps": 0, "every_n_steps": 10 ** 9},
+}
 ALL_EVERY_STEP = {f"monitor, all every step (sharp every {SHARP_EVERY})": {
     "every_n_steps": 1, "activations_every_n_steps": 1, "sharpness_every_n_steps": SHARP_EVERY}}
 
@@ -252,7 +264,7 @@ def bench(label: str, make_model, loader, max_steps: int, repeats: int, configs:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'model':<10} {'configuration':<30} {'median s':>9} {'ms/step':>8} {'ratio':>7} {'paired':>7} " \
+    head = f"{'model':<10} {'configuration':<34} {'median s':>9} {'ms/step':>8} {'ratio':>7} {'paired':>7} " \
            f"{'probes':>6} {'sharp s':>8} {'end s':>6} {'peak MB':>8} {'extra MB':>8}  target"
     print("\n" + head)
     print("-" * len(head))
@@ -267,7 +279,7 @@ def print_table(rows: list[dict]) -> None:
         sharp = f"{info.get('sharp_s', 0):.3f}" if mon else ""
         end = f"{info.get('end_s', 0):.3f}" if mon else ""
         extra = f"{r['extra_mb']:+.1f}" if mon else ""
-        print(f"{r['model']:<10} {r['config']:<30} {r['median_s']:>9.3f} {r['ms_per_step']:>8.2f} "
+        print(f"{r['model']:<10} {r['config']:<34} {r['median_s']:>9.3f} {r['ms_per_step']:>8.2f} "
               f"{r['ratio']:>6.3f}x {r['ratio_paired']:>6.3f}x {probes:>6} {sharp:>8} {end:>6} "
               f"{r['peak_mb']:>8.1f} {extra:>8}  {target}")
     print("ratio = median(config) / median(plain); paired = median over repeats of config/plain in the same repeat;"
@@ -294,6 +306,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--model", choices=("cnn", "mlp10m", "both"), default="both")
     ap.add_argument("--all-every-step", action="store_true", help="also time everything measured every step")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the monitor without activation statistics and with the per-step scalars only")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1)")
     ap.add_argument("--cnn-steps", type=int, default=None)
     ap.add_argument("--mlp-steps", type=int, default=None)
@@ -303,7 +317,8 @@ def main() -> None:
     cnn_steps, mlp_steps = (30, 4) if args.quick else (3200, 60)
     cnn_steps = args.cnn_steps or cnn_steps
     mlp_steps = args.mlp_steps or mlp_steps
-    configs = {**CONFIGS, **(ALL_EVERY_STEP if args.all_every_step else {})}
+    configs = {**CONFIGS, **(BREAKDOWN if args.breakdown else {}),
+               **(ALL_EVERY_STEP if args.all_every_step else {})}
 
     print(f"load average at start: {os.getloadavg()[0]:.2f} (another process on these cores skews the timings)")
     print(f"torch {torch.__version__}, pytorch_lightning {pl.__version__}, torch.get_num_threads() = "
