@@ -154,7 +154,8 @@ def test_budget_schedule_takes_the_reference_then_probes_on_the_sharpness_schedu
     # schedule's 1% of the rest but at least 3 steps (33), taken there unless the allowance does not cover its
     # measured cost yet (a slow or busy host: later); how many follow depends on measured times (benchmarks)
     facts = meta["ntk"]["schedule"]
-    assert steps[0] == 0 and facts["first_step"] == 33 and 33 <= steps[1] < 300
+    assert steps[0] == 0 and facts["planned_first_step"] == 33 and all(33 <= s < 300 for s in steps[1:])
+    assert facts["first_step"] in (None, steps[1] if len(steps) > 1 else None)
     assert facts["mode"] == "planned" and meta["ntk_probes"] == len(steps) == facts["probes"] + 1
     assert 0 < meta["ntk_time_s"] < meta["duration_s"]
 

@@ -745,7 +745,9 @@ class SharpnessSchedule:
         """What the run's metadata records about the schedule."""
         gaps = np.diff(self.steps) if len(self.steps) > 1 else np.zeros(0, dtype=int)
         out: dict = {"mode": self.mode, "planned_steps": self.total, "probes": len(self.steps),
-                     "first_step": self.steps[0] if self.steps else None, "time_s": round(self.spent, 6)}
+                     "first_step": self.steps[0] if self.steps else None,
+                     "planned_first_step": self.first_step if self.mode in ("planned", "open") else None,
+                     "time_s": round(self.spent, 6)}
         if self.mode == "fixed":
             out["every_n_steps"] = self.every_n
         if self.mode in ("planned", "open"):
