@@ -367,6 +367,16 @@ def test_collapse_only_when_it_stays_low_from_early_on():
     assert not collapse(steps, restarts, below=1e-3, early=0.5)[0].any()
     late = np.where(steps < 700, 0.1, 1e-6)  # a late cut (fine-tuning tail) is not early
     assert not collapse(steps, late, below=1e-3, early=0.5)[0].any()
+    # MultiStepLR(milestones=[30, 60, 90], gamma=0.1) meant per epoch, stepped per batch: exactly 1e-3 of the
+    # peak from step 90 on -- in float64 a hair above it (0.1 * 0.1 * 0.1 * 0.1 = 1.0000000000000003e-4)
+    lr, multistep = 0.1, []
+    for s in steps:
+        multistep.append(lr)
+        lr = lr * 0.1 if s + 1 in (30, 60, 90) else lr
+    m = collapse(steps, np.array(multistep), below=1e-3, early=0.5)[0]
+    assert np.flatnonzero(m)[0] == 90 and m[90:].all()
+    two = np.where(steps < 90, 0.1, 0.1 * 0.1 * 0.1 * 1.1)  # 1.1e-3 of the peak: not down to the threshold
+    assert not collapse(steps, two, below=1e-3, early=0.5)[0].any()
 
 
 def test_improves_later_against_brute_force():

@@ -582,9 +582,11 @@ def plateau(steps, values, *, early=0.35, min_improvement=0.1, min_early_progres
 
 
 def collapse(steps, values, *, below=1e-3, early=0.5, **_):
-    """The value falls below ``below`` times its running maximum before the first ``early`` share of the run's
-    steps and stays below it to the end (a learning rate that a mis-stepped schedule drove to ~0; a cosine that
-    reaches 0 at the end, or a warm restart's dip, does not count). Reported at the step it first fell."""
+    """The value falls to ``below`` times its running maximum or lower before the first ``early`` share of the
+    run's steps and stays there to the end (a learning rate that a mis-stepped schedule drove to ~0; a cosine that
+    reaches 0 at the end, or a warm restart's dip, does not count). Reported at the step it first fell. "At or
+    below", with a rounding allowance: three x0.1 milestones of a MultiStepLR land on 1e-3 of the peak, which
+    in float64 is 0.1 * 0.1 * 0.1 * 0.1 = 1.0000000000000003e-4 -- above 1e-3 * 0.1."""
     v = np.asarray(values, dtype=float)
     s = np.asarray(steps)
     mask = np.zeros(v.size, bool)
@@ -593,7 +595,7 @@ def collapse(steps, values, *, below=1e-3, early=0.5, **_):
         return mask, out, {}
     peak = np.maximum.accumulate(np.where(np.isfinite(v), v, -np.inf))
     with np.errstate(invalid="ignore", divide="ignore"):
-        low = (v < below * peak) & (peak > 0)
+        low = (v <= below * peak * (1 + 1e-5)) & (peak > 0)
         rel = v / peak
     # stays low to the end: the last point that is not low
     not_low = np.flatnonzero(~low)
