@@ -807,3 +807,20 @@ def test_suite_four_conditions_on_synthetic_runs():
            "loss/train": (steps, 1.6 * np.exp(-steps / 300) + 0.4)}
     assert "layers-not-learning" not in checks(lrs)
     assert "layers-not-learning" in checks({**lrs, "lr/SGD-1/pg0": (steps, np.full(steps.size, 1e-5))})
+
+
+def test_dead_units_are_no_fault_when_the_live_units_fit_the_data():
+    """The default pack's dead-units: 90% of a layer dead for every sample is the fault while the loss stalls (or
+    merely falls 20x); a multiclass hinge loss that reaches exactly 0 -- the live units fit the data -- is not."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(4)
+    steps = np.arange(600)
+    every = steps[::10]
+    dead = {"act/dead/net.1": (every, np.where(every < 50, 0.3, 0.9))}
+    noise = np.exp(0.05 * rng.standard_normal(steps.size))
+    stalled = 1.5 * noise
+    twenty_x = (0.05 + 0.95 * np.exp(-steps / 60)) * 1.0 * noise
+    hinge = np.maximum(0.0, 1.0 - steps / 200) * noise  # exactly 0 from step 200 on
+    for loss, fires in ((stalled, True), (twenty_x, True), (hinge, False)):
+        found = {f.check for f in evaluate({"loss/train": (steps, loss), **dead}, rules).findings}
+        assert ("dead-units" in found) is fires, (fires, found)
