@@ -177,3 +177,31 @@ def test_other_dtypes(tmp_path, dtype):
     run = open_run(tmp_path / "run.db")
     assert run.series("weight_unchanged/m.weight").values.tolist() == [0.0, 0.0, 0.0]
     assert run.meta["unchanged_parameters"] == []
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_parameter_replaced_in_the_module_is_compared_from_when_it_appears(tmp_path, trained):
+    """A head assigned after the optimizer was built (the optimizer still holds the old one): the module's new
+    tensor never changes and must read unchanged from its first step -- not "changed" against the old head's
+    fingerprint. The same replacement added to the optimizer changes at its next step."""
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = Monitor(MonitorConfig(sharpness_budget=0, flush_every_n_steps=4, activations_every_n_steps=0))
+
+    def on_step(step):
+        if step == 3:
+            model.c = nn.Linear(16, 1)
+            if trained:
+                opt.add_param_group({"params": list(model.c.parameters())})
+
+    drive(tmp_path, model, opt, 10, monitor=mon, on_step=on_step, data=(torch.randn(16, 8), torch.randn(16, 1)))
+    run = open_run(tmp_path / "run.db")
+    new = [1.0] + [0.0] * 6 if trained else [1.0] * 7
+    for n in ("c.weight", "c.bias"):
+        assert run.series(f"weight_unchanged/{n}").values.tolist() == [0.0] * 3 + new, n
+    assert run.series("weight_unchanged/a.weight").values.tolist() == [0.0] * 10
+    # (with the new group the optimizer is indexed again: the old head's tensors, still in its first group and no
+    # longer in the module, are named by position -- and are unchanged, as they get no gradient)
+    expected = ["frozen", "nudged", "param6", "param7"] if trained else ["c.bias", "c.weight", "frozen", "nudged"]
+    assert run.meta["unchanged_parameters"] == expected

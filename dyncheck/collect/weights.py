@@ -21,6 +21,7 @@ gathered.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,10 @@ class WeightCollector(Collector):
         refs: dict[str, _Reference] = field(default_factory=dict)  # start-of-fit fingerprints, still unchanged
         flags: dict[str, Tensor] = field(default_factory=dict)  # name -> 0-d bool on the device: unchanged so far
         changed: set[str] = field(default_factory=set)  # known on the host (from a flush) to have changed
+        #: the tensor object each name was tracked on: a parameter replaced in the module (a new head assigned after
+        #: the optimizer was built) is tracked anew from when it is first seen (not under sharding, where the
+        #: module's parameter objects may be stand-ins that change between steps)
+        objs: dict[str, Any] = field(default_factory=dict)
 
     @dataclass
     class Step:
@@ -104,6 +109,8 @@ class WeightCollector(Collector):
         try:
             fit.refs[n] = _Reference(p, self.ctx.sharded)
             fit.flags[n] = torch.ones((), dtype=torch.bool, device=p.device)
+            if not self.ctx.sharded:
+                fit.objs[n] = weakref.ref(p)
         except Exception as exc:
             self._unchanged_failed(n, exc, step)
 
@@ -188,9 +195,16 @@ class WeightCollector(Collector):
         names: list[str] = []
         flags: list[Tensor] = []
         zero = None
+        objs = fit.objs
         for n, p in params:
             if n in off:
                 continue
+            obj = objs.get(n)
+            if obj is not None and obj() is not p:  # replaced in the module: what it holds now is compared
+                fit.flags.pop(n, None)
+                fit.refs.pop(n, None)
+                fit.changed.discard(n)
+                objs.pop(n)
             if n not in fit.flags and n not in fit.changed:  # created during training: compare with it now
                 self._track(n, p, step)
                 if n not in fit.flags:

@@ -260,6 +260,29 @@ def _optimizer_head_only(fixed: bool = False) -> Setup:
     return _run(ScenarioModule(net, make), digits(), 800)
 
 
+
+class _HeadReplacedModule(ScenarioModule):
+    """Assigns a fresh head in ``on_train_start``, after ``configure_optimizers`` built the optimizer from the old
+    one (a head swapped for a new task after the optimizer was made)."""
+
+    def __init__(self, net: nn.Sequential, optimizer: Callable[[Any], torch.optim.Optimizer], replace: bool):
+        super().__init__(net, optimizer)
+        self._replace = replace
+
+    def on_train_start(self) -> None:
+        if self._replace:
+            old = self.net[-1]
+            self.net[-1] = nn.Linear(old.in_features, old.out_features)
+
+
+@_scenario("head-replaced-after-optimizer", "mlp",
+           "the classifier head is replaced by a fresh nn.Linear in on_train_start, after the optimizer was built "
+           "from the old one: the new head requires grad, gets gradients and never changes -- the body learns to "
+           "feed a fixed random projection, so the loss still falls (DeepFD: optimizer; held-out suite 5)",
+           expected={"unchanged-parameters"}, allowed={"premature-plateau", "frozen-parameters"})
+def _head_replaced(fixed: bool = False) -> Setup:
+    return _run(_HeadReplacedModule(_net(128, 2), _adam(1e-3), replace=not fixed), digits(), 800)
+
 @_scenario("mse-on-class-index", "mlp",
            "every logit regressed with MSE onto the integer class index instead of cross-entropy: the training "
            "loss falls 200x, the validation cross-entropy never leaves chance (DeepFD: loss function)",
