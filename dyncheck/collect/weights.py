@@ -7,7 +7,7 @@
   gets every tensor's ratio at every measuring step, a larger one each tensor's every few measuring steps
   (``ceil(model bytes / snapshot_bytes)``). The copies live only from the final gradients to the end of the step.
 - ``weight_unchanged/<param>``: 1 while the tensor is bit-for-bit what it was at the start of the fit (or when it
-  was added), in the sense of :func:`torch.equal`, else 0. Compared through a per-tensor
+  was added, or assigned to the module in place of another tensor of that name), in the sense of :func:`torch.equal`, else 0. Compared through a per-tensor
   :func:`~dyncheck.measure.tensors.fingerprint` (4 int64 values: memory independent of the model size) kept on the
   device: no host copy of the weights and no host synchronisation on the step; a tensor the flush showed changed
   is not looked at again. Sparse tensors (which have no fingerprint) are compared with a host copy, as before.
