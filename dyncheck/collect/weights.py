@@ -6,11 +6,12 @@
   most :attr:`WeightCollector.snapshot_bytes` per measuring step (at least one tensor): a model smaller than that
   gets every tensor's ratio at every measuring step, a larger one each tensor's every few measuring steps
   (``ceil(model bytes / snapshot_bytes)``). The copies live only from the final gradients to the end of the step.
-- ``weight_unchanged/<param>``: 1 while the tensor is bit-for-bit what it was at the start of the fit (or when it
-  was added, or assigned to the module in place of another tensor of that name), in the sense of :func:`torch.equal`, else 0. Compared through a per-tensor
-  :func:`~dyncheck.measure.tensors.fingerprint` (4 int64 values: memory independent of the model size) kept on the
-  device: no host copy of the weights and no host synchronisation on the step; a tensor the flush showed changed
-  is not looked at again. Sparse tensors (which have no fingerprint) are compared with a host copy, as before.
+- ``weight_unchanged/<param>``: 1 while the tensor is bit-for-bit what it was at the start of the fit (or when it was
+  added, or assigned to the module in place of another tensor of that name), in the sense of :func:`torch.equal`, else
+  0. Compared through a per-tensor :func:`~dyncheck.measure.tensors.fingerprint` (4 int64 values: memory independent
+  of the model size) kept on the device: no host copy of the weights and no host synchronisation on the step; a tensor
+  the flush showed changed is not looked at again. Sparse tensors (which have no fingerprint) are compared with a host
+  copy, as before.
 
 Sharded parameters (DTensors: FSDP2, tensor parallelism; ``ctx.sharded``): norms are taken on each process's local
 shards as shares and reduced at the flush into the full tensors' norms (``"rss"``); an update ratio travels as its
