@@ -137,8 +137,9 @@ def adamw(lr, **kw):
     return lambda p: torch.optim.AdamW(p, lr=lr, **kw)
 
 
-def sgd(lr, **kw):
-    return lambda p: torch.optim.SGD(p, lr=lr, **kw)
+def sgd(lr, momentum=0.0, **kw):
+    # (momentum may be positional: suite 4 calls sgd(0.05, 0.9))
+    return lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum, **kw)
 
 
 class Net(pl.LightningModule):
