@@ -824,3 +824,33 @@ def test_dead_units_are_no_fault_when_the_live_units_fit_the_data():
     for loss, fires in ((stalled, True), (twenty_x, True), (hinge, False)):
         found = {f.check for f in evaluate({"loss/train": (steps, loss), **dead}, rules).findings}
         assert ("dead-units" in found) is fires, (fires, found)
+
+
+def test_validation_stalled_not_for_a_classifier_that_validates_far_below_chance():
+    """The default pack's validation-stalled: the training loss falls 10x after the first validation while the
+    validation loss never improves -- a fault when validation sits at chance (what is trained is not what is
+    validated), not when a softmax classifier had converged by its first validation (0.1 against log 3)."""
+    rules = load_rules("default")
+    steps = np.arange(1000)
+    train = 0.005 * np.exp(-steps / 250) + 1e-4
+    every = steps[49::50]
+    out = {"output/softmax_grad": (every, np.ones(every.size)),
+           "output/chance_loss": (every, np.full(every.size, math.log(3)))}
+    for val, fires in ((0.10, False), (1.10, True)):
+        series = {"loss/train": (steps, train), "loss/val": (every, np.full(every.size, val) + every * 2e-6), **out}
+        found = {f.check for f in evaluate(series, rules).findings}
+        assert ("validation-stalled" in found) is fires, (val, found)
+
+
+def test_unchanged_parameters_leave_biases_out():
+    """An output bias that a pairwise loss cancels never changes by design; a weight that never changes is the
+    fault (detached, unused, in no optimizer)."""
+    rules = load_rules("default")
+    steps = np.arange(0, 500, 10)
+    loss = 2.0 * np.exp(-np.arange(500) / 100) + 0.1
+    changed, same = np.zeros(steps.size), np.ones(steps.size)
+    base = {"loss/train": (np.arange(500), loss), "weight_unchanged/net.0.weight": (steps, changed)}
+    bias_only = {**base, "weight_unchanged/net.4.bias": (steps, same)}
+    assert "unchanged-parameters" not in {f.check for f in evaluate(bias_only, rules).findings}
+    weight = {**bias_only, "weight_unchanged/net.4.weight": (steps, same)}
+    assert "unchanged-parameters" in {f.check for f in evaluate(weight, rules).findings}
