@@ -854,3 +854,47 @@ def test_unchanged_parameters_leave_biases_out():
     assert "unchanged-parameters" not in {f.check for f in evaluate(bias_only, rules).findings}
     weight = {**bias_only, "weight_unchanged/net.4.weight": (steps, same)}
     assert "unchanged-parameters" in {f.check for f in evaluate(weight, rules).findings}
+
+
+def test_ratio_hold_against_brute_force():
+    """``between`` + ``hold``: a at b's steps is the median of a's values since b's previous point, or -- none
+    there -- a's latest value before it (NaN before a's first point)."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        sa = np.sort(rng.choice(np.arange(200), size=rng.integers(1, 15), replace=False))
+        sb = np.sort(rng.choice(np.arange(200), size=rng.integers(1, 25), replace=False))
+        va, vb = rng.uniform(1, 3, sa.size), rng.uniform(0.5, 2, sb.size)
+        va[rng.random(sa.size) < 0.2] = np.nan
+        _, _, r, extra = ratio((sa, va), (sb, vb), above=1.0, between=True, hold=True)
+        prev = -1
+        for k, s in enumerate(sb):
+            sel = va[(sa > prev) & (sa <= s) & np.isfinite(va)]
+            before = va[(sa <= s) & np.isfinite(va)]
+            want = np.median(sel) if sel.size else (before[-1] if before.size else np.nan)
+            np.testing.assert_allclose(extra["a"][k], want, equal_nan=True)
+            np.testing.assert_allclose(r[k], want / vb[k], equal_nan=True)
+            prev = s
+        # without hold the gaps stay NaN
+        _, _, r0, _ = ratio((sa, va), (sb, vb), above=1.0, between=True)
+        assert np.isnan(r0).sum() >= np.isnan(r).sum()
+
+
+def test_validation_loss_that_drifts_far_below_chance_is_info_not_overfitting():
+    """The default pack: a softmax classifier's validation loss rising 40% while it stays far below chance (its
+    minimum a quarter of log K or lower, below half of it to the end) is val-loss-drift (info); the same rise from
+    a minimum at a third of chance is train-val-divergence (warning)."""
+    rules = load_rules("default")
+    steps = np.arange(1000)
+    train = 2.3 * np.exp(-steps / 60) + 1e-4
+    every = steps[49::33]  # validations at other steps than the per-layer ones
+    layer = steps[::50]
+    out = {"output/softmax_grad": (layer, np.ones(layer.size)),
+           "output/chance_loss": (layer, np.full(layer.size, math.log(10)))}
+    for low, warn in ((0.4, False), (0.75, True)):
+        val = low * (1 + 0.4 * np.clip((every - 200) / 600, 0, 1))
+        found = {f.check: f.severity for f in evaluate({"loss/train": (steps, train), "loss/val": (every, val),
+                                                        **out}, rules).findings}
+        if warn:
+            assert found.get("train-val-divergence") == "warning" and "val-loss-drift" not in found, found
+        else:
+            assert found.get("val-loss-drift") == "info" and "train-val-divergence" not in found, found

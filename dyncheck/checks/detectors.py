@@ -728,18 +728,26 @@ def _median_between(sa: np.ndarray, va: np.ndarray, sb: np.ndarray) -> np.ndarra
     return out
 
 
-def ratio(a, b, *, above=None, below=None, between=False, to_end=0.0, scope="each", **_):
+def ratio(a, b, *, above=None, below=None, between=False, hold=False, to_end=0.0, scope="each", **_):
     """a / b at or above ``above`` or at or below ``below``, on the steps both were recorded -- or, with
     ``between``, at b's steps with ``a`` the median of its values since b's previous point (a per-batch series
-    against a per-validation one). ``to_end`` (a share): only the stretch of consecutive points that reaches the
-    last point counts, and only when it covers at least that share of the points (it held, and holds at the end).
-    ``scope: first``: only the first point with a finite ratio is judged (where a quantity started out);
+    against a per-validation one); with ``hold`` as well, a point of b with no value of ``a`` since the previous one
+    takes a's latest value before it (a level recorded less often than b, such as ``output/chance_loss`` on the
+    per-layer schedule against validations). ``to_end`` (a share): only the stretch of consecutive points that
+    reaches the last point counts, and only when it covers at least that share of the points (it held, and holds at
+    the end). ``scope: first``: only the first point with a finite ratio is judged (where a quantity started out);
     ``scope: min`` / ``max``: only the point with the lowest / highest finite ratio (``max`` with ``below``: the
     ratio stayed at or below it all run)."""
     if between:
         sa, va = np.asarray(a[0]), np.asarray(a[1], float)
         steps, vb = np.asarray(b[0]), np.asarray(b[1], float)
-        va = _median_between(sa, va, steps) if sa.size else np.full(steps.size, np.nan)
+        va_b = _median_between(sa, va, steps) if sa.size else np.full(steps.size, np.nan)
+        if hold and sa.size:
+            fin = np.isfinite(va)
+            latest = np.searchsorted(sa[fin], steps, side="right") - 1  # a's last finite point at or before
+            held = np.where(latest >= 0, va[fin][np.maximum(latest, 0)], np.nan) if fin.any() else va_b
+            va_b = np.where(np.isfinite(va_b), va_b, held)
+        va = va_b
     else:
         steps, va, vb = _align(a, b)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -968,7 +976,8 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
               "log": ({"type": "boolean"}, True), "since": ({"enum": ["window", "start"]}, "window")},
              ("reference", "recent", "factor")),
     Detector("ratio", "pair", ratio, {"above": (_NULLNUM, None), "below": (_NULLNUM, None),
-                                      "between": ({"type": "boolean"}, False), "to_end": (_SHARE, 0.0),
+                                      "between": ({"type": "boolean"}, False), "hold": ({"type": "boolean"}, False),
+                                      "to_end": (_SHARE, 0.0),
                                       "scope": ({"enum": ["each", "first", "min", "max"]}, "each")},
              ("a", "b")),
     Detector("opposite_trends", "pair", opposite_trends,
