@@ -22,6 +22,7 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "lr/*",  # lr/<Optimizer>/pg<j>
     "decay/*",  # decay/<Optimizer>/pg<j>: lr x weight_decay
     "model/untrained_share",
+    "model/max_dropout",
     "grad_norm/total",
     "grad_norm/*",  # grad_norm/<param>
     "grad_nonfinite/*",
@@ -34,6 +35,7 @@ METRIC_TEMPLATES: tuple[str, ...] = (
     "sharpness/n_hvp",
     "output/zero_share",
     "output/prob_rows",
+    "output/var",
     "output/blocked_share",
     "output/softmax_floor",
     "output/softmax_grad",

@@ -135,3 +135,28 @@ def test_a_compiled_network_is_watched_from_outside_its_graph(tmp_path):
         assert run.series("output/blocked_share").values[0] > 0.3
     inner = model.net._orig_mod
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in inner.modules())
+
+
+class KeepsOutputs(MLP):
+    """Keeps every training forward's output (the reference for output/var)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.outputs: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        self.outputs.append(out.detach().clone())
+        return F.cross_entropy(out, y)
+
+
+def test_output_var_is_the_variance_of_the_step_output(tmp_path):
+    module = KeepsOutputs(log_acc=False)
+    # (no probes: a probe's forward would run training_step too)
+    with _fit(tmp_path, module, sharpness_budget=0, noise_budget=0, ntk_budget=0) as run:
+        s = run.series("output/var")
+        assert len(s.steps) == 2
+        for step, value in zip(s.steps, s.values):
+            ref = module.outputs[int(step)].double().var(dim=0, correction=0).mean().item()
+            assert value == pytest.approx(ref, rel=1e-5)

@@ -71,3 +71,15 @@ def test_an_optimizer_over_master_copies_counts_only_the_frozen(tmp_path):
     drive(tmp_path, model, opt, 1)
     got = open_run(tmp_path / "run.db").series("model/untrained_share").values.tolist()
     assert got == pytest.approx([16 / 21])
+
+
+def test_max_dropout_is_the_largest_drop_probability_of_the_models_dropout_modules(tmp_path):
+    model = nn.Sequential(nn.Dropout(0.9), nn.Linear(3, 8), nn.ReLU(), nn.Dropout1d(0.2), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    drive(tmp_path / "a", model, opt, 5, every_n_steps=2)
+    s = open_run(tmp_path / "a" / "run.db").series("model/max_dropout")
+    assert s.steps.tolist() == [0, 2, 4]
+    assert s.values.tolist() == pytest.approx([0.9] * 3)
+    plain = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    drive(tmp_path / "b", plain, torch.optim.SGD(plain.parameters(), lr=0.1), 3, every_n_steps=2)
+    assert open_run(tmp_path / "b" / "run.db").series("model/max_dropout").values.tolist() == [0.0, 0.0]

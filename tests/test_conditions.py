@@ -898,3 +898,38 @@ def test_validation_loss_that_drifts_far_below_chance_is_info_not_overfitting():
             assert found.get("train-val-divergence") == "warning" and "val-loss-drift" not in found, found
         else:
             assert found.get("val-loss-drift") == "info" and "train-val-divergence" not in found, found
+
+
+def test_no_progress_not_for_a_model_whose_outputs_already_explain_the_targets():
+    """The default pack's no-progress: a flat loss is the fault when the model's outputs barely vary (a fresh or
+    stuck model: MSE near the targets' variance, far above the outputs'); a regression resumed at its noise floor
+    starts with its loss below the variance of its outputs. A softmax classifier is judged by its chance level,
+    not by this."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(6)
+    steps = np.arange(800)
+    flat = 0.215 * np.exp(0.05 * rng.standard_normal(steps.size))
+    layer = steps[::50]
+    for var, extra, fires in ((0.75, {}, False), (0.01, {}, True),
+                              (0.75, {"output/softmax_grad": (layer, np.ones(layer.size))}, True)):
+        series = {"loss/train": (steps, flat), "output/var": (layer, np.full(layer.size, var)), **extra}
+        found = {f.check for f in evaluate(series, rules).findings}
+        assert ("no-progress" in found) is fires, (var, extra.keys(), found)
+
+
+def test_over_regularization_from_a_dropout_that_drops_most_of_its_input():
+    """A loss that does not halve while a dropout module has p = 0.9 (a keep probability passed as the drop
+    probability) is over-regularization, the root cause of the no-progress it shows; p = 0.3 is no evidence."""
+    rules = load_rules("default")
+    rng = np.random.default_rng(7)
+    steps = np.arange(1000)
+    loss = 1.38 * np.exp(0.02 * rng.standard_normal(steps.size))
+    layer = steps[::50]
+    for p, fires in ((0.9, True), (0.3, False)):
+        series = {"loss/train": (steps, loss), "model/max_dropout": (layer, np.full(layer.size, p))}
+        result = evaluate(series, rules)
+        found = {f.check for f in result.findings}
+        assert ("over-regularization" in found) is fires, (p, found)
+        if fires:
+            assert result.diagnoses[0].check == "over-regularization"
+            assert [d.check for d in result.diagnoses] == ["over-regularization"]  # no-progress explained

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dyncheck.measure.output import (PROB_TOL, blocked_share, model_output, output_facts, outermost_calls,
-                                     softmax_floor, softmax_grad_rows)
+from dyncheck.measure.output import (PROB_TOL, blocked_share, model_output, output_facts, output_var,
+                                     outermost_calls, softmax_floor, softmax_grad_rows)
 
 
 def _brute_facts(x: torch.Tensor) -> tuple[float, float]:
@@ -175,3 +175,26 @@ def test_softmax_grad_rows_of_a_classifier_at_its_floor_is_still_cross_entropy()
     assert ((rows.sum(-1).abs() > 1e-3 * l1) & (l1 > 0)).sum() > 0  # judged on every row, some fail
     assert softmax_grad_rows(z.grad).item() == 1.0
     assert softmax_grad_rows(z.grad).item() == pytest.approx(_zero_sum_share_loop(z.grad))
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (4, 3, 7), (16,), (9, 1)])
+def test_output_var_matches_a_loop(shape):
+    """The population variance of each column (the last dimension) over the rows (every other dimension), averaged
+    over the columns; a 1-D output is one column."""
+    g = torch.Generator().manual_seed(1)
+    x = 3.0 * torch.randn(*shape, generator=g, dtype=torch.float64) + 1.0
+    cols = x.reshape(-1, 1) if x.dim() == 1 else x.reshape(-1, shape[-1])
+    want = []
+    for j in range(cols.shape[1]):
+        v = cols[:, j].tolist()
+        m = sum(v) / len(v)
+        want.append(sum((a - m) ** 2 for a in v) / len(v))
+    assert output_var(x).item() == pytest.approx(sum(want) / len(want), rel=1e-5)
+    assert output_var(x).dtype == torch.float32
+
+
+def test_output_var_of_a_single_row_or_a_scalar_is_nan():
+    assert math.isnan(output_var(torch.randn(1, 5)).item())
+    assert math.isnan(output_var(torch.tensor(2.0)).item())
+    with pytest.raises(TypeError):
+        output_var(torch.randn(4, 2, dtype=torch.complex64))

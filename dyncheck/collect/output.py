@@ -1,4 +1,4 @@
-"""``output/zero_share``, ``output/prob_rows``, ``output/blocked_share``, ``output/softmax_floor``,
+"""``output/zero_share``, ``output/prob_rows``, ``output/var``, ``output/blocked_share``, ``output/softmax_floor``,
 ``output/softmax_grad``, ``output/chance_loss``: facts about what
 the model hands to its loss (see :mod:`dyncheck.measure.output`), on the activations schedule.
 
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ..measure.activations import is_compiled
-from ..measure.output import (blocked_share, model_output, output_facts, outermost_calls, softmax_floor,
-                              softmax_grad_rows)
+from ..measure.output import (blocked_share, model_output, output_facts, output_var, outermost_calls,
+                              softmax_floor, softmax_grad_rows)
 from ..measure.naming import wrapper_prefix
 from ..names import canonical_name
 from .base import FORWARD_HOOKS, Collector, interned
@@ -37,6 +37,7 @@ _NARROW = interned(("output/zero_share",))
 _BLOCKED = interned(("output/blocked_share",))
 _FLOOR = interned(("output/softmax_floor", "output/chance_loss"))
 _SOFTMAX_GRAD = interned(("output/softmax_grad",))
+_VAR = interned(("output/var",))
 #: outputs larger than this get no blocked_share (its reference would keep the output alive through backward)
 _BLOCKED_MAX = 1 << 26
 #: measuring steps on which the output module is looked for before giving up (e.g. a compiled model whose
@@ -46,7 +47,7 @@ _TRIES = 3
 
 class OutputCollector(Collector):
     name = "output"
-    metrics = ("output/zero_share", "output/prob_rows", "output/blocked_share", "output/softmax_floor",
+    metrics = ("output/zero_share", "output/prob_rows", "output/var", "output/blocked_share", "output/softmax_floor",
                "output/softmax_grad", "output/chance_loss")
     reduce = "mean"
     needs = frozenset({FORWARD_HOOKS})
@@ -66,6 +67,7 @@ class OutputCollector(Collector):
     @dataclass
     class Step:
         facts: Tensor | None = None
+        var: Tensor | None = None  # the output's variance across the batch (output_var)
         wide: int = 0  # the output's last dimension when at least 2 (rows to be probability vectors), else 0
         blocked: Tensor | None = None  # from the gradient of the last output seen
         softmax_grad: Tensor | None = None  # from that gradient too, for outputs at least 2 wide
@@ -84,6 +86,7 @@ class OutputCollector(Collector):
             return
         now = self.now
         now.facts = output_facts(x)
+        now.var = output_var(x)
         now.wide = int(x.shape[-1]) if x.dim() > 0 and x.shape[-1] >= 2 else 0
         now.seen, now.seen_module = name, module
         now.blocked = now.softmax_grad = None
@@ -172,6 +175,8 @@ class OutputCollector(Collector):
             ctx.emit_host(step, _FLOOR, [softmax_floor(now.wide), math.log(now.wide)])
         else:
             ctx.emit(step, _NARROW, facts[:1], self.reduce)
+        if now.var is not None:
+            ctx.emit(step, _VAR, now.var.reshape(1), self.reduce)
         if now.blocked is not None:
             ctx.emit(step, _BLOCKED, now.blocked.reshape(1), self.reduce)
         if now.softmax_grad is not None:

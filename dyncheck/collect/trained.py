@@ -7,9 +7,17 @@ copies: DeepSpeed, fp32 masters), only ``requires_grad=False`` counts.
 A frozen pre-trained backbone, an EMA copy or a distillation teacher are untrained by design; a freeze loop left on
 a randomly initialised encoder, or an optimizer built from the head's parameters only, is the bug. The value tells
 them apart only together with the loss (the ``frozen-parameters`` check): what a frozen part leaves the rest to
-learn."""
+learn.
+
+``model/max_dropout``: the largest drop probability ``p`` of the model's dropout modules (``nn.Dropout``,
+``Dropout1d/2d/3d``, ``AlphaDropout``, ``FeatureAlphaDropout``; 0 when it has none), on the same schedule, read from
+the modules (dropout applied with ``F.dropout`` in ``forward`` is not seen). A keep-probability passed where a drop
+probability is meant (0.9 for 0.1) zeroes most of what a layer passes on: with a training loss that barely falls it
+is the over-regularization check's evidence."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -18,17 +26,27 @@ from .base import Collector
 __all__ = ["TrainedShareCollector"]
 
 _NAMES = ("model/untrained_share",)
+_DROPOUT = ("model/max_dropout",)
+_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
 class TrainedShareCollector(Collector):
     name = "trained"
-    metrics = _NAMES
+    metrics = _NAMES + _DROPOUT
     reduce = "none"  # the same on every process
     schedule = "layers"
+
+    @dataclass
+    class Fit:
+        dropouts: list[nn.Module] | None = None  # the model's dropout modules (found at the first measuring step)
 
     def step_start(self, step: int) -> None:
         ctx = self.ctx
         assert ctx is not None
+        fit = self.fit
+        if fit.dropouts is None:
+            fit.dropouts = [m for m in ctx.module.modules() if isinstance(m, _DROPOUT_TYPES)]
+        ctx.emit_host(step, _DROPOUT, [max((float(m.p) for m in fit.dropouts), default=0.0)])
         if not ctx.optimizers:
             return  # nothing to compare with
         held = {id(p) for opt, _ in ctx.optimizers for g in opt.param_groups for p in g["params"]}

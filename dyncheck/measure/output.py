@@ -22,7 +22,11 @@ the classic wrong-last-layer bugs (DeepFD's "activation" and "loss function" fau
   loss is known to be a cross-entropy over the output's K classes, so ``chance_loss`` = ``log K`` -- the loss of a
   uniform guess, where a freshly initialised classifier starts -- is the run's chance level.
 
-No host synchronisation: both are 0-d float32 tensors on the output's device.
+- ``var`` (:func:`output_var`): the variance of the output across the batch's rows, averaged over its columns. A
+  loss below it (squared error: ``MSE < Var(out)`` needs ``Cov(out, y) > Var(y) / 2``) says the predictions already
+  explain the targets -- a regression resumed at its noise floor, not one that cannot learn.
+
+No host synchronisation: all are 0-d float32 tensors on the output's device.
 """
 
 from __future__ import annotations
@@ -90,6 +94,23 @@ def output_facts(x: Tensor) -> Tensor:
     rows = x.reshape(-1, x.shape[-1])
     prob = (rows.amin(-1) >= 0) & (rows.amax(-1) <= 1) & ((rows.sum(-1) - 1).abs() <= PROB_TOL)
     return torch.stack([zero, prob.float().mean()])
+
+
+def output_var(x: Tensor) -> Tensor:
+    """The variance of the model's output across the rows of the batch (along every dimension but the last, whose
+    entries are the output's columns: targets, classes, logits of a token), averaged over the columns; a 1-D output
+    is one column of rows. 0-d float32 tensor on ``x``'s device; NaN for a 0-d output or a single row. How much the
+    predictions vary: a freshly initialised model's barely do, a trained regressor's about as much as its targets."""
+    x = x.detach()
+    if x.is_complex():
+        raise TypeError(f"output facts need a real tensor, got {x.dtype}")
+    x = x.float()
+    if x.dim() == 0:
+        return torch.full((), float("nan"), device=x.device)
+    rows = x.reshape(-1, 1) if x.dim() == 1 else x.reshape(-1, x.shape[-1])
+    if rows.shape[0] < 2:
+        return torch.full((), float("nan"), device=x.device)
+    return rows.var(dim=0, correction=0).mean()
 
 
 def blocked_share(x: Tensor, grad: Tensor) -> Tensor:
