@@ -7,10 +7,11 @@ import pytest
 from dyncheck.checks.rules import default_rules_path, load_rules
 from dyncheck.errors import ConfigError, RuleError
 
-DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "oscillating-loss", "exploding-gradients", "vanishing-gradients",
-               "dead-units", "saturated-activations", "softmax-before-loss", "clamped-output", "no-progress", "premature-plateau", "train-val-divergence", "val-loss-drift",
-               "validation-stalled", "over-regularization", "symmetric-units",
-               "unchanged-parameters", "frozen-parameters", "update-too-large", "update-too-small", "edge-of-stability",
+DEFAULT_IDS = ["non-finite", "loss-divergence", "loss-spike", "oscillating-loss", "exploding-gradients",
+               "vanishing-gradients", "dead-units", "saturated-activations", "softmax-before-loss", "clamped-output",
+               "no-progress", "premature-plateau", "train-val-divergence", "val-loss-drift",
+               "validation-stalled", "over-regularization", "symmetric-units", "unchanged-parameters",
+               "frozen-parameters", "update-too-large", "update-too-small", "edge-of-stability",
                "progressive-sharpening", "catapult", "lr-collapse", "layers-not-learning", "noise-dominated"]
 
 
