@@ -72,7 +72,7 @@ def test_fsdp2_per_parameter_statistics_are_the_full_parameters(fsdp):
     per_param = [n for n in per_param if n in ref.metrics()]  # offset.unused has no gradient, so no update
     assert len(per_param) == 8 * 5 - 3
     # per-rank statistics averaged over the ranks (as under DDP): below
-    per_rank = ("act/std/", "act/dead/", "act/unit_spread/")
+    per_rank = ("act/std/", "act/dead/", "act/unit_spread/", "output/var")
     compared = [n for n in ref.metrics()  # sharpness: below
                 if not n.startswith(per_rank + ("sharpness/",)) and n not in noise]
     assert set(per_param) < set(compared) and {"grad_norm/total", "loss/train", "loss/val", "act/mean/net.1",
@@ -89,6 +89,8 @@ def test_fsdp2_per_parameter_statistics_are_the_full_parameters(fsdp):
             assert (a >= b - 1e-6).all(), name
         elif name.startswith("act/unit_spread/"):  # the mean of the halves' spreads: close to the whole's
             np.testing.assert_allclose(a, b, rtol=0.05, err_msg=name)
+        elif name == "output/var":  # the mean of the halves' variances: the whole's less the between-halves part
+            assert (a <= b * (1 + 1e-5)).all() and (a >= 0.5 * b).all(), (name, a, b)
     assert len(run.series("loss/train")) == 8
     # offset.shift: rank 0's shard never changes, rank 1's does -- changed, with finite update ratios after the
     # first step (rank 0 alone would say unchanged, 0/0)

@@ -24,7 +24,9 @@ the classic wrong-last-layer bugs (DeepFD's "activation" and "loss function" fau
 
 - ``var`` (:func:`output_var`): the variance of the output across the batch's rows, averaged over its columns. A
   loss below it (squared error: ``MSE < Var(out)`` needs ``Cov(out, y) > Var(y) / 2``) says the predictions already
-  explain the targets -- a regression resumed at its noise floor, not one that cannot learn.
+  explain the targets -- a regression resumed at its noise floor, not one that cannot learn. Under several
+  processes it is the mean of the processes' variances (of each one's part of the batch): the whole batch's less
+  the variance between the parts' means -- at most the whole's, close to it for batches drawn at random.
 
 No host synchronisation: all are 0-d float32 tensors on the output's device.
 """
