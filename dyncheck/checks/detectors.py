@@ -741,13 +741,13 @@ def ratio(a, b, *, above=None, below=None, between=False, hold=False, to_end=0.0
     if between:
         sa, va = np.asarray(a[0]), np.asarray(a[1], float)
         steps, vb = np.asarray(b[0]), np.asarray(b[1], float)
-        va_b = _median_between(sa, va, steps) if sa.size else np.full(steps.size, np.nan)
-        if hold and sa.size:
-            fin = np.isfinite(va)
-            latest = np.searchsorted(sa[fin], steps, side="right") - 1  # a's last finite point at or before
-            held = np.where(latest >= 0, va[fin][np.maximum(latest, 0)], np.nan) if fin.any() else va_b
-            va_b = np.where(np.isfinite(va_b), va_b, held)
-        va = va_b
+        med = _median_between(sa, va, steps) if sa.size else np.full(steps.size, np.nan)
+        fin = np.isfinite(va)
+        if hold and fin.any():  # a's last finite point at or before each of b's steps, where none fell between
+            sf, vf = sa[fin], va[fin]
+            latest = np.searchsorted(sf, steps, side="right") - 1
+            med = np.where(np.isfinite(med) | (latest < 0), med, vf[np.maximum(latest, 0)])
+        va = med
     else:
         steps, va, vb = _align(a, b)
     with np.errstate(invalid="ignore", divide="ignore"):

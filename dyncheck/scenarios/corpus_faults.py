@@ -260,7 +260,6 @@ def _optimizer_head_only(fixed: bool = False) -> Setup:
     return _run(ScenarioModule(net, make), digits(), 800)
 
 
-
 class _HeadReplacedModule(ScenarioModule):
     """Assigns a fresh head in ``on_train_start``, after ``configure_optimizers`` built the optimizer from the old
     one (a head swapped for a new task after the optimizer was made)."""
@@ -282,6 +281,7 @@ class _HeadReplacedModule(ScenarioModule):
            expected={"unchanged-parameters"}, allowed={"premature-plateau", "frozen-parameters"})
 def _head_replaced(fixed: bool = False) -> Setup:
     return _run(_HeadReplacedModule(_net(128, 2), _adam(1e-3), replace=not fixed), digits(), 800)
+
 
 @_scenario("mse-on-class-index", "mlp",
            "every logit regressed with MSE onto the integer class index instead of cross-entropy: the training "
