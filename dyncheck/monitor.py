@@ -110,11 +110,11 @@ class MonitorConfig:
         "about every 2 s of training (the step time measured at each flush; at least every 1,000 steps, at most "
         "every 10; every 100 steps until the step time is known), and every 100 steps when several processes "
         "train (they flush together)."))
-    sharpness_budget: float = _opt(0.02, (
-        "share of training wall time that sharpness probes may take (0.02); 0 turns them off unless "
+    sharpness_budget: float = _opt(0.01, (
+        "share of training wall time that sharpness probes may take (0.01); 0 turns them off unless "
         "``sharpness_every_n_steps`` is set. Probes are spread evenly over the planned run "
-        "(``trainer.estimated_stepping_batches``), the first at 1% of it; runs of 200 to 3000 steps may take the "
-        "budget of a 3000-step run (at most 8 probes' worth, at most 2 s; README: \"Sharpness schedule\"). The "
+        "(``trainer.estimated_stepping_batches``), the first at 1% of it; runs of 200 to 6000 steps may take the "
+        "budget of a 6000-step run (at most 8 probes' worth, at most 2 s; README: \"Sharpness schedule\"). The "
         "value at step s is the Hessian at the weights step s's loss was computed with."))
     sharpness_every_n_steps: int | None = _opt(None, (
         "probe sharpness on this fixed schedule (steps that are multiples of it) instead of the time budget; 0 "
@@ -127,8 +127,9 @@ class MonitorConfig:
     ntk_budget: float | None = _opt(None, (
         "share of training wall time that empirical-NTK probes may take (the schedule of ``sharpness_budget``); "
         "default: 0.005 when the probe's Jacobian (``ntk_examples`` x trainable parameters) holds at most 16M "
-        "values (about 500k parameters at 32 examples), else off (said in the meta: the kernel costs a backward "
-        "per example); 0 turns them off unless ``ntk_every_n_steps`` is set. The reference kernel is taken at "
+        "values (about 500k parameters at 32 examples) and the planned run has at least 10,000 steps or an "
+        "unknown length, else off (said in the meta: the kernel costs a backward per example, and on a shorter "
+        "run the reference kernel alone costs more than the budget); 0 turns them off unless ``ntk_every_n_steps`` is set. The reference kernel is taken at "
         "the first step. Needs the probe batch, as sharpness does."))
     ntk_every_n_steps: int | None = _opt(None, (
         "probe the NTK on this fixed schedule (steps that are multiples of it) instead of the time budget; 0 "
@@ -138,13 +139,13 @@ class MonitorConfig:
         "``fn(module, batch) -> Tensor[m]``: the scalar output per probe example the NTK is taken of; default the "
         "sum of the model's outputs (logits) per example, ``module(x).reshape(m, -1).sum(1)``, in eval mode."))
     trajectory_every_n_steps: int | None = _opt(None, (
-        "sketch of the weights for the trajectory PCA every this many steps; default about 200 sketches over "
+        "sketch of the weights for the trajectory PCA every this many steps; default about 100 sketches over "
         "the planned run (every 50 steps when its length is unknown); 0 turns it off."))
     trajectory_dim: int = _opt(1024, (
         "coordinates of the weight sketch (1024): a fixed random subset of the trainable parameters' values, "
         "spread over the tensors by size, recorded as ``traj/c<i>``."))
-    noise_budget: float = _opt(0.005, (
-        "share of training wall time the gradient noise scale may take (0.005); 0 turns it off unless "
+    noise_budget: float = _opt(0.0025, (
+        "share of training wall time the gradient noise scale may take (0.0025); 0 turns it off unless "
         "``noise_every_n_steps`` is set. From gradient-accumulation micro-batches when there are several, else "
         "from a probe that takes the gradients of 4 of 8 micro-batches of the step's batch (README: \"Gradient "
         "noise scale\")."))

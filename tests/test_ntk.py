@@ -145,7 +145,7 @@ def test_budget_schedule_takes_the_reference_then_probes_on_the_sharpness_schedu
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 1))
     drive(tmp_path, net, torch.optim.SGD(net.parameters(), lr=0.05), 300,
-          config=MonitorConfig(sharpness_budget=0, trajectory_every_n_steps=0),
+          config=MonitorConfig(sharpness_budget=0, trajectory_every_n_steps=0, ntk_budget=0.005),
           probe_loss=lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]))
     with open_run(tmp_path / "run.db") as run:
         steps = run.series("ntk/distance").steps
@@ -295,3 +295,30 @@ def test_the_default_leaves_models_with_a_large_probe_jacobian_alone(tmp_path):
           probe_loss=loss)
     with open_run(tmp_path / "on" / "run.db") as run:
         assert run.series("ntk/distance").steps.tolist() == [0, 2]
+
+
+def test_the_default_is_off_on_a_planned_run_too_short_to_pay_for_the_reference(tmp_path, monkeypatch):
+    """ntk_budget=None on a planned run of fewer than NTK_AUTO_MIN_STEPS steps: off, the reason in the meta, no
+    error and no time spent (the reference alone would cost more than the run's budget); from that length on, and
+    with an explicit budget at any length, the reference is taken at the first step."""
+    from dyncheck.collect import ntk as ntk_module
+
+    torch.manual_seed(0)
+    loss = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])  # noqa: E731
+    cfg = MonitorConfig(sharpness_budget=0, trajectory_every_n_steps=0, noise_budget=0)
+    for name, min_steps, config in [("short", 10_000, cfg), ("long-enough", 20, cfg),
+                                    ("explicit", 10_000, MonitorConfig(sharpness_budget=0, trajectory_every_n_steps=0,
+                                                                       noise_budget=0, ntk_budget=0.005))]:
+        monkeypatch.setattr(ntk_module, "NTK_AUTO_MIN_STEPS", min_steps)
+        net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        (tmp_path / name).mkdir()
+        drive(tmp_path / name, net, torch.optim.SGD(net.parameters(), lr=0.05), 20, config=config, probe_loss=loss)
+        with open_run(tmp_path / name / "run.db") as run:
+            meta = run.meta
+            ntk = [m for m in run.metrics() if m.startswith("ntk/")]
+            if name == "short":
+                assert not ntk and meta["ntk_time_s"] == 0 and meta["ntk_probes"] == 0
+                assert "20 planned steps, fewer than 10,000" in meta["ntk"]["off"]
+                assert meta["measurement_errors"] == []
+            else:
+                assert run.series("ntk/distance").steps[0] == 0 and meta["ntk_probes"] >= 1, name

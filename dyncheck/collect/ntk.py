@@ -77,6 +77,11 @@ def _fingerprint(batch: Any) -> str:
 #: grows with the model)
 NTK_AUTO_BUDGET = 0.005
 NTK_AUTO_MAX = 1 << 24
+#: the default is off for planned runs shorter than this: at the default budget such a run pays for 50 training
+#: steps' worth of probes, and the reference kernel alone costs 5-30 training steps (measured: a tiny transformer
+#: 4.5, the digits CNN 28 with its first call's one-off costs), so the kernel would get no probe after it and the
+#: reference would be spent for nothing (the corpus's runs of 200-3,000 steps got 0 probes after it)
+NTK_AUTO_MIN_STEPS = 10_000
 
 
 class NTKCollector(Collector):
@@ -143,6 +148,12 @@ class NTKCollector(Collector):
         elif complex_params:
             self.turn_off(ctx.start_step, MeasureError(f"complex parameters ({', '.join(complex_params[:5])}): the NTK "
                                                    "is taken over real parameters only"))
+        elif self.auto and planned is not None and planned < NTK_AUTO_MIN_STEPS:  # not a failure either
+            self.enabled = False
+            self.fit.off = (f"off by default on this run: {planned:,} planned steps, fewer than "
+                            f"{NTK_AUTO_MIN_STEPS:,}: its {NTK_AUTO_BUDGET:.1%} budget would not pay for the "
+                            f"reference kernel and a probe after it; set ntk_budget= or ntk_every_n_steps= to "
+                            f"measure it")
 
     @property
     def seconds(self) -> float:

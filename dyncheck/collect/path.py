@@ -11,7 +11,7 @@ Parameters added to an optimizer during training are not in the sketch (it is fi
 that all its snapshots are comparable); the coordinates are drawn again identically at a resumed fit from the same
 parameter sizes.
 
-Default schedule: about ``TARGET_SNAPSHOTS`` snapshots over the planned run (every ``planned // 200`` steps, at
+Default schedule: about ``TARGET_SNAPSHOTS`` snapshots over the planned run (every ``planned // 100`` steps, at
 least 1), every ``OPEN_EVERY`` steps when the run's length is unknown. The snapshots stay on the device until
 every ``EMIT_EVERY_FLUSHES``-th flush (at most ``MAX_PENDING`` of them; all at the end of the fit and at
 checkpoints), so that the store writes each of the 1024 series once per eight flushes rather than at every flush;
@@ -32,7 +32,7 @@ from .base import Collector, interned
 
 __all__ = ["TrajectoryCollector"]
 
-TARGET_SNAPSHOTS = 200
+TARGET_SNAPSHOTS = 100
 OPEN_EVERY = 50
 #: snapshots are emitted in bulk: every this many flushes, or when this many are held (1024 x 4 bytes each)
 EMIT_EVERY_FLUSHES = 8
