@@ -110,11 +110,11 @@ class MonitorConfig:
         "about every 2 s of training (the step time measured at each flush; at least every 1,000 steps, at most "
         "every 10; every 100 steps until the step time is known), and every 100 steps when several processes "
         "train (they flush together)."))
-    sharpness_budget: float = _opt(0.01, (
-        "share of training wall time that sharpness probes may take (0.01); 0 turns them off unless "
+    sharpness_budget: float = _opt(0.02, (
+        "share of training wall time that sharpness probes may take (0.02); 0 turns them off unless "
         "``sharpness_every_n_steps`` is set. Probes are spread evenly over the planned run "
-        "(``trainer.estimated_stepping_batches``), the first at 1% of it; runs of 200 to 6000 steps may take the "
-        "budget of a 6000-step run (at most 8 probes' worth, at most 2 s; README: \"Sharpness schedule\"). The "
+        "(``trainer.estimated_stepping_batches``), the first at 1% of it; runs of 200 to 3000 steps may take the "
+        "budget of a 3000-step run (at most 8 probes' worth, at most 2 s; README: \"Sharpness schedule\"). The "
         "value at step s is the Hessian at the weights step s's loss was computed with."))
     sharpness_every_n_steps: int | None = _opt(None, (
         "probe sharpness on this fixed schedule (steps that are multiples of it) instead of the time budget; 0 "

@@ -108,35 +108,31 @@ def test_planned_schedule_matches_brute_force(T, n_warm):
 
 
 def test_short_runs_get_the_floor_within_its_ceilings():
-    # at the default budget (1%; the ceiling is its share of a 6000-step run: 60 step-times)
-    # a 300-step run of a model with cheap probes (3.3 and 1.7 step-times): 1% would pay for no probe; the floor
+    # a 300-step run of a model with cheap probes (3.3 and 1.7 step-times): 2% would pay for one probe; the floor
     # gives 8 (they cost 15 step-times, below the ceiling of 60)
-    s = FakeRun(300, graph=0.5e-3, hvp=0.2e-3, n_cold=14, n_warm=6, budget=0.01).run()
+    s = FakeRun(300, graph=0.5e-3, hvp=0.2e-3, n_cold=14, n_warm=6).run()
     assert len(s.steps) == 8 and s.spent == pytest.approx(3.3e-3 + 7 * 1.7e-3) and s.facts()["floor_used"]
     # the ceiling of 60 step-times binds when 8 probes cost more (12.4 + 7 x 9.2 step-times): as many as fit
-    s = FakeRun(300, hvp=0.8e-3, n_cold=14, n_warm=10, budget=0.01).run()
+    s = FakeRun(300, hvp=0.8e-3, n_cold=14, n_warm=10).run()
     assert len(s.steps) == 1 + int((60 - 12.4) / 9.2) and s.spent <= 60e-3 + 1e-12
-    # slow steps (1 s) and 1.5 s probes at a 2% budget: 120 steps would be 120 s, the ceiling of 2 s is below the
-    # budget (2% of 300 s = 6 s), so the budget rules: 4 probes
-    s = FakeRun(300, tau=1.0, graph=0.5, hvp=0.1, n_cold=10, n_warm=10, budget=0.02).run()
+    # slow steps (1 s) and 1.5 s probes: 60 steps would be 60 s, the ceiling of 2 s is below the budget
+    # (2% of 300 s = 6 s), so the budget rules: 4 probes
+    s = FakeRun(300, tau=1.0, graph=0.5, hvp=0.1, n_cold=10, n_warm=10).run()
     assert len(s.steps) == 4 and s.spent <= 6.0 + 1e-9 and not s.facts()["floor_used"]
-    # ... with 0.2 s steps the 2 s ceiling binds (60 steps = 12 s, 8 probes 4 s; the budget is 0.6 s): 4 probes
-    s = FakeRun(300, tau=0.2, graph=0.1, hvp=0.04, n_cold=10, n_warm=10, budget=0.01).run()
+    # ... with 0.2 s steps the 2 s ceiling binds (60 steps = 12 s, 8 probes 4 s; the budget is 1.2 s): 4 probes
+    s = FakeRun(300, tau=0.2, graph=0.1, hvp=0.04, n_cold=10, n_warm=10).run()
     assert len(s.steps) == 4 and s.spent <= 2.0 + 1e-9 and s.facts()["floor_used"]
-    # the ceiling scales with the budget: at 2% it is 120 step-times, and the 8 probes of the second case fit
-    s = FakeRun(300, hvp=0.8e-3, n_cold=14, n_warm=10, budget=0.02).run()
-    assert len(s.steps) == 8 and s.spent <= 120e-3 + 1e-12
-    # below 200 steps only the budget: nothing fits in 1% of 150 steps
-    assert FakeRun(150, budget=0.01).run().steps == []
+    # below 200 steps only the budget: nothing fits in 2% of 150 steps
+    assert FakeRun(150).run().steps == []
 
 
 def test_expensive_first_probe_stops_after_two_products():
     # 75 step-times per probe (a large model): it does not fit in the 60 step-times of a 300-step run; the second
     # product shows it and the probe stops there, costing the graph build and two products; no probe is taken
-    s = FakeRun(300, graph=3e-3, hvp=3.6e-3, budget=0.01).run()
+    s = FakeRun(300, graph=3e-3, hvp=3.6e-3).run()
     assert s.steps == [] and s.aborted == 1 and s.spent == pytest.approx(10.2e-3)
     # too short to try at all: the allowance left is below max_iter / 4 step-times
-    s = FakeRun(30, graph=3e-3, hvp=3.6e-3, budget=0.01).run()
+    s = FakeRun(30, graph=3e-3, hvp=3.6e-3).run()
     assert s.steps == [] and s.aborted == 0 and s.spent == 0
 
 

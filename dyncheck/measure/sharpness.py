@@ -438,12 +438,12 @@ FIRST_PROBE_MIN, FIRST_PROBE_MAX, FIRST_PROBE_OPEN = 3, 20, 10
 MIN_SPACING = 4
 #: The floor for short runs: a run of at least FLOOR_MIN_STEPS steps may spend more than the budget, as much as
 #: FLOOR_PROBES probes cost in all, but never more than the budget of a FLOOR_RUN_STEPS-step run (the time of
-#: budget x 6000 training steps: at the default 1%, 60 steps, 20% of a 300-step run) nor FLOOR_SECONDS. (A cold
+#: budget x 3000 training steps: at the default 2%, 60 steps, 20% of a 300-step run) nor FLOOR_SECONDS. (A cold
 #: probe costs about 20 training steps of a small CNN, a warm one about 10: a run of a few hundred steps gets 4-6
 #: values, for at most 2 s.)
 FLOOR_PROBES = 8
 FLOOR_MIN_STEPS = 200
-FLOOR_RUN_STEPS = 6000
+FLOOR_RUN_STEPS = 3000
 FLOOR_SECONDS = 2.0
 #: Before any probe was measured, one is attempted only when the allowance left covers this many training steps
 #: per product (``max_iter`` of them); the attempt stops after its second product if ``max_iter`` would not fit
