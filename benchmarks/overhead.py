@@ -38,6 +38,10 @@ CPU the device is the host, so this is host and device memory together; on CUDA 
 Targets: <= 1.03x at defaults on the CNN over 3,000+ steps (sharpness budget included), <= 1.01x on the 8.5M MLP,
 end of fit <= 0.1 s on a short run.
 
+On a shared host whose speed drifts within seconds, fits timed one after the other spread too widely to resolve a
+few percent (here consecutive plain fits took 8.0 s and 10.7 s); ``benchmarks/lockstep.py`` runs the plain and the
+monitored fit in lockstep in one process instead (turns of 4 steps), which cancels that drift.
+
 Usage: ``python benchmarks/overhead.py [--quick] [--repeats N] [--model cnn|mlp10m|both] [--breakdown]
 [--all-every-step]``
 """

@@ -129,8 +129,9 @@ class MonitorConfig:
         "default: 0.005 when the probe's Jacobian (``ntk_examples`` x trainable parameters) holds at most 16M "
         "values (about 500k parameters at 32 examples) and the planned run has at least 10,000 steps or an "
         "unknown length, else off (said in the meta: the kernel costs a backward per example, and on a shorter "
-        "run the reference kernel alone costs more than the budget); 0 turns them off unless ``ntk_every_n_steps`` is set. The reference kernel is taken at "
-        "the first step. Needs the probe batch, as sharpness does."))
+        "run the reference kernel alone costs more than the budget); 0 turns them off unless "
+        "``ntk_every_n_steps`` is set. The reference kernel is taken at the first step. Needs the probe batch, as "
+        "sharpness does."))
     ntk_every_n_steps: int | None = _opt(None, (
         "probe the NTK on this fixed schedule (steps that are multiples of it) instead of the time budget; 0 "
         "turns it off."))

@@ -33,8 +33,9 @@ def main(out: str) -> None:
     train, val = loaders(n=256, batch_size=16, flat=True)
     train = DataLoader(train.dataset, batch_size=16, sampler=Interleaved(len(train.dataset)))
     val = DataLoader(val.dataset, batch_size=32, sampler=Interleaved(len(val.dataset)))
+    # noise_every_n_steps: a 16-step run pays for no noise measurement at the default budget
     mon = DynamicsMonitor(dirpath=os.path.join(out, "run"), every_n_steps=2, sharpness_every_n_steps=3,
-                          flush_every_n_steps=5)
+                          noise_every_n_steps=8, flush_every_n_steps=5)
     trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[mon], default_root_dir=out, use_distributed_sampler=False)

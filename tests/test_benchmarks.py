@@ -94,3 +94,51 @@ def test_held_out_suites_are_labelled_with_the_packs_ids(suite):
     assert all(not r.expected for r in healthy)
     assert all(r.expected and set(r.expected) <= ids for r in faults), [
         (r.name, sorted(set(r.expected) - ids)) for r in faults if set(r.expected) - ids]
+
+
+_LOCKSTEP_CHILD = """
+import json, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import lockstep, overhead
+import dyncheck.monitor
+
+dyncheck.monitor.time = lockstep._OwnClock()
+x, y = overhead.digits(flat=False)
+order = []
+cut = lockstep._Runner._cut
+
+def logged_cut(self):
+    order.append(self.me)
+    cut(self)
+
+lockstep._Runner._cut = logged_cut
+r = lockstep.lockstep(overhead.make_cnn, x[:256], y[:256], 12, 4,
+                      {"rules": None, "report": False, "sharpness_budget": 0, "noise_budget": 0,
+                       "trajectory_every_n_steps": 0})
+got = {}
+
+def waited_a_quarter_second():
+    lockstep._LOCAL.waited = 0.25
+    got["own"], got["real"] = lockstep._OwnClock().perf_counter(), time.perf_counter()
+
+t = threading.Thread(target=waited_a_quarter_second)
+t.start()
+t.join()
+print(json.dumps({"plain": r["plain"], "monitor": r["monitor"], "order": order,
+                  "waited": got["real"] - got["own"],
+                  "main": time.perf_counter() - lockstep._OwnClock().perf_counter()}))
+"""
+
+
+def test_lockstep_fits_take_turns_and_the_monitor_clock_leaves_out_the_waits():
+    """benchmarks/lockstep.py (in a child: importing the benchmarks quiets Lightning's loggers): the plain and the
+    monitored fit alternate every ``block`` steps (3 turns each for 12 steps in turns of 4, the last ending with the
+    fit), and the monitor's clock there counts its own thread's time only (the seconds waited for a turn are left
+    out; none in a thread that never waited)."""
+    proc = subprocess.run([sys.executable, "-c", _LOCKSTEP_CHILD, str(REPO / "benchmarks")], capture_output=True,
+                          text=True, env=_env(), timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["plain"]) == len(out["monitor"]) == 3 and all(b > 0 for b in out["plain"] + out["monitor"])
+    assert out["order"] == [0, 1, 0, 1, 0, 1], out["order"]
+    assert out["waited"] == pytest.approx(0.25, abs=1e-3) and abs(out["main"]) < 1e-3

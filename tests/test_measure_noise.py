@@ -172,8 +172,15 @@ def test_schedule_fixed_budget_and_off():
     assert fixed.mode == "fixed" and fixed.due(0, 0.0)
     fixed.record(1, 0.1)
     assert not fixed.due(4, 0.0) and fixed.due(5, 0.0) and fixed.due(6, 0.0)  # a missed bucket start still counts
-    budget = NoiseSchedule(budget=0.1, every_n=None, start_step=10)
+    # the first measurement is expected to cost 2 step times (1 s steps here): due at the second step when the
+    # planned run's budget covers that (0.1 x 100 steps x 1 s = 10 s), never when it does not (0.1 x 15 s)
+    budget = NoiseSchedule(budget=0.1, every_n=None, start_step=10, planned_steps=100)
     assert budget.mode == "budget" and not budget.due(10, 1.0) and budget.due(11, 1.0)
+    short = NoiseSchedule(budget=0.1, every_n=None, start_step=10, planned_steps=15)
+    assert not any(short.due(10 + k, float(k)) for k in range(1, 16))
+    # length unknown: once the time so far pays for it (0.1 x 20 s >= 2 s)
+    unknown = NoiseSchedule(budget=0.1, every_n=None, start_step=10)
+    assert not unknown.due(11, 1.0) and not unknown.due(29, 19.0) and unknown.due(30, 20.0)
     budget.record(11, 0.5)  # a measurement of 0.5 s: due again once 10 s of training pay for it and the next
     assert not budget.due(12, 9.9) and budget.due(40, 10.0)
     assert budget.facts() == {"mode": "budget", "measurements": 1, "time_s": 0.5, "budget": 0.1}

@@ -122,7 +122,8 @@ class NoiseScaleCollector(Collector):
     def start(self, ctx) -> None:
         super().start(ctx)
         fit = self.fit
-        fit.schedule = NoiseSchedule(budget=self.budget, every_n=self.every_n, start_step=ctx.start_step)
+        fit.schedule = NoiseSchedule(budget=self.budget, every_n=self.every_n, start_step=ctx.start_step,
+                                     planned_steps=ctx.planned_steps)
         sv = self.saved  # the moving averages so far (a checkpoint's, or the last fit's)
         fit.ema = NoiseEMA(self.ema, grad_sq_acc=sv.grad_sq_acc, trace_acc=sv.trace_acc, weight=sv.weight)
         fit.world = world_size()
