@@ -766,8 +766,9 @@ def _norm_rows(values: list[Tensor]) -> Tensor:
 
 def _stack_rows(values: list[Tensor]) -> Tensor:
     """``[len(values), k]``: each block's values as a row (blocks of one metric list have one length). One
-    ``stack`` of the blocks as they are when they share a shape and dtype (a flush interval's loss values: hundreds
-    of 0-d tensors; reshaping each first cost ~3 us a block), else row by row."""
+    ``stack`` of the blocks as they are when they share a shape (a flush interval's loss values: hundreds of 0-d
+    tensors; reshaping each first cost ~3 us a block; mixed dtypes are promoted, as the row-by-row stack does),
+    else row by row."""
     try:
         return torch.stack(values).reshape(len(values), -1)
     except RuntimeError:  # shapes or dtypes differ between blocks
