@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 import overhead as ob  # noqa: E402
 import dyncheck.monitor  # noqa: E402
@@ -132,31 +132,25 @@ class _Runner(pl.Callback):
         self.baton.finish(self.me)
 
 
-def _fit(me: int, runner: _Runner, make_model, x, y, steps: int, monitor_kw: dict | None, tmp: str,
+def _fit(me: int, runner: _Runner, make_model, data: DataLoader, steps: int, monitor_kw: dict | None, tmp: str,
          errors: list) -> None:
     """Fit ``me`` (0: plain, 1: with ``DynamicsMonitor(**monitor_kw)``, or a bare callback when it is None)."""
     try:
         torch.manual_seed(0)
         model = make_model()
-        gen = torch.Generator().manual_seed(0)
-        loader = DataLoader(TensorDataset(x, y), batch_size=64 if x.dim() == 4 else 128, shuffle=True,
-                            generator=gen)
         callbacks: list = [runner]  # first: its clock cut comes before the monitor's hooks of the next step
         if me == 1:
             callbacks.append(pl.Callback() if monitor_kw is None else DynamicsMonitor(dirpath=tmp, **monitor_kw))
-        trainer = pl.Trainer(
-            max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu", devices=1, limit_val_batches=0, num_sanity_val_steps=0,
-            default_root_dir=tmp, callbacks=callbacks)
+        trainer = ob.make_trainer(steps, callbacks, tmp)
         runner.begin()
-        trainer.fit(model, train_dataloaders=loader)
+        trainer.fit(model, train_dataloaders=data)
         runner.end()
     except BaseException as exc:  # noqa: BLE001 -- reported by the main thread
         errors.append(exc)
         runner.baton.finish(me)
 
 
-def lockstep(make_model, x, y, steps: int, block: int, monitor_kw: dict | None) -> dict:
+def lockstep(make_model, data: DataLoader, steps: int, block: int, monitor_kw: dict | None) -> dict:
     """One plain fit and one monitored fit in lockstep; returns their blocks and the end-of-fit seconds."""
     baton = _Baton()
     runners = [_Runner(0, baton, block), _Runner(1, baton, block)]
@@ -164,7 +158,7 @@ def lockstep(make_model, x, y, steps: int, block: int, monitor_kw: dict | None) 
     errors: list = []
     ob._END["s"] = 0.0
     try:
-        threads = [threading.Thread(target=_fit, args=(i, runners[i], make_model, x, y, steps, monitor_kw,
+        threads = [threading.Thread(target=_fit, args=(i, runners[i], make_model, data, steps, monitor_kw,
                                                        tmps[i], errors))
                    for i in range(2)]
         for t in threads:
@@ -190,17 +184,17 @@ def main() -> None:
     torch.set_num_threads(1)
     dyncheck.monitor.time = _OwnClock()  # type: ignore[assignment]
     make_model = ob.make_cnn if args.model == "cnn" else ob.make_mlp10m
-    x, y = ob.digits(flat=args.model != "cnn")
+    data = ob.loader(args.model)
     target = ob.TARGETS["cnn" if args.model == "cnn" else "mlp-8.5M"]
     print(f"lockstep: {args.model}, {args.steps} steps per fit, turns of {args.block} steps, torch "
           f"{torch.__version__}, {torch.get_num_threads()} thread; load average {os.getloadavg()[0]:.2f}", flush=True)
-    lockstep(make_model, x, y, 2 * args.block, args.block, {})  # warm-up: imports, first kernels
+    lockstep(make_model, data, 2 * args.block, args.block, {})  # warm-up: imports, first kernels
     head = f"{'configuration':<26} {'ratio':>7} {'block q1':>8} {'median':>7} {'q3':>6} {'us/step':>8} " \
            f"{'plain ms/step':>13} {'end s':>6}  target"
     rows = []
     for name in args.configs:
         for _ in range(args.repeats):
-            r = lockstep(make_model, x, y, args.steps, args.block, CONFIGS[name])
+            r = lockstep(make_model, data, args.steps, args.block, CONFIGS[name])
             plain, mon = sum(r["plain"]), sum(r["monitor"])
             pairs = sorted(m / p for m, p in zip(r["monitor"][:-1], r["plain"][:-1]) if p > 0)  # last: the ends
             q = statistics.quantiles(pairs, n=4) if len(pairs) >= 4 else [float("nan")] * 3

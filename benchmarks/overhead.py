@@ -197,6 +197,21 @@ ALL_EVERY_STEP = {f"monitor, all every step (sharp every {SHARP_EVERY})": {
     "every_n_steps": 1, "activations_every_n_steps": 1, "sharpness_every_n_steps": SHARP_EVERY}}
 
 
+def loader(model: str) -> DataLoader:
+    """The benchmark's data for ``model`` ("cnn": 8x8 digit images, batch 64; "mlp10m": flat, batch 128)."""
+    x, y = digits(flat=model != "cnn")
+    return DataLoader(TensorDataset(x, y), batch_size=64 if model == "cnn" else 128, shuffle=False)
+
+
+def make_trainer(max_steps: int, callbacks: list, root: str, accelerator: str = "cpu") -> pl.Trainer:
+    """The Trainer every timed fit uses: no logger, checkpoints, progress bar, summary or validation."""
+    return pl.Trainer(
+        max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator=accelerator, devices=1, limit_val_batches=0, num_sanity_val_steps=0,
+        default_root_dir=root, callbacks=callbacks,
+    )
+
+
 def _store_info(run) -> dict:
     meta = run.meta
     return {"probes": meta.get("sharpness_probes"), "sharp_s": meta.get("sharpness_time_s"),
@@ -211,11 +226,7 @@ def one_run(make_model, loader, max_steps: int, monitor_kw: dict | None, seed: i
         torch.manual_seed(seed)
         model = make_model()
         callbacks = [] if monitor_kw is None else [DynamicsMonitor(dirpath=tmp, **monitor_kw)]
-        trainer = pl.Trainer(
-            max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator=accelerator, devices=1, limit_val_batches=0, num_sanity_val_steps=0,
-            default_root_dir=tmp, callbacks=callbacks,
-        )
+        trainer = make_trainer(max_steps, callbacks, tmp, accelerator)
         gc.collect()
         _END["s"] = 0.0
         with _PeakRSS() as mem:
@@ -329,17 +340,12 @@ def main() -> None:
           f"{torch.get_num_threads()}, os.cpu_count() = {os.cpu_count()}")
     rows = []
     if args.model in ("cnn", "both"):
-        x, y = digits(flat=False)
-        loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=False)
-        rows += bench("cnn", make_cnn, loader, cnn_steps, repeats, configs)
+        rows += bench("cnn", make_cnn, loader("cnn"), cnn_steps, repeats, configs)
     if args.model in ("mlp10m", "both"):
-        x, y = digits(flat=True)
-        loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=False)
-        rows += bench("mlp-8.5M", make_mlp10m, loader, mlp_steps, repeats, configs)
+        rows += bench("mlp-8.5M", make_mlp10m, loader("mlp10m"), mlp_steps, repeats, configs)
     print_table(rows)
     if args.model in ("cnn", "both"):
-        x, y = digits(flat=False)
-        bench_end(DataLoader(TensorDataset(x, y), batch_size=64, shuffle=False), 2 if args.quick else 3)
+        bench_end(loader("cnn"), 2 if args.quick else 3)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

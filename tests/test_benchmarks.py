@@ -98,12 +98,14 @@ def test_held_out_suites_are_labelled_with_the_packs_ids(suite):
 
 _LOCKSTEP_CHILD = """
 import json, sys, threading, time
+import torch
 sys.path.insert(0, sys.argv[1])
 import lockstep, overhead
 import dyncheck.monitor
 
 dyncheck.monitor.time = lockstep._OwnClock()
 x, y = overhead.digits(flat=False)
+data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:256], y[:256]), batch_size=64)
 order = []
 cut = lockstep._Runner._cut
 
@@ -112,7 +114,7 @@ def logged_cut(self):
     cut(self)
 
 lockstep._Runner._cut = logged_cut
-r = lockstep.lockstep(overhead.make_cnn, x[:256], y[:256], 12, 4,
+r = lockstep.lockstep(overhead.make_cnn, data, 12, 4,
                       {"rules": None, "report": False, "sharpness_budget": 0, "noise_budget": 0,
                        "trajectory_every_n_steps": 0})
 got = {}

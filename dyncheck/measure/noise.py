@@ -228,9 +228,9 @@ class NoiseSchedule:
             return False
         if self.measured:
             return self.spent + self.last <= self.budget * train_s
-        tau = train_s / (step - self.start)  # training seconds per step so far
-        horizon = max(train_s, tau * self.planned) if self.planned else train_s
-        return FIRST_COST_STEPS * tau <= self.budget * horizon
+        # FIRST_COST_STEPS step times against the budget of the planned run, or of the steps so far: in step times
+        # both sides, so the clock cancels
+        return FIRST_COST_STEPS <= self.budget * max(step - self.start, self.planned or 0)
 
     def record(self, step: int, seconds: float) -> None:
         self.spent += seconds
